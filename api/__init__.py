@@ -1,0 +1,1 @@
+"""The thin HTTP API: it starts workflows and reports their status; it never provisions itself."""

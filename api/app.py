@@ -1,0 +1,66 @@
+"""The aiohttp application and its entry point (``python -m api``)."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+
+from aiohttp import web
+from temporalio.client import Client
+
+from api import orgs
+from api.errors import error_middleware
+from api.keys import ORGS, POOL, SETTINGS, TEMPORAL
+from db.orgs import OrgRepo
+from db.pool import open_pool
+from domain.logs import configure_logging, get_logger
+from domain.settings import Settings, get_settings
+from domain.temporal import connect_temporal
+
+MAX_BODY_BYTES = 64 * 1024
+
+
+def create_app(settings: Settings, *, temporal: Client | None = None) -> web.Application:
+    """The app; it opens its own pool and (lazily) its Temporal client unless one is given."""
+    app = web.Application(middlewares=[error_middleware], client_max_size=MAX_BODY_BYTES)
+    app[SETTINGS] = settings
+
+    async def resources(app: web.Application):
+        pool = await open_pool(settings.database_url.get_secret_value(), min_size=settings.database_pool_min,
+                               max_size=settings.database_pool_max)
+        app[POOL] = pool
+        app[ORGS] = OrgRepo(pool)
+        app[TEMPORAL] = temporal or await connect_temporal(lazy=True)
+        yield
+        await pool.close()
+
+    app.cleanup_ctx.append(resources)
+    app.router.add_routes(orgs.routes)
+    app.router.add_get("/healthz", lambda _: web.json_response({"status": "ok"}))
+    return app
+
+
+async def serve(settings: Settings) -> None:
+    log = get_logger("tenantflow.api")
+    runner = web.AppRunner(create_app(settings), access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, settings.api_host, settings.api_port)
+    await site.start()
+    log.info("api listening", url=f"http://{settings.api_host}:{settings.api_port}")
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    await runner.cleanup()
+    log.info("api stopped")
+
+
+def main() -> None:
+    settings = get_settings()
+    configure_logging(settings.log_level)
+    asyncio.run(serve(settings))
+
+
+if __name__ == "__main__":
+    main()

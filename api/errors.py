@@ -1,0 +1,81 @@
+"""One error shape for every failure: ``{"error": message, "code": MACHINE_CODE, "request_id": ...}``."""
+
+from __future__ import annotations
+
+import json
+import secrets
+from typing import Any
+
+import psycopg
+import structlog
+from aiohttp import web
+from pydantic import ValidationError
+from temporalio.service import RPCError
+
+from api.keys import REQUEST_ID
+
+log = structlog.get_logger("tenantflow.api")
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, code: str, message: str, **extra: Any):
+        super().__init__(message)
+        self.status, self.code, self.message, self.extra = status, code, message, extra
+
+
+def error_response(request: web.Request, status: int, code: str, message: str, **extra: Any) -> web.Response:
+    body = {"error": message, "code": code, "request_id": request.get(REQUEST_ID), **extra}
+    return web.json_response(body, status=status)
+
+
+def describe_validation_error(err: ValidationError) -> str:
+    parts = []
+    for item in err.errors()[:5]:
+        where = ".".join(str(p) for p in item["loc"]) or "body"
+        parts.append(f"{where}: {item['msg']}")
+    return "; ".join(parts)
+
+
+_HTTP_CODES = {400: "BAD_REQUEST", 401: "UNAUTHORIZED", 403: "FORBIDDEN", 404: "NOT_FOUND",
+               405: "METHOD_NOT_ALLOWED", 409: "CONFLICT", 413: "PAYLOAD_TOO_LARGE",
+               415: "UNSUPPORTED_MEDIA_TYPE", 429: "RATE_LIMITED"}
+
+
+@web.middleware
+async def error_middleware(request: web.Request, handler) -> web.StreamResponse:
+    request[REQUEST_ID] = request.headers.get("X-Request-Id", "")[:64] or secrets.token_hex(8)
+    structlog.contextvars.bind_contextvars(request_id=request[REQUEST_ID])
+    try:
+        response = await handler(request)
+    except ApiError as err:
+        response = error_response(request, err.status, err.code, err.message, **err.extra)
+    except ValidationError as err:
+        response = error_response(request, 400, "VALIDATION_FAILED", describe_validation_error(err))
+    except web.HTTPException as err:
+        if err.status < 400:
+            raise
+        response = error_response(request, err.status, _HTTP_CODES.get(err.status, "HTTP_ERROR"), err.reason)
+    except (psycopg.OperationalError, psycopg.errors.ConnectionTimeout, RPCError) as err:
+        log.warning("dependency unavailable", error=type(err).__name__, path=request.path)
+        response = error_response(request, 503, "UNAVAILABLE", "a backing service is unavailable; retry shortly")
+        response.headers["Retry-After"] = "5"
+    except Exception:  # noqa: BLE001 - last line of defence: a clean 500, logged with the request id
+        log.exception("unhandled error", path=request.path, method=request.method)
+        response = error_response(request, 500, "INTERNAL", "internal error")
+    finally:
+        structlog.contextvars.unbind_contextvars("request_id")
+    response.headers["X-Request-Id"] = request[REQUEST_ID]
+    return response
+
+
+async def read_json(request: web.Request) -> Any:
+    if request.content_type != "application/json":
+        raise ApiError(415, "UNSUPPORTED_MEDIA_TYPE", "Content-Type must be application/json")
+    try:
+        raw = await request.read()
+    except web.HTTPRequestEntityTooLarge:
+        raise ApiError(413, "PAYLOAD_TOO_LARGE", "request body too large") from None
+    try:
+        return json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        raise ApiError(400, "MALFORMED_JSON", "request body is not valid JSON") from None

@@ -1,0 +1,61 @@
+"""Append-only, hash-chained audit records.
+
+Each record's hash covers its content and the previous record's hash, so changing or removing
+any record breaks every link after it; the table's trigger refuses UPDATE and DELETE outright.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from datetime import UTC, datetime
+from typing import Any
+
+import psycopg
+
+GENESIS = "0" * 64
+# Serialises appends so that two writers never chain onto the same predecessor.
+_AUDIT_LOCK = 7_233_002
+
+
+def record_hash(prev_hash: str, at: datetime, actor: str, action: str, org_id: str | None, org_slug: str | None,
+                resource_ids: dict, outcome: str, detail: dict) -> str:
+    canonical = json.dumps(
+        [prev_hash, at.astimezone(UTC).isoformat(), actor, action, org_id, org_slug, resource_ids, outcome, detail],
+        sort_keys=True,
+        separators=(",", ":"),
+        default=str,
+    )
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+async def append(
+    conn: psycopg.AsyncConnection,
+    *,
+    actor: str,
+    action: str,
+    outcome: str,
+    org_id: str | None = None,
+    org_slug: str | None = None,
+    resource_ids: dict[str, Any] | None = None,
+    detail: dict[str, Any] | None = None,
+) -> str:
+    """Append one record inside the caller's transaction; returns its hash."""
+    resource_ids = resource_ids or {}
+    detail = detail or {}
+    await conn.execute("SELECT pg_advisory_xact_lock(%s)", (_AUDIT_LOCK,))
+    row = await (await conn.execute("SELECT hash FROM audit_log ORDER BY seq DESC LIMIT 1")).fetchone()
+    prev = _col(row, "hash") if row else GENESIS
+    at = datetime.now(UTC)
+    digest = record_hash(prev, at, actor, action, org_id, org_slug, resource_ids, outcome, detail)
+    await conn.execute(
+        """INSERT INTO audit_log (at, actor, action, org_id, org_slug, resource_ids, outcome, detail, prev_hash, hash)
+           VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)""",
+        (at, actor, action, org_id, org_slug, psycopg.types.json.Jsonb(resource_ids), outcome,
+         psycopg.types.json.Jsonb(detail), prev, digest),
+    )
+    return digest
+
+
+def _col(row: Any, name: str) -> Any:
+    return row[name] if isinstance(row, dict) else row[0]

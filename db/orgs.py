@@ -1,0 +1,65 @@
+"""Org records. Every status change is audited in the same transaction."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from psycopg_pool import AsyncConnectionPool
+
+from db import audit
+from domain.models import OrgCreateRequest
+
+
+class OrgRepo:
+    def __init__(self, pool: AsyncConnectionPool):
+        self._pool = pool
+
+    async def create_or_get(self, req: OrgCreateRequest, *, org_id: str, neon_mode: str, actor: str) -> tuple[dict, bool]:
+        """Insert the org as provisioning, or return the existing row for this slug."""
+        async with self._pool.connection() as conn, conn.transaction():
+            row = await (await conn.execute(
+                """INSERT INTO orgs (id, slug, name, plan, vpc_id, subnet_ids, status, neon_mode, request_hash, billing_plan)
+                   VALUES (%s, %s, %s, %s, %s, %s, 'provisioning', %s, %s, %s)
+                   ON CONFLICT (slug) DO NOTHING
+                   RETURNING *""",
+                (org_id, req.slug, req.name, req.plan, req.vpc_id, req.subnet_ids, neon_mode, req.request_hash(), req.plan),
+            )).fetchone()
+            if row is not None:
+                await audit.append(conn, actor=actor, action="org.create", outcome="accepted", org_id=org_id,
+                                   org_slug=req.slug, detail={"plan": req.plan, "vpc_id": req.vpc_id})
+                return row, True
+            existing = await (await conn.execute("SELECT * FROM orgs WHERE slug = %s", (req.slug,))).fetchone()
+            return existing, False
+
+    async def get_by_slug(self, slug: str) -> dict | None:
+        async with self._pool.connection() as conn:
+            return await (await conn.execute("SELECT * FROM orgs WHERE slug = %s", (slug,))).fetchone()
+
+    async def get(self, org_id: str) -> dict | None:
+        async with self._pool.connection() as conn:
+            return await (await conn.execute("SELECT * FROM orgs WHERE id = %s", (org_id,))).fetchone()
+
+    async def set_workflow(self, org_id: str, workflow_id: str, run_id: str | None) -> None:
+        async with self._pool.connection() as conn:
+            await conn.execute(
+                "UPDATE orgs SET workflow_id = %s, run_id = COALESCE(%s, run_id), updated_at = now() WHERE id = %s",
+                (workflow_id, run_id, org_id),
+            )
+
+    async def update(self, org_id: str, *, actor: str, action: str | None = None, outcome: str = "ok",
+                     detail: dict[str, Any] | None = None, clear: tuple[str, ...] = (), **fields: Any) -> dict | None:
+        """Set the given columns (None leaves a column as it is; ``clear`` names columns to null)
+        and audit the change. Column names come from code, never from input."""
+        fields = {k: v for k, v in fields.items() if v is not None}
+        async with self._pool.connection() as conn, conn.transaction():
+            assignments = [f"{k} = %({k})s" for k in fields] + [f"{k} = NULL" for k in clear]
+            sets = ", ".join([*assignments, "updated_at = now()"])
+            row = await (await conn.execute(
+                f"UPDATE orgs SET {sets} WHERE id = %(org_id)s RETURNING *",
+                {**fields, "org_id": org_id},
+            )).fetchone()
+            if row is not None and action:
+                await audit.append(conn, actor=actor, action=action, outcome=outcome, org_id=org_id,
+                                   org_slug=row["slug"], detail=detail or {},
+                                   resource_ids={k: v for k, v in fields.items() if k.endswith("_id")})
+            return row

@@ -1,0 +1,64 @@
+"""``python -m devstack``: run the whole product on the embedded local stack until Ctrl-C."""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+import time
+
+from devstack.demo import ensure_demo_network, onboard_demo_org
+from devstack.stack import LocalStack, load_or_create_secrets, wait_http_ok
+from domain.settings import Settings
+from starter import OperatorClient
+
+
+def _interrupt(*_: object) -> None:
+    raise KeyboardInterrupt
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--no-demo", action="store_true", help="start the stack without onboarding the demo org")
+    args = parser.parse_args()
+
+    settings = Settings()
+    stack = LocalStack(settings)
+    # SIGTERM behaves like Ctrl-C: whatever the stack is doing, it stops everything it started.
+    signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        print(f"starting the local stack in {stack.state_dir} ...", flush=True)
+        stack.start()
+        wait_http_ok(f"{stack.api_url}/healthz")
+        secret = load_or_create_secrets(stack.state_dir)["provision_secret"]
+        print(
+            "\n"
+            f"  API            {stack.api_url}\n"
+            f"  Temporal UI    {stack.temporal_ui_url}\n"
+            f"  Temporal       {stack.temporal_address} (namespace default)\n"
+            f"  operator auth  Authorization: Bearer {secret}\n"
+            f"  logs           {stack.state_dir / 'logs'}\n",
+            flush=True,
+        )
+        if not args.no_demo:
+            vpc_id, subnets = ensure_demo_network(stack.aws_endpoint, settings.aws_region)
+            org = onboard_demo_org(OperatorClient(stack.api_url, secret), settings.demo_org_slug, vpc_id, subnets)
+            print(f"demo org {org['slug']}: {org['status']}  (workflow {org['workflow_id']} in the Temporal UI)",
+                  flush=True)
+        print("local stack running; Ctrl-C stops everything", flush=True)
+        while True:
+            time.sleep(1.0)
+            dead = [name for name, proc in stack.procs if proc.poll() is not None]
+            if dead:
+                print(f"stopping: {', '.join(dead)} exited (see {stack.state_dir / 'logs'})", file=sys.stderr)
+                return 1
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        print("stopping the local stack ...", flush=True)
+        stack.stop()
+        print("stopped", flush=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,179 @@
+"""The local stack: every server the product needs, started from PyPI wheels on loopback.
+
+Temporal dev server (Web UI, history in a SQLite file) -> PostgreSQL -> moto EC2 -> local Neon
+API -> worker -> API. State lives under ``TENANTFLOW_STATE_DIR`` (default ``.tenantflow``), so a
+restart keeps orgs, workflow histories, EC2 resources and tenant databases.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from devstack.postgres import PostgresServer, ensure_database, start_postgres
+from devstack.procs import spawn, stop, wait_for_port
+from domain.settings import Settings
+from domain.temporal import SEARCH_ATTRIBUTES
+
+NEON_PLATFORM_PROJECT = "tenantflow-platform"
+# Fake credentials: moto accepts any, and they keep boto3 from looking for real ones.
+MOTO_CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"}
+
+
+def load_or_create_secrets(state_dir: Path) -> dict[str, str]:
+    path = state_dir / "secrets.json"
+    if path.exists():
+        return json.loads(path.read_text())
+    values = {
+        "provision_secret": f"tfp_{secrets.token_urlsafe(32)}",
+        "neon_api_key": f"neon_local_{secrets.token_urlsafe(24)}",
+    }
+    path.write_text(json.dumps(values))
+    os.chmod(path, 0o600)
+    return values
+
+
+@dataclass
+class LocalStack:
+    settings: Settings
+    with_worker: bool = True
+    with_api: bool = True
+    procs: list[tuple[str, subprocess.Popen]] = field(default_factory=list)
+    postgres: PostgresServer | None = None
+
+    @property
+    def state_dir(self) -> Path:
+        return Path(self.settings.state_dir).resolve()
+
+    @property
+    def api_url(self) -> str:
+        return f"http://127.0.0.1:{self.settings.api_port}"
+
+    @property
+    def temporal_ui_url(self) -> str:
+        return f"http://127.0.0.1:{self.settings.temporal_ui_port}"
+
+    @property
+    def temporal_address(self) -> str:
+        return f"127.0.0.1:{self.settings.temporal_port}"
+
+    @property
+    def aws_endpoint(self) -> str:
+        return f"http://127.0.0.1:{self.settings.moto_port}"
+
+    def _log(self, name: str) -> Path:
+        return self.state_dir / "logs" / f"{name}.log"
+
+    def _start(self, name: str, args: list[str], port: int, env: dict[str, str] | None = None,
+               timeout: float = 60.0) -> None:
+        proc = spawn(args, log_path=self._log(name), env=env, cwd=Path(__file__).resolve().parent.parent)
+        self.procs.append((name, proc))
+        try:
+            wait_for_port("127.0.0.1", port, timeout=timeout, proc=proc)
+        except Exception as err:
+            tail = self._log(name).read_text(errors="replace")[-2000:]
+            raise RuntimeError(f"{name} did not start: {err}\n--- {self._log(name)} ---\n{tail}") from err
+
+    def service_env(self) -> dict[str, str]:
+        """The environment the worker and API run with: the same variables a deployment sets."""
+        s = self.settings
+        creds = load_or_create_secrets(self.state_dir)
+        assert self.postgres is not None
+        return {
+            **MOTO_CREDENTIALS,
+            "TEMPORAL_ADDRESS": self.temporal_address,
+            "TEMPORAL_NAMESPACE": "default",
+            "TENANTFLOW_DATABASE_URL": self.postgres.url("tenantflow"),
+            "TENANTFLOW_PROVISION_SECRET": creds["provision_secret"],
+            "TENANTFLOW_API_HOST": "127.0.0.1",
+            "TENANTFLOW_API_PORT": str(s.api_port),
+            "TENANTFLOW_PUBLIC_URL": self.api_url,
+            "TENANTFLOW_AWS_ENDPOINT_URL": self.aws_endpoint,
+            "TENANTFLOW_AWS_REGION": s.aws_region,
+            "TENANTFLOW_PLATFORM_CIDR": s.platform_cidr,
+            "TENANTFLOW_NEON_API_KEY": creds["neon_api_key"],
+            "TENANTFLOW_NEON_BASE_URL": f"http://127.0.0.1:{s.neon_port}/api/v2/",
+            "TENANTFLOW_NEON_PROJECT_ID": NEON_PLATFORM_PROJECT,
+            "TENANTFLOW_NEON_MODE": s.neon_mode,
+            "TENANTFLOW_TASK_QUEUE": s.task_queue,
+            "TENANTFLOW_LOG_LEVEL": s.log_level,
+            "TENANTFLOW_STATE_DIR": str(self.state_dir),
+        }
+
+    def start(self) -> None:
+        s = self.settings
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        creds = load_or_create_secrets(self.state_dir)
+        temporal = shutil.which("temporal") or str(Path(sys.executable).parent / "temporal")
+        self._start("temporal", [
+            temporal, "server", "start-dev",
+            "--db-filename", str(self.state_dir / "temporal.db"),
+            "--ip", "127.0.0.1",
+            "--port", str(s.temporal_port),
+            "--ui-port", str(s.temporal_ui_port),
+            "--ui-disable-news-fetch",
+            "--log-level", "warn",
+            *[arg for name, kind in SEARCH_ATTRIBUTES.items() for arg in ("--search-attribute", f"{name}={kind}")],
+        ], s.temporal_port)
+
+        self.postgres = start_postgres(self.state_dir, s.postgres_port)
+        ensure_database(self.postgres, "tenantflow")
+
+        self._start("aws", [sys.executable, "-m", "devstack.aws_server", "--port", str(s.moto_port),
+                            "--state-file", str(self.state_dir / "aws" / "moto-ec2.pickle")], s.moto_port)
+
+        key_file = self.state_dir / "neon-api-key"
+        key_file.write_text(creds["neon_api_key"])
+        os.chmod(key_file, 0o600)
+        self._start("neon", [sys.executable, "-m", "devstack.neon_server", "--port", str(s.neon_port),
+                             "--pg-admin-url", self.postgres.url("postgres"), "--pg-port", str(s.postgres_port),
+                             "--api-key-file", str(key_file), "--seed-project-id", NEON_PLATFORM_PROJECT],
+                    s.neon_port)
+
+        env = self.service_env()
+        if self.with_worker:
+            self.start_worker(env)
+        if self.with_api:
+            self._start("api", [sys.executable, "-m", "api"], s.api_port, env=env)
+
+    def start_worker(self, env: dict[str, str] | None = None) -> None:
+        proc = spawn([sys.executable, "worker.py"], log_path=self._log("worker"), env=env or self.service_env(),
+                     cwd=Path(__file__).resolve().parent.parent)
+        self.procs.append(("worker", proc))
+
+    def stop_process(self, name: str) -> None:
+        for entry in [e for e in self.procs if e[0] == name]:
+            stop(entry[1])
+            self.procs.remove(entry)
+
+    def stop(self) -> None:
+        # Reverse order: clients before the servers they use.
+        for name, proc in reversed(self.procs):
+            stop(proc)
+        self.procs.clear()
+        if self.postgres is not None:
+            self.postgres.stop()
+            self.postgres = None
+
+
+def wait_http_ok(url: str, timeout: float = 60.0) -> None:
+    import urllib.request
+
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with urllib.request.urlopen(url, timeout=2) as r:
+                if r.status == 200:
+                    return
+        except OSError:
+            pass
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{url} did not answer 200 within {timeout}s")
+        time.sleep(0.2)

@@ -1,0 +1,1 @@
+"""Shared models and settings, imported by workflows, activities and the API alike."""

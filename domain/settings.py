@@ -1,0 +1,75 @@
+"""One settings model, read from the environment (prefix ``TENANTFLOW_``).
+
+The defaults describe the embedded local stack; every one of them can be overridden by an
+environment variable of the same name, upper-cased, with the prefix. The Temporal connection is
+not here on purpose: it comes from the SDK's own environment configuration (``TEMPORAL_ADDRESS``,
+``TEMPORAL_NAMESPACE``, ``TEMPORAL_API_KEY``, ``TEMPORAL_TLS*`` or a ``temporal.toml`` profile), so
+the same worker and API run against a local dev server, a cluster or Temporal Cloud unchanged.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import Literal
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="TENANTFLOW_", extra="ignore")
+
+    # Platform database (psycopg 3 conninfo or URL).
+    database_url: SecretStr = SecretStr("postgresql://postgres@127.0.0.1:55432/tenantflow")
+    database_pool_min: int = 1
+    database_pool_max: int = 10
+
+    # Operator authentication for /cp routes: Authorization: Bearer <provision secret>.
+    provision_secret: SecretStr = SecretStr("")
+
+    # API server.
+    api_host: str = "127.0.0.1"
+    api_port: int = 8080
+    # Where tenants and agents reach the API (used in boot user data and Location headers).
+    public_url: str = "http://127.0.0.1:8080"
+
+    # Temporal.
+    task_queue: str = "tenantflow"
+    # How long the status endpoint waits for a live progress query before answering from the
+    # database record instead.
+    progress_query_timeout_seconds: float = 2.0
+
+    # AWS. Credentials come from boto3's standard chain; the endpoint is only set for moto.
+    aws_region: str = "us-east-1"
+    aws_endpoint_url: str | None = None
+    # Security groups admit TCP 443 from this CIDR only (the platform's egress range).
+    platform_cidr: str = "10.0.0.0/16"
+
+    # Neon.
+    neon_api_key: SecretStr = SecretStr("")
+    neon_base_url: str = "https://console.neon.tech/api/v2/"
+    # "branch": one branch per tenant inside neon_project_id (Neon plans allow 10-25 branches per
+    # project). "project": one project per tenant, for fleets beyond that.
+    neon_mode: Literal["branch", "project"] = "branch"
+    neon_project_id: str = ""
+    neon_parent_branch_id: str | None = None
+    neon_request_timeout_seconds: float = 30.0
+    neon_region_id: str = "aws-us-east-1"
+
+    # Logging.
+    log_level: str = "INFO"
+
+    # Local stack (devstack) only: ports and the state directory.
+    state_dir: str = ".tenantflow"
+    temporal_port: int = 7233
+    temporal_ui_port: int = 8233
+    postgres_port: int = 55432
+    moto_port: int = 5055
+    neon_port: int = 4444
+
+    demo_org_slug: str = Field(default="demo")
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return Settings()

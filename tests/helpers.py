@@ -1,0 +1,61 @@
+"""Shared test helpers: seeding org rows as the API does, and reading what exists in the clouds."""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any
+
+import psycopg
+from neon_api import NeonAPI
+
+from db.orgs import OrgRepo
+from domain.models import OnboardOrgInput, OrgCreateRequest, resource_name
+from domain.settings import Settings
+from tests.conftest import new_org_id
+
+
+async def seed_org(pool, slug: str, vpc_id: str, subnet_ids: list[str], *, mode: str = "branch") -> OnboardOrgInput:
+    """Insert the org row the way ``POST /cp/orgs`` does, and return the workflow input for it."""
+    req = OrgCreateRequest(name=f"Org {slug}", slug=slug, plan="pro", vpc_id=vpc_id, subnet_ids=subnet_ids)
+    row, created = await OrgRepo(pool).create_or_get(req, org_id=new_org_id(), neon_mode=mode, actor="test")
+    assert created
+    return OnboardOrgInput(org_id=row["id"], slug=slug, name=row["name"], plan="pro", vpc_id=vpc_id,
+                           subnet_ids=subnet_ids, neon_mode=mode)
+
+
+def neon_client(settings: Settings) -> NeonAPI:
+    return NeonAPI(settings.neon_api_key.get_secret_value(), base_url=settings.neon_base_url)
+
+
+def neon_branches_named(settings: Settings, name: str) -> list[Any]:
+    branches = neon_client(settings).branches(settings.neon_project_id).branches
+    return [b for b in branches if b.name == name]
+
+
+def neon_projects_named(settings: Settings, name: str) -> list[Any]:
+    return [p for p in neon_client(settings).projects(limit=400).projects if p.name == name]
+
+
+def groups_named(ec2, inp: OnboardOrgInput) -> list[dict]:
+    return ec2.describe_security_groups(Filters=[
+        {"Name": "group-name", "Values": [resource_name(inp.slug, inp.org_id)]}])["SecurityGroups"]
+
+
+def tenant_connection_uri(settings: Settings, project_id: str, branch_id: str | None) -> str:
+    client = neon_client(settings)
+    params = {"database_name": "neondb"}
+    if branch_id:
+        params["branch_id"] = branch_id
+    return client._request("GET", f"projects/{project_id}/connection_uri", params=params)["uri"]
+
+
+def can_connect(uri: str) -> bool:
+    with contextlib.suppress(psycopg.OperationalError):
+        with psycopg.connect(uri, connect_timeout=5) as conn:
+            return conn.execute("SELECT 1").fetchone() == (1,)
+    return False
+
+
+def physical_databases(pg) -> set[str]:
+    with psycopg.connect(pg.url("postgres")) as conn:
+        return {r[0] for r in conn.execute("SELECT datname FROM pg_database")}

@@ -1,0 +1,179 @@
+"""The operator API for orgs, through aiohttp's test client, with the real Temporal dev server."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+
+import pytest
+import pytest_asyncio
+from aiohttp.test_utils import TestClient, TestServer
+
+from api.app import create_app
+from worker import build_worker
+
+
+def slug() -> str:
+    return f"a{uuid.uuid4().hex[:8]}"
+
+
+@pytest_asyncio.fixture
+async def api(settings, dev_env, task_queue):
+    app = create_app(settings.model_copy(update={"task_queue": task_queue}), temporal=dev_env.client)
+    client = TestClient(TestServer(app))
+    await client.start_server()
+    client.session.headers["Authorization"] = f"Bearer {settings.provision_secret.get_secret_value()}"
+    yield client
+    await client.close()
+
+
+def body(network, **overrides):
+    vpc_id, subnets = network
+    return {"name": "Acme Corp", "slug": slug(), "plan": "pro", "vpc_id": vpc_id, "subnet_ids": subnets, **overrides}
+
+
+async def org_count(pool) -> int:
+    async with pool.connection() as conn:
+        return (await (await conn.execute("SELECT count(*) AS n FROM orgs")).fetchone())["n"]
+
+
+async def workflows_for(dev_env, org_id: str) -> list:
+    return [w async for w in dev_env.client.list_workflows(f"WorkflowId = 'org-onboard:{org_id}'")]
+
+
+async def poll_until(api, slug_: str, statuses: set[str], timeout: float = 60, seen: list | None = None) -> dict:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        resp = await api.get(f"/cp/orgs/{slug_}")
+        assert resp.status == 200
+        org = await resp.json()
+        if seen is not None and org["progress"]:
+            seen.append(org["progress"])
+        if org["status"] in statuses:
+            return org
+        assert asyncio.get_running_loop().time() < deadline, org
+        await asyncio.sleep(0.1)
+
+
+async def test_onboard_through_api(api, settings, dev_env, pool, network, task_queue, neon_faults):
+    req = body(network)
+    # Two transient faults hold the workflow in create_database for a few seconds of retries,
+    # long enough to see its live progress through the API.
+    neon_faults("/projects/{project_id}/branches", 503, method="POST", count=2)
+    resp = await api.post("/cp/orgs", json=req)
+    assert resp.status == 202
+    created = await resp.json()
+    assert set(created) == {"id", "name", "slug", "plan", "neon_branch_id", "security_group_id", "status"}
+    assert created["status"] == "provisioning" and created["neon_branch_id"] is None
+    assert created["id"].startswith("org_")
+    assert resp.headers["Location"] == f"/cp/orgs/{req['slug']}"
+
+    seen: list[dict] = []
+    async with build_worker(dev_env.client, settings, pool, task_queue=task_queue):
+        org = await poll_until(api, req["slug"], {"active", "failed"}, seen=seen)
+    assert org["status"] == "active", org["failure_reason"]
+    assert any(p["step"] == "create_database" and p["steps_done"] == 2 and p["steps_total"] == 5 for p in seen), seen
+    assert org["id"] == created["id"]
+    assert org["neon_branch_id"].startswith("br-") and org["security_group_id"].startswith("sg-")
+    assert org["workflow_id"] == f"org-onboard:{created['id']}"
+    assert org["progress"] is None  # finished: answered from the record
+
+
+async def test_same_post_twice_is_one_org_and_one_workflow(api, dev_env, pool, network):
+    req = body(network)
+    first = await (await api.post("/cp/orgs", json=req)).json()
+    again = await api.post("/cp/orgs", json=req)
+    assert again.status == 202
+    assert (await again.json())["id"] == first["id"]
+    async with pool.connection() as conn:
+        rows = await (await conn.execute("SELECT id FROM orgs WHERE slug = %s", (req["slug"],))).fetchall()
+    assert [r["id"] for r in rows] == [first["id"]]
+    assert len(await workflows_for(dev_env, first["id"])) == 1
+
+
+async def test_same_slug_other_body_conflicts(api, pool, network):
+    req = body(network)
+    assert (await api.post("/cp/orgs", json=req)).status == 202
+    resp = await api.post("/cp/orgs", json={**req, "plan": "enterprise"})
+    assert resp.status == 409
+    err = await resp.json()
+    assert err["code"] == "ORG_EXISTS" and req["slug"] in err["error"]
+    async with pool.connection() as conn:
+        row = await (await conn.execute("SELECT plan FROM orgs WHERE slug = %s", (req["slug"],))).fetchone()
+    assert row["plan"] == "pro"
+
+
+BAD_BODIES = [
+    ("slug with capitals", {"slug": "Acme"}),
+    ("slug too short", {"slug": "a"}),
+    ("slug with a dot", {"slug": "ac.me"}),
+    ("empty name", {"name": "   "}),
+    ("name too long", {"name": "x" * 101}),
+    ("control characters in name", {"name": "bad\nname"}),
+    ("unknown plan", {"plan": "gold"}),
+    ("malformed vpc", {"vpc_id": "vpc-!!"}),
+    ("not a vpc", {"vpc_id": "subnet-0a1b2c3d"}),
+    ("no subnets", {"subnet_ids": []}),
+    ("subnet repeated", {"subnet_ids": ["subnet-0a1b2c3d", "subnet-0a1b2c3d"]}),
+    ("malformed subnet", {"subnet_ids": ["subnet-x"]}),
+    ("subnets not a list", {"subnet_ids": "subnet-0a1b2c3d"}),
+    ("wrong type", {"name": 42}),
+    ("unknown field", {"admin": True}),
+]
+
+
+@pytest.mark.parametrize("case,override", BAD_BODIES, ids=[c for c, _ in BAD_BODIES])
+async def test_bad_input_is_refused_and_creates_nothing(api, dev_env, pool, network, case, override):
+    req = body(network, **override)
+    before = await org_count(pool)
+    resp = await api.post("/cp/orgs", json=req)
+    assert resp.status == 400, case
+    err = await resp.json()
+    assert err["error"] and err["code"] == "VALIDATION_FAILED"
+    assert await org_count(pool) == before
+
+
+async def test_malformed_requests(api, pool):
+    before = await org_count(pool)
+    resp = await api.post("/cp/orgs", data="{not json", headers={"Content-Type": "application/json"})
+    assert resp.status == 400 and (await resp.json())["code"] == "MALFORMED_JSON"
+    resp = await api.post("/cp/orgs", data="slug=acme", headers={"Content-Type": "application/x-www-form-urlencoded"})
+    assert resp.status == 415
+    resp = await api.post("/cp/orgs", data=json.dumps({"name": "x" * 100_000}),
+                          headers={"Content-Type": "application/json"})
+    assert resp.status == 413
+    resp = await api.post("/cp/orgs", json=["not", "an", "object"])
+    assert resp.status == 400
+    assert await org_count(pool) == before
+
+
+async def test_operator_auth_required(api, network):
+    for headers in ({"Authorization": ""}, {"Authorization": "Bearer wrong"}, {"Authorization": "Basic abc"}):
+        resp = await api.post("/cp/orgs", json=body(network), headers=headers)
+        assert resp.status == 401
+        assert "error" in await resp.json()
+        resp = await api.get("/cp/orgs/acme", headers=headers)
+        assert resp.status == 401
+
+
+async def test_unknown_and_invalid_slugs(api):
+    resp = await api.get("/cp/orgs/does-not-exist")
+    assert resp.status == 404 and (await resp.json())["code"] == "ORG_NOT_FOUND"
+    resp = await api.get("/cp/orgs/NOT_A_SLUG")
+    assert resp.status == 400
+
+
+async def test_status_answers_from_database_while_no_worker_runs(api, settings, dev_env, pool, network, task_queue):
+    req = body(network)
+    created = await (await api.post("/cp/orgs", json=req)).json()
+    for _ in range(3):
+        resp = await api.get(f"/cp/orgs/{req['slug']}")
+        assert resp.status == 200
+        org = await resp.json()
+        assert org["status"] == "provisioning" and org["id"] == created["id"]
+        assert org["progress"] is None  # the query cannot be answered without a worker
+    # Once a worker comes back, the same workflow completes and live progress was available.
+    async with build_worker(dev_env.client, settings, pool, task_queue=task_queue):
+        org = await poll_until(api, req["slug"], {"active", "failed"})
+    assert org["status"] == "active"

@@ -1,0 +1,77 @@
+"""The tenantflow worker: runs every workflow and activity on one task queue.
+
+    python worker.py            # settings from TENANTFLOW_* and TEMPORAL_* environment variables
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from datetime import timedelta
+from typing import Any
+
+from psycopg_pool import AsyncConnectionPool
+from temporalio.client import Client
+from temporalio.worker import Worker
+
+from activities.ec2 import Ec2Activities
+from activities.neon import NeonActivities
+from activities.store import OrgStoreActivities
+from db.ledger import Ledger
+from db.orgs import OrgRepo
+from db.pool import open_pool
+from domain.logs import configure_logging, get_logger
+from domain.settings import Settings, get_settings
+from domain.temporal import connect_temporal
+from workflows.onboard_org import OnboardOrgWorkflow
+
+WORKFLOWS = [OnboardOrgWorkflow]
+
+
+def build_activities(settings: Settings, pool: AsyncConnectionPool, **overrides: Any) -> list:
+    """Every activity, bound to its clients. ``overrides`` swap a client (tests inject faults)."""
+    ledger = Ledger(pool)
+    ec2 = Ec2Activities(settings, ledger, overrides.get("ec2_client_factory"))
+    neon = NeonActivities(settings, ledger, overrides.get("neon_client_factory"))
+    store = OrgStoreActivities(OrgRepo(pool))
+    return [
+        ec2.validate_network, ec2.ensure_security_group, ec2.delete_security_group,
+        neon.ensure_tenant_database, neon.wait_for_neon_operations, neon.delete_tenant_database,
+        store.record_org_provisioning, store.record_org_resources, store.mark_org_active, store.mark_org_failed,
+    ]
+
+
+def build_worker(client: Client, settings: Settings, pool: AsyncConnectionPool, *, task_queue: str | None = None,
+                 **overrides: Any) -> Worker:
+    return Worker(
+        client,
+        task_queue=task_queue or settings.task_queue,
+        workflows=WORKFLOWS,
+        activities=build_activities(settings, pool, **overrides),
+        # In-flight activities get this long to finish before a shutdown cancels them.
+        graceful_shutdown_timeout=timedelta(seconds=10),
+    )
+
+
+async def main() -> None:
+    settings = get_settings()
+    configure_logging(settings.log_level)
+    log = get_logger("tenantflow.worker")
+    pool = await open_pool(settings.database_url.get_secret_value(), min_size=settings.database_pool_min,
+                           max_size=settings.database_pool_max)
+    client = await connect_temporal()
+    worker = build_worker(client, settings, pool)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    log.info("worker started", task_queue=settings.task_queue, namespace=client.namespace)
+    async with worker:
+        await stop.wait()
+        log.info("worker stopping")
+    await pool.close()
+    log.info("worker stopped")
+
+
+if __name__ == "__main__":
+    asyncio.run(main())

@@ -1,0 +1,1 @@
+"""Workflows: deterministic orchestration only; every effect is an activity."""

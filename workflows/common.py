@@ -1,0 +1,73 @@
+"""What every tenantflow workflow shares: retry policies, progress reporting, failure reasons."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from temporalio import workflow
+from temporalio.common import RetryPolicy
+from temporalio.exceptions import ActivityError, ApplicationError, ChildWorkflowError, TimeoutError
+
+with workflow.unsafe.imports_passed_through():
+    from domain.models import Progress
+
+# Transient faults (throttling, 423/429/5xx) back off up to 30 s; permanent ones are raised
+# non-retryable by the activities and stop the retries at once.
+RETRY = RetryPolicy(initial_interval=timedelta(seconds=1), backoff_coefficient=2.0,
+                    maximum_interval=timedelta(seconds=30))
+# A single call to an external API; the whole step (with its retries) gets schedule_to_close.
+CALL_TIMEOUT = timedelta(seconds=60)
+STEP_DEADLINE = timedelta(minutes=10)
+# Cleanup must finish: it keeps retrying far longer than a forward step.
+CLEANUP_DEADLINE = timedelta(hours=1)
+
+
+class ProgressTracker:
+    """Keeps the ``progress`` query answer and the UI's current details in step."""
+
+    def __init__(self, operation: str, steps: list[str], status: str):
+        self.steps = steps
+        self.progress = Progress(operation=operation, step="starting", steps_done=0,
+                                 steps_total=len(steps), status=status)
+        self._publish()
+
+    def enter(self, step: str) -> None:
+        self.progress.step = step
+        self.progress.steps_done = self.steps.index(step) if step in self.steps else self.progress.steps_done
+        self._publish()
+
+    def finish(self, status: str, failure_reason: str | None = None, step: str = "done") -> None:
+        self.progress.status = status
+        self.progress.failure_reason = failure_reason
+        if failure_reason is None:
+            self.progress.steps_done = self.progress.steps_total
+        self.progress.step = step
+        self._publish()
+
+    def note(self, text: str) -> None:
+        self._publish(extra=text)
+
+    def _publish(self, extra: str | None = None) -> None:
+        p = self.progress
+        lines = [
+            f"**{p.operation}**: {p.status}",
+            f"step: `{p.step}` ({p.steps_done}/{p.steps_total})",
+        ]
+        if p.failure_reason:
+            lines.append(f"failure: {p.failure_reason}")
+        if extra:
+            lines.append(extra)
+        workflow.set_current_details("\n\n".join(lines))
+
+
+def failure_reason(step: str, err: BaseException) -> str:
+    """A one-line, operator-readable reason: the step and the root cause's type and message."""
+    cause: BaseException = err
+    while isinstance(cause, (ActivityError, ChildWorkflowError)) and cause.cause is not None:
+        cause = cause.cause
+    if isinstance(cause, ApplicationError):
+        kind = cause.type or "ApplicationError"
+        return f"{step}: {kind}: {cause.message}"
+    if isinstance(cause, TimeoutError):
+        return f"{step}: timed out ({cause.type.name if cause.type else 'timeout'})"
+    return f"{step}: {type(cause).__name__}: {cause}"
