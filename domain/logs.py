@@ -12,6 +12,8 @@ import sys
 from typing import Any
 
 import structlog
+import temporalio.activity
+import temporalio.workflow
 
 _SECRET_KEYS = re.compile(r"(secret|token|password|authorization|api_key|apikey|dsn|database_url|uri)", re.I)
 # Values that look like credentials even under an innocent key.
@@ -37,9 +39,11 @@ def flatten_temporal_context(_logger: Any, _method: str, event_dict: dict) -> di
     for attr in ("temporal_workflow", "temporal_activity"):
         ctx = event_dict.pop(attr, None)
         if isinstance(ctx, dict):
-            for key in ("workflow_id", "run_id", "workflow_type", "activity_type", "activity_id"):
+            for key in ("workflow_id", "run_id", "workflow_type", "activity_type", "activity_id", "attempt"):
                 if ctx.get(key) is not None:
                     event_dict.setdefault(key, ctx[key])
+            if ctx.get("workflow_run_id"):
+                event_dict.setdefault("run_id", ctx["workflow_run_id"])
     return event_dict
 
 
@@ -78,6 +82,9 @@ def configure_logging(level: str = "INFO", stream: Any = None) -> None:
     handler._tenantflow = True  # type: ignore[attr-defined]
     root.addHandler(handler)
     root.setLevel(level.upper())
+    # The ids travel as JSON keys; appending them to every message as well is noise.
+    temporalio.workflow.logger.workflow_info_on_message = False
+    temporalio.activity.logger.activity_info_on_message = False
     for noisy in ("botocore", "urllib3", "aiohttp.access", "temporalio.bridge"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     _configured = True
