@@ -14,30 +14,46 @@ from psycopg_pool import AsyncConnectionPool
 from temporalio.client import Client
 from temporalio.worker import Worker
 
+from activities.a2a import AgentActivities
 from activities.ec2 import Ec2Activities
+from activities.instances import InstanceActivities
 from activities.neon import NeonActivities
 from activities.store import OrgStoreActivities
+from activities.workflow_control import WorkflowControlActivities
+from activities.workspace_store import WorkspaceStoreActivities
 from db.ledger import Ledger
 from db.orgs import OrgRepo
+from db.workspaces import WorkspaceRepo
 from db.pool import open_pool
 from domain.logs import configure_logging, get_logger
 from domain.settings import Settings, get_settings
 from domain.temporal import connect_temporal
+from workflows.deprovision_workspace import DeprovisionWorkspaceWorkflow
 from workflows.onboard_org import OnboardOrgWorkflow
+from workflows.provision_workspace import ProvisionWorkspaceWorkflow
 
-WORKFLOWS = [OnboardOrgWorkflow]
+WORKFLOWS = [OnboardOrgWorkflow, ProvisionWorkspaceWorkflow, DeprovisionWorkspaceWorkflow]
 
 
-def build_activities(settings: Settings, pool: AsyncConnectionPool, **overrides: Any) -> list:
+def build_activities(settings: Settings, pool: AsyncConnectionPool, client: Client, **overrides: Any) -> list:
     """Every activity, bound to its clients. ``overrides`` swap a client (tests inject faults)."""
     ledger = Ledger(pool)
+    workspaces = WorkspaceRepo(pool)
     ec2 = Ec2Activities(settings, ledger, overrides.get("ec2_client_factory"))
+    instances = InstanceActivities(settings, ledger, workspaces, overrides.get("ec2_client_factory"))
     neon = NeonActivities(settings, ledger, overrides.get("neon_client_factory"))
     store = OrgStoreActivities(OrgRepo(pool))
+    ws_store = WorkspaceStoreActivities(workspaces)
+    control = WorkflowControlActivities(client)
     return [
         ec2.validate_network, ec2.ensure_security_group, ec2.delete_security_group,
         neon.ensure_tenant_database, neon.wait_for_neon_operations, neon.delete_tenant_database,
         store.record_org_provisioning, store.record_org_resources, store.mark_org_active, store.mark_org_failed,
+        instances.launch_instance, instances.wait_instance_running, instances.terminate_instances,
+        AgentActivities().check_agent_card,
+        ws_store.confirm_workspace_slot, ws_store.mark_workspace_running, ws_store.mark_workspace_failed,
+        ws_store.mark_workspace_deleting, ws_store.mark_workspace_deleted,
+        control.cancel_and_wait,
     ]
 
 
@@ -47,7 +63,7 @@ def build_worker(client: Client, settings: Settings, pool: AsyncConnectionPool, 
         client,
         task_queue=task_queue or settings.task_queue,
         workflows=WORKFLOWS,
-        activities=build_activities(settings, pool, **overrides),
+        activities=build_activities(settings, pool, client, **overrides),
         # In-flight activities get this long to finish before a shutdown cancels them.
         graceful_shutdown_timeout=timedelta(seconds=10),
     )

@@ -8,10 +8,12 @@ import signal
 from aiohttp import web
 from temporalio.client import Client
 
-from api import orgs
+from api import org_keys, orgs, registry, workspaces
 from api.errors import error_middleware
-from api.keys import ORGS, POOL, SETTINGS, TEMPORAL
+from api.state import ORG_KEYS, ORGS, POOL, SETTINGS, TEMPORAL, WORKSPACES
+from db.keys import OrgKeyRepo
 from db.orgs import OrgRepo
+from db.workspaces import WorkspaceRepo
 from db.pool import open_pool
 from domain.logs import configure_logging, get_logger
 from domain.settings import Settings, get_settings
@@ -30,12 +32,15 @@ def create_app(settings: Settings, *, temporal: Client | None = None) -> web.App
                                max_size=settings.database_pool_max)
         app[POOL] = pool
         app[ORGS] = OrgRepo(pool)
+        app[ORG_KEYS] = OrgKeyRepo(pool)
+        app[WORKSPACES] = WorkspaceRepo(pool)
         app[TEMPORAL] = temporal or await connect_temporal(lazy=True)
         yield
         await pool.close()
 
     app.cleanup_ctx.append(resources)
-    app.router.add_routes(orgs.routes)
+    for module in (orgs, org_keys, workspaces, registry):
+        app.router.add_routes(module.routes)
     app.router.add_get("/healthz", lambda _: web.json_response({"status": "ok"}))
     return app
 

@@ -7,7 +7,7 @@ import hmac
 from aiohttp import web
 
 from api.errors import ApiError
-from api.keys import SETTINGS
+from api.state import ORG_KEYS, SETTINGS, TENANT_ORG
 
 
 def bearer_token(request: web.Request) -> str | None:
@@ -24,3 +24,21 @@ def require_operator(request: web.Request) -> None:
     # An unset secret refuses everyone rather than admitting an empty bearer.
     if not expected or token is None or not hmac.compare_digest(token.encode(), expected.encode()):
         raise ApiError(401, "UNAUTHORIZED", "operator credentials required: Authorization: Bearer <provision secret>")
+
+
+# What the tenant's subdomain would carry at the edge; it may only agree with the key.
+ORG_ROUTING_HEADER = "X-Org-Slug"
+
+
+async def require_org_key(request: web.Request) -> dict:
+    """The org of a live org API key. The org comes from the key alone; a routing header that
+    names another org is refused, never followed."""
+    token = bearer_token(request)
+    org = await request.app[ORG_KEYS].authenticate(token) if token else None
+    if org is None:
+        raise ApiError(401, "UNAUTHORIZED", "a valid org API key is required: Authorization: Bearer tfk_...")
+    routed = request.headers.get(ORG_ROUTING_HEADER)
+    if routed is not None and routed != org["slug"]:
+        raise ApiError(403, "ORG_MISMATCH", f"{ORG_ROUTING_HEADER} does not match the org of this key")
+    request[TENANT_ORG] = org
+    return org

@@ -12,7 +12,7 @@ from aiohttp import web
 from pydantic import ValidationError
 from temporalio.service import RPCError
 
-from api.keys import REQUEST_ID
+from api.state import REQUEST_ID
 
 log = structlog.get_logger("tenantflow.api")
 

@@ -15,8 +15,8 @@ from temporalio.exceptions import WorkflowAlreadyStartedError
 
 from api.auth import require_operator
 from api.errors import ApiError, read_json
-from api.keys import ORGS, SETTINGS, TEMPORAL
-from domain.models import OnboardOrgInput, OrgCreateRequest, OrgStatus, Progress
+from api.state import ORGS, SETTINGS, TEMPORAL
+from domain.models import OnboardOrgInput, OrgCreateRequest, OrgQuotaUpdate, OrgStatus, Progress
 from domain.temporal import OPERATION, ORG_SLUG
 from workflows.onboard_org import OnboardOrgWorkflow
 
@@ -44,6 +44,9 @@ def org_view(row: dict, progress: Progress | None = None) -> dict:
         "security_group_id": row["security_group_id"],
         "failure_reason": row["failure_reason"],
         "workflow_id": row["workflow_id"],
+        "max_workspaces": row["max_workspaces"],
+        "max_tier": row["max_tier"],
+        "billing_plan": row["billing_plan"],
         "progress": progress.model_dump() if progress else None,
         "created_at": row["created_at"].isoformat(),
         "updated_at": row["updated_at"].isoformat(),
@@ -113,11 +116,29 @@ async def create_org(request: web.Request) -> web.Response:
                              headers={"Location": f"/cp/orgs/{req.slug}", "Retry-After": "2"})
 
 
-@routes.get("/cp/orgs/{slug}")
-async def get_org(request: web.Request) -> web.Response:
+async def org_or_404(request: web.Request) -> dict:
+    """For operator routes under /cp/orgs/{slug}: authenticated, validated, existing."""
     require_operator(request)
     slug = slug_param(request)
     row = await request.app[ORGS].get_by_slug(slug)
     if row is None:
         raise ApiError(404, "ORG_NOT_FOUND", f"no org '{slug}'")
+    return row
+
+
+@routes.get("/cp/orgs/{slug}")
+async def get_org(request: web.Request) -> web.Response:
+    row = await org_or_404(request)
     return web.json_response(org_view(row, await live_progress(request, row)))
+
+
+@routes.patch("/cp/orgs/{slug}")
+async def update_quota(request: web.Request) -> web.Response:
+    """Quota and billing controls: max_workspaces, max_tier, billing_plan."""
+    row = await org_or_404(request)
+    update = OrgQuotaUpdate.model_validate(await read_json(request))
+    fields = update.model_dump(exclude_none=True)
+    if not fields:
+        raise ApiError(400, "VALIDATION_FAILED", "give at least one of max_workspaces, max_tier, billing_plan")
+    row = await request.app[ORGS].update(row["id"], actor="operator", action="org.quota", detail=fields, **fields)
+    return web.json_response(org_view(row))

@@ -144,3 +144,120 @@ class OrgFailure(BaseModel):
 def resource_name(slug: str, org_id: str) -> str:
     """Name of an org's Neon branch/project and security group: found by it, unique per org."""
     return f"tf-{slug}-{org_id.removeprefix('org_')}"
+
+
+# --- workspaces ------------------------------------------------------------------------------
+
+WorkspaceName = Annotated[str, StringConstraints(pattern=r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$")]
+Runtime = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9-]{1,31}$")]
+ModelName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9._:/-]{0,63}$")]
+Role = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200, pattern=r"^[^\x00-\x1f\x7f]+$")]
+KeyName = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=64, pattern=r"^[^\x00-\x1f\x7f]+$")]
+Tier = Annotated[int, Field(strict=True, ge=1, le=4)]
+
+# Documented tier -> EC2 instance type mapping (README "Workspaces").
+TIER_INSTANCE_TYPES = {1: "t3.small", 2: "t3.medium", 3: "t3.large", 4: "t3.xlarge"}
+
+
+class WorkspaceCreateRequest(Strict):
+    name: WorkspaceName
+    role: Role
+    runtime: Runtime
+    tier: Tier
+    model: ModelName
+
+
+class OrgQuotaUpdate(Strict):
+    max_workspaces: Annotated[int, Field(strict=True, ge=0, le=10_000)] | None = None
+    max_tier: Tier | None = None
+    billing_plan: Plan | None = None
+
+
+class KeyCreateRequest(Strict):
+    name: KeyName
+
+
+class AgentRegisterRequest(Strict):
+    workspace_id: Annotated[str, StringConstraints(pattern=r"^ws_[0-9a-f]{12}$")]
+    agent_url: Annotated[str, StringConstraints(pattern=r"^https?://[^\s/$.?#][^\s]{0,500}$")]
+
+
+class AgentHeartbeatRequest(Strict):
+    workspace_id: Annotated[str, StringConstraints(pattern=r"^ws_[0-9a-f]{12}$")]
+    tasks_handled: Annotated[int, Field(strict=True, ge=0)]
+    avg_response_time_ms: Annotated[float, Field(ge=0)] | None = None
+
+
+class WorkspaceStatus(StrEnum):
+    provisioning = "provisioning"
+    running = "running"
+    failed = "failed"
+    deleting = "deleting"
+    deleted = "deleted"
+
+
+class ProvisionWorkspaceInput(BaseModel):
+    workspace_id: str
+    org_id: str
+    org_slug: str
+    name: str
+    role: str
+    runtime: str
+    tier: int
+    model: str
+    instance_type: str
+    subnet_id: str
+    security_group_id: str
+    ami_id: str
+    platform_url: str
+    registration_timeout_seconds: float = 600
+    agent_check_timeout_seconds: float = 120
+
+
+class ProvisionWorkspaceResult(BaseModel):
+    workspace_id: str
+    status: WorkspaceStatus
+    instance_id: str | None = None
+    agent_url: str | None = None
+    failure_reason: str | None = None
+
+
+class AgentRegistration(BaseModel):
+    agent_url: str
+
+
+class InstanceRef(BaseModel):
+    workspace_id: str
+    org_id: str
+    org_slug: str
+    instance_id: str | None = None
+
+
+class AgentCardCheck(BaseModel):
+    workspace_id: str
+    name: str
+    agent_url: str
+
+
+class WorkspaceRef(BaseModel):
+    workspace_id: str
+
+
+class WorkspaceInstance(BaseModel):
+    workspace_id: str
+    instance_id: str
+
+
+class WorkspaceFailure(BaseModel):
+    workspace_id: str
+    reason: str
+
+
+class DeprovisionWorkspaceInput(BaseModel):
+    workspace_id: str
+    org_id: str
+    org_slug: str
+
+
+class WorkflowToStop(BaseModel):
+    workflow_id: str

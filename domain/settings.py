@@ -56,6 +56,16 @@ class Settings(BaseSettings):
     neon_request_timeout_seconds: float = 30.0
     neon_region_id: str = "aws-us-east-1"
 
+    # Workspaces.
+    # How long a launched agent has to register before its instance is terminated.
+    registration_timeout_seconds: float = 600.0
+    # How long the platform keeps trying to fetch a registered agent's A2A card.
+    agent_check_timeout_seconds: float = 120.0
+    agent_ami_id: str = "ami-12c6146b"
+    agent_heartbeat_interval_seconds: float = 15.0
+    # An agent counts as active when its last heartbeat is this recent.
+    active_agent_window_seconds: float = 90.0
+
     # Logging.
     log_level: str = "INFO"
 

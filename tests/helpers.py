@@ -59,3 +59,30 @@ def can_connect(uri: str) -> bool:
 def physical_databases(pg) -> set[str]:
     with psycopg.connect(pg.url("postgres")) as conn:
         return {r[0] for r in conn.execute("SELECT datname FROM pg_database")}
+
+
+async def onboard_active_org(env, settings, pool, task_queue: str, network, slug: str) -> dict:
+    """An org onboarded by the real workflow, as every workspace test needs one."""
+    from worker import build_worker
+    from workflows.onboard_org import OnboardOrgWorkflow
+
+    inp = await seed_org(pool, slug, *network)
+    async with build_worker(env.client, settings, pool, task_queue=task_queue):
+        await env.client.execute_workflow(OnboardOrgWorkflow.run, inp, id=f"org-onboard:{inp.org_id}",
+                                          task_queue=task_queue)
+    return await OrgRepo(pool).get(inp.org_id)
+
+
+def instances_of(ec2, workspace_id: str, states=("pending", "running", "stopping", "stopped", "shutting-down")) -> list[dict]:
+    reservations = ec2.describe_instances(Filters=[
+        {"Name": "tag:tenantflow:workspace-id", "Values": [workspace_id]},
+        {"Name": "instance-state-name", "Values": list(states)},
+    ])["Reservations"]
+    return [i for r in reservations for i in r["Instances"]]
+
+
+def user_data_of(ec2, instance_id: str) -> str:
+    import base64
+
+    raw = ec2.describe_instance_attribute(InstanceId=instance_id, Attribute="userData")["UserData"]["Value"]
+    return base64.b64decode(raw).decode()

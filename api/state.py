@@ -6,11 +6,17 @@ from aiohttp import web
 from psycopg_pool import AsyncConnectionPool
 from temporalio.client import Client
 
+from db.keys import OrgKeyRepo
 from db.orgs import OrgRepo
+from db.workspaces import WorkspaceRepo
 from domain.settings import Settings
 
 SETTINGS = web.AppKey("settings", Settings)
 POOL = web.AppKey("pool", AsyncConnectionPool)
 ORGS = web.AppKey("orgs", OrgRepo)
+ORG_KEYS = web.AppKey("org_keys", OrgKeyRepo)
+WORKSPACES = web.AppKey("workspaces", WorkspaceRepo)
 TEMPORAL = web.AppKey("temporal", Client)
 REQUEST_ID = web.RequestKey("request_id", str)
+# The org a tenant request is authenticated as (from its key alone).
+TENANT_ORG = web.RequestKey("tenant_org", dict)

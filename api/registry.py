@@ -1,0 +1,56 @@
+"""Where agents report in: registration with the one-time token, then heartbeats."""
+
+from __future__ import annotations
+
+import structlog
+from aiohttp import web
+
+from api.auth import bearer_token
+from api.errors import ApiError, read_json
+from api.state import SETTINGS, TEMPORAL, WORKSPACES
+from db.workspaces import TokenRefused
+from domain.models import AgentHeartbeatRequest, AgentRegisterRequest, AgentRegistration
+from workflows.deprovision_workspace import provision_workflow_id
+from workflows.provision_workspace import ProvisionWorkspaceWorkflow
+
+routes = web.RouteTableDef()
+log = structlog.get_logger("tenantflow.api")
+
+
+@routes.post("/registry/register")
+async def register(request: web.Request) -> web.Response:
+    token = bearer_token(request)
+    if token is None:
+        raise ApiError(401, "UNAUTHORIZED", "registration needs Authorization: Bearer <registration token>")
+    req = AgentRegisterRequest.model_validate(await read_json(request))
+    temporal = request.app[TEMPORAL]
+
+    async def wake_workflow(ws: dict) -> None:
+        await temporal.get_workflow_handle(provision_workflow_id(ws["id"])).signal(
+            ProvisionWorkspaceWorkflow.agent_registered, AgentRegistration(agent_url=req.agent_url))
+
+    try:
+        ws, workspace_token = await request.app[WORKSPACES].redeem_registration_token(
+            token, req.workspace_id, req.agent_url, wake_workflow)
+    except TokenRefused as refused:
+        log.warning("registration refused", workspace_id=req.workspace_id, reason=str(refused))
+        raise ApiError(401, "REGISTRATION_REFUSED", "registration token invalid, expired, used or not for this workspace") from None
+    log.info("agent registered", workspace_id=ws["id"], agent_url=req.agent_url)
+    return web.json_response({
+        "workspace_id": ws["id"],
+        "workspace_token": workspace_token,
+        "heartbeat_interval_seconds": request.app[SETTINGS].agent_heartbeat_interval_seconds,
+    }, headers={"Cache-Control": "no-store"})
+
+
+@routes.post("/registry/heartbeat")
+async def heartbeat(request: web.Request) -> web.Response:
+    token = bearer_token(request)
+    ws = await request.app[WORKSPACES].authenticate_workspace_token(token) if token else None
+    if ws is None:
+        raise ApiError(401, "UNAUTHORIZED", "heartbeat needs a live workspace token")
+    req = AgentHeartbeatRequest.model_validate(await read_json(request))
+    if req.workspace_id != ws["id"]:
+        raise ApiError(403, "WORKSPACE_MISMATCH", "this token belongs to another workspace")
+    await request.app[WORKSPACES].record_heartbeat(ws["id"], req.tasks_handled, req.avg_response_time_ms)
+    return web.json_response({"ok": True})

@@ -1,0 +1,197 @@
+"""Workspaces: tenants create, list, inspect and delete their own; operators see an org's fleet."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import secrets
+from datetime import timedelta
+
+import structlog
+from aiohttp import web
+from temporalio.client import Client
+from temporalio.common import SearchAttributePair, TypedSearchAttributes, WorkflowIDConflictPolicy
+from temporalio.service import RPCError
+
+from api.auth import require_org_key
+from api.errors import ApiError, read_json
+from api.orgs import org_or_404
+from api.state import SETTINGS, TEMPORAL, WORKSPACES
+from db.workspaces import WorkspaceRefused
+from domain.models import (
+    TIER_INSTANCE_TYPES,
+    DeprovisionWorkspaceInput,
+    Progress,
+    ProvisionWorkspaceInput,
+    WorkspaceCreateRequest,
+    WorkspaceStatus,
+)
+from domain.settings import Settings
+from domain.temporal import OPERATION, ORG_SLUG, WORKSPACE_ID
+from workflows.deprovision_workspace import DeprovisionWorkspaceWorkflow, provision_workflow_id
+from workflows.provision_workspace import ProvisionWorkspaceWorkflow
+
+routes = web.RouteTableDef()
+log = structlog.get_logger("tenantflow.api")
+_WORKSPACE_ID = re.compile(r"^ws_[0-9a-f]{12}$")
+
+
+def _iso(value) -> str | None:
+    return value.isoformat() if value else None
+
+
+def workspace_view(row: dict, progress: Progress | None = None) -> dict:
+    return {
+        "id": row["id"],
+        "name": row["name"],
+        "role": row["role"],
+        "runtime": row["runtime"],
+        "tier": row["tier"],
+        "model": row["model"],
+        "status": row["status"],
+        "instance_id": row["instance_id"],
+        "instance_type": row["instance_type"],
+        "agent_url": row["agent_url"],
+        "last_seen": _iso(row["last_seen"]),
+        "tasks_handled": row["tasks_handled"],
+        "avg_response_time_ms": row["avg_response_time_ms"],
+        "failure_reason": row["failure_reason"],
+        "progress": progress.model_dump() if progress else None,
+        "created_at": _iso(row["created_at"]),
+    }
+
+
+def _search_attributes(org_slug: str, workspace_id: str, operation: str) -> TypedSearchAttributes:
+    return TypedSearchAttributes([SearchAttributePair(ORG_SLUG, org_slug), SearchAttributePair(WORKSPACE_ID, workspace_id),
+                                  SearchAttributePair(OPERATION, operation)])
+
+
+def provision_input(settings: Settings, org: dict, ws: dict) -> ProvisionWorkspaceInput:
+    return ProvisionWorkspaceInput(
+        workspace_id=ws["id"], org_id=org["id"], org_slug=org["slug"], name=ws["name"], role=ws["role"],
+        runtime=ws["runtime"], tier=ws["tier"], model=ws["model"], instance_type=ws["instance_type"],
+        subnet_id=ws["subnet_id"], security_group_id=org["security_group_id"], ami_id=settings.agent_ami_id,
+        platform_url=settings.public_url, registration_timeout_seconds=settings.registration_timeout_seconds,
+        agent_check_timeout_seconds=settings.agent_check_timeout_seconds,
+    )
+
+
+async def start_provisioning(client: Client, settings: Settings, org: dict, ws: dict) -> None:
+    await client.start_workflow(
+        ProvisionWorkspaceWorkflow.run, provision_input(settings, org, ws),
+        id=provision_workflow_id(ws["id"]), task_queue=settings.task_queue,
+        id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
+        static_summary=f"Provision workspace {ws['name']} ({ws['instance_type']}) for {org['slug']}",
+        search_attributes=_search_attributes(org["slug"], ws["id"], "provision"),
+    )
+
+
+async def live_progress(request: web.Request, row: dict) -> Progress | None:
+    if row["status"] not in (WorkspaceStatus.provisioning, WorkspaceStatus.deleting):
+        return None
+    settings = request.app[SETTINGS]
+    workflow = ProvisionWorkspaceWorkflow if row["status"] == WorkspaceStatus.provisioning else DeprovisionWorkspaceWorkflow
+    workflow_id = (provision_workflow_id if workflow is ProvisionWorkspaceWorkflow else deprovision_workflow_id)(row["id"])
+    try:
+        handle = request.app[TEMPORAL].get_workflow_handle(workflow_id)
+        return await asyncio.wait_for(handle.query(workflow.progress, rpc_timeout=timedelta(
+            seconds=settings.progress_query_timeout_seconds)), settings.progress_query_timeout_seconds)
+    except (Exception, asyncio.TimeoutError):  # noqa: BLE001 - the record answers instead
+        return None
+
+
+def deprovision_workflow_id(workspace_id: str) -> str:
+    return f"ws-deprovision:{workspace_id}"
+
+
+async def tenant_workspace(request: web.Request) -> tuple[dict, dict]:
+    """The caller's org and one of its workspaces; another org's workspace is simply not found."""
+    org = await require_org_key(request)
+    workspace_id = request.match_info["workspace_id"]
+    row = await request.app[WORKSPACES].get(workspace_id, org["id"]) if _WORKSPACE_ID.match(workspace_id) else None
+    if row is None or row["status"] == WorkspaceStatus.deleted:
+        raise ApiError(404, "WORKSPACE_NOT_FOUND", "no such workspace")
+    return org, row
+
+
+@routes.post("/workspaces")
+async def create_workspace(request: web.Request) -> web.Response:
+    org = await require_org_key(request)
+    req = WorkspaceCreateRequest.model_validate(await read_json(request))
+    settings = request.app[SETTINGS]
+    repo = request.app[WORKSPACES]
+    workspace_id = f"ws_{secrets.token_hex(6)}"
+    subnet_id = org["subnet_ids"][int(workspace_id[3:], 16) % len(org["subnet_ids"])]
+    try:
+        ws = await repo.reserve(org["id"], workspace_id=workspace_id, name=req.name, role=req.role, runtime=req.runtime,
+                                tier=req.tier, model=req.model, instance_type=TIER_INSTANCE_TYPES[req.tier],
+                                subnet_id=subnet_id, actor=f"org_key:{org['key_id']}")
+    except WorkspaceRefused as refused:
+        status = 404 if refused.code == "ORG_NOT_FOUND" else 409
+        raise ApiError(status, refused.code, str(refused)) from None
+    try:
+        await start_provisioning(request.app[TEMPORAL], settings, org, ws)
+    except RPCError:
+        # No workflow means nobody would ever free the slot: give it back before answering.
+        await repo.update(ws["id"], actor="api", action="workspace.fail", outcome="failed",
+                          status=WorkspaceStatus.failed.value, holds_slot=False,
+                          failure_reason="could not start provisioning: Temporal unavailable")
+        raise
+    log.info("workspace requested", org_slug=org["slug"], workspace_id=ws["id"],
+             workflow_id=provision_workflow_id(ws["id"]))
+    return web.json_response({"id": ws["id"], "status": ws["status"]}, status=202,
+                             headers={"Location": f"/workspaces/{ws['id']}", "Retry-After": "5"})
+
+
+@routes.get("/workspaces")
+async def list_workspaces(request: web.Request) -> web.Response:
+    org = await require_org_key(request)
+    rows = await request.app[WORKSPACES].list(org["id"])
+    return web.json_response({"workspaces": [workspace_view(r) for r in rows]})
+
+
+@routes.get("/workspaces/{workspace_id}")
+async def get_workspace(request: web.Request) -> web.Response:
+    _, row = await tenant_workspace(request)
+    return web.json_response(workspace_view(row, await live_progress(request, row)))
+
+
+@routes.delete("/workspaces/{workspace_id}")
+async def delete_workspace(request: web.Request) -> web.Response:
+    org, row = await tenant_workspace(request)
+    settings = request.app[SETTINGS]
+    await request.app[TEMPORAL].start_workflow(
+        DeprovisionWorkspaceWorkflow.run,
+        DeprovisionWorkspaceInput(workspace_id=row["id"], org_id=org["id"], org_slug=org["slug"]),
+        id=deprovision_workflow_id(row["id"]), task_queue=settings.task_queue,
+        # A repeated DELETE attaches to the deletion already under way.
+        id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
+        static_summary=f"Deprovision workspace {row['name']} of {org['slug']}",
+        search_attributes=_search_attributes(org["slug"], row["id"], "deprovision"),
+    )
+    log.info("workspace deletion requested", org_slug=org["slug"], workspace_id=row["id"])
+    return web.json_response({"id": row["id"], "status": WorkspaceStatus.deleting.value}, status=202,
+                             headers={"Location": f"/workspaces/{row['id']}", "Retry-After": "5"})
+
+
+@routes.get("/cp/orgs/{slug}/workspaces")
+async def operator_list_workspaces(request: web.Request) -> web.Response:
+    org = await org_or_404(request)
+    rows = await request.app[WORKSPACES].list(org["id"])
+    keys = ("id", "name", "runtime", "tier", "instance_id", "status", "last_seen")
+    return web.json_response({"org": org["slug"],
+                              "workspaces": [{k: workspace_view(r)[k] for k in keys} for r in rows]})
+
+
+@routes.get("/cp/orgs/{slug}/metrics")
+async def operator_metrics(request: web.Request) -> web.Response:
+    org = await org_or_404(request)
+    window = timedelta(seconds=request.app[SETTINGS].active_agent_window_seconds)
+    m = await request.app[WORKSPACES].metrics(org["id"], active_within=window)
+    return web.json_response({
+        "org": org["slug"],
+        "total_workspaces": m["total_workspaces"],
+        "active_agents": m["active_agents"],
+        "avg_response_time_ms": round(float(m["avg_response_time_ms"]), 3),
+        "total_tasks_dispatched": int(m["total_tasks_dispatched"]),
+    })

@@ -1,0 +1,70 @@
+"""Org API keys: minted (shown once), listed, verified and revoked. Audited."""
+
+from __future__ import annotations
+
+from psycopg_pool import AsyncConnectionPool
+
+from db import audit
+from domain import credentials
+
+_PUBLIC = "id, org_id, name, created_by, created_at, last_used_at, revoked_at"
+
+
+class OrgKeyRepo:
+    def __init__(self, pool: AsyncConnectionPool):
+        self._pool = pool
+
+    async def mint(self, org: dict, name: str, *, actor: str) -> tuple[dict, str]:
+        """A new key for the org; returns its public record and the secret, which is never stored."""
+        minted = credentials.mint(credentials.ORG_KEY)
+        async with self._pool.connection() as conn, conn.transaction():
+            row = await (await conn.execute(
+                f"""INSERT INTO org_api_keys (id, org_id, name, key_hash, created_by)
+                    VALUES (%s, %s, %s, %s, %s) RETURNING {_PUBLIC}""",
+                (minted.id, org["id"], name, minted.hash, actor),
+            )).fetchone()
+            await audit.append(conn, actor=actor, action="org_key.mint", outcome="ok", org_id=org["id"],
+                               org_slug=org["slug"], resource_ids={"org_key": minted.id}, detail={"name": name})
+        return row, minted.secret
+
+    async def authenticate(self, secret: str) -> dict | None:
+        """The org a live key belongs to, or None. Touches ``last_used_at``."""
+        key_id = credentials.parse(secret, credentials.ORG_KEY)
+        if key_id is None:
+            return None
+        async with self._pool.connection() as conn:
+            row = await (await conn.execute(
+                "SELECT k.key_hash, k.revoked_at, o.* FROM org_api_keys k JOIN orgs o ON o.id = k.org_id WHERE k.id = %s",
+                (key_id,),
+            )).fetchone()
+            if row is None or row["revoked_at"] is not None or not credentials.matches(secret, row["key_hash"]):
+                return None
+            await conn.execute("UPDATE org_api_keys SET last_used_at = now() WHERE id = %s", (key_id,))
+        org = {k: v for k, v in row.items() if k not in ("key_hash", "revoked_at")}
+        org["key_id"] = key_id
+        return org
+
+    async def list(self, org_id: str) -> list[dict]:
+        async with self._pool.connection() as conn:
+            return await (await conn.execute(
+                f"SELECT {_PUBLIC} FROM org_api_keys WHERE org_id = %s ORDER BY created_at", (org_id,))).fetchall()
+
+    async def revoke(self, org: dict, key_id: str, *, actor: str) -> dict | None:
+        async with self._pool.connection() as conn, conn.transaction():
+            row = await (await conn.execute(
+                f"""UPDATE org_api_keys SET revoked_at = COALESCE(revoked_at, now())
+                    WHERE id = %s AND org_id = %s RETURNING {_PUBLIC}""",
+                (key_id, org["id"]),
+            )).fetchone()
+            if row is not None:
+                await audit.append(conn, actor=actor, action="org_key.revoke", outcome="ok", org_id=org["id"],
+                                   org_slug=org["slug"], resource_ids={"org_key": key_id})
+            return row
+
+    async def revoke_all(self, org: dict, *, actor: str) -> int:
+        async with self._pool.connection() as conn, conn.transaction():
+            cur = await conn.execute(
+                "UPDATE org_api_keys SET revoked_at = now() WHERE org_id = %s AND revoked_at IS NULL", (org["id"],))
+            await audit.append(conn, actor=actor, action="org_key.revoke_all", outcome="ok", org_id=org["id"],
+                               org_slug=org["slug"], detail={"revoked": cur.rowcount})
+            return cur.rowcount

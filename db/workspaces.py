@@ -1,0 +1,188 @@
+"""Workspace records, quota slots and the tokens agents use. Audited where state changes."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any, Awaitable, Callable
+
+import psycopg
+from psycopg_pool import AsyncConnectionPool
+
+from db import audit
+from domain import credentials
+
+
+class WorkspaceRefused(Exception):
+    """Creation refused before anything was written; ``code`` is the API's machine code."""
+
+    def __init__(self, code: str, message: str):
+        super().__init__(message)
+        self.code = code
+
+
+class TokenRefused(Exception):
+    pass
+
+
+class WorkspaceRepo:
+    def __init__(self, pool: AsyncConnectionPool):
+        self._pool = pool
+
+    async def reserve(self, org_id: str, *, workspace_id: str, name: str, role: str, runtime: str, tier: int,
+                      model: str, instance_type: str, subnet_id: str, actor: str) -> dict:
+        """Take a quota slot and record the workspace as provisioning, or refuse.
+
+        The org row is locked for the count and the insert, so N concurrent creates against a
+        limit of L admit exactly L.
+        """
+        async with self._pool.connection() as conn, conn.transaction():
+            org = await (await conn.execute("SELECT * FROM orgs WHERE id = %s FOR UPDATE", (org_id,))).fetchone()
+            if org is None:
+                raise WorkspaceRefused("ORG_NOT_FOUND", "org not found")
+            if org["status"] == "suspended":
+                raise WorkspaceRefused("ORG_SUSPENDED", "org suspended: workspace creation is frozen")
+            if org["status"] != "active":
+                raise WorkspaceRefused("ORG_NOT_ACTIVE", f"org is {org['status']}, not active")
+            if tier > org["max_tier"]:
+                raise WorkspaceRefused("TIER_NOT_ALLOWED", f"tier {tier} is above this org's max_tier "
+                                       f"{org['max_tier']}: upgrade your plan to use higher tiers")
+            used = (await (await conn.execute(
+                "SELECT count(*) AS n FROM workspaces WHERE org_id = %s AND holds_slot", (org_id,))).fetchone())["n"]
+            if used >= org["max_workspaces"]:
+                raise WorkspaceRefused("QUOTA_EXCEEDED", f"workspace limit reached ({used}/{org['max_workspaces']}): "
+                                       "upgrade your plan or delete a workspace to create another")
+            try:
+                row = await (await conn.execute(
+                    """INSERT INTO workspaces (id, org_id, name, role, runtime, tier, model, status, instance_type, subnet_id)
+                       VALUES (%s, %s, %s, %s, %s, %s, %s, 'provisioning', %s, %s) RETURNING *""",
+                    (workspace_id, org_id, name, role, runtime, tier, model, instance_type, subnet_id),
+                )).fetchone()
+            except psycopg.errors.UniqueViolation:
+                raise WorkspaceRefused("WORKSPACE_NAME_TAKEN", f"a workspace named '{name}' already exists") from None
+            await audit.append(conn, actor=actor, action="workspace.create", outcome="accepted", org_id=org_id,
+                               org_slug=org["slug"], resource_ids={"workspace": workspace_id},
+                               detail={"tier": tier, "runtime": runtime})
+            return row
+
+    async def get(self, workspace_id: str, org_id: str | None = None) -> dict | None:
+        async with self._pool.connection() as conn:
+            if org_id is None:
+                return await (await conn.execute("SELECT * FROM workspaces WHERE id = %s", (workspace_id,))).fetchone()
+            return await (await conn.execute(
+                "SELECT * FROM workspaces WHERE id = %s AND org_id = %s", (workspace_id, org_id))).fetchone()
+
+    async def list(self, org_id: str, *, include_deleted: bool = False) -> list[dict]:
+        async with self._pool.connection() as conn:
+            return await (await conn.execute(
+                "SELECT * FROM workspaces WHERE org_id = %s AND (%s OR status <> 'deleted') ORDER BY created_at",
+                (org_id, include_deleted))).fetchall()
+
+    async def update(self, workspace_id: str, *, actor: str, action: str | None = None, outcome: str = "ok",
+                     detail: dict[str, Any] | None = None, **fields: Any) -> dict | None:
+        """Set columns (names come from code, never input) and audit the change."""
+        async with self._pool.connection() as conn, conn.transaction():
+            sets = ", ".join([*(f"{k} = %({k})s" for k in fields), "updated_at = now()"])
+            row = await (await conn.execute(
+                f"UPDATE workspaces SET {sets} WHERE id = %(workspace_id)s RETURNING *",
+                {**fields, "workspace_id": workspace_id},
+            )).fetchone()
+            if row is not None and action:
+                org = await (await conn.execute("SELECT slug FROM orgs WHERE id = %s", (row["org_id"],))).fetchone()
+                await audit.append(conn, actor=actor, action=action, outcome=outcome, org_id=row["org_id"],
+                                   org_slug=org["slug"] if org else None, detail=detail or {},
+                                   resource_ids={"workspace": workspace_id, "instance": row["instance_id"]})
+            return row
+
+    # -- tokens -------------------------------------------------------------------------------
+
+    async def mint_registration_token(self, workspace_id: str, ttl: timedelta) -> str:
+        """A new one-time token; any earlier unused one dies, so only the latest boot can register."""
+        minted = credentials.mint(credentials.REGISTRATION_TOKEN)
+        async with self._pool.connection() as conn, conn.transaction():
+            await conn.execute(
+                """UPDATE workspace_tokens SET revoked_at = now()
+                   WHERE workspace_id = %s AND kind = 'registration' AND revoked_at IS NULL AND used_at IS NULL""",
+                (workspace_id,))
+            await conn.execute(
+                """INSERT INTO workspace_tokens (id, workspace_id, kind, token_hash, expires_at)
+                   VALUES (%s, %s, 'registration', %s, now() + %s)""",
+                (minted.id, workspace_id, minted.hash, ttl))
+        return minted.secret
+
+    async def redeem_registration_token(self, secret: str, workspace_id: str, agent_url: str,
+                                        on_redeemed: Callable[[dict], Awaitable[None]]) -> tuple[dict, str]:
+        """Spend a registration token for exactly its workspace and issue a workspace token.
+
+        ``on_redeemed`` (waking the workflow) runs before the commit: if it fails, the token is
+        not spent and the agent may retry.
+        """
+        token_id = credentials.parse(secret, credentials.REGISTRATION_TOKEN)
+        if token_id is None:
+            raise TokenRefused("not a registration token")
+        async with self._pool.connection() as conn, conn.transaction():
+            token = await (await conn.execute(
+                "SELECT * FROM workspace_tokens WHERE id = %s AND kind = 'registration' FOR UPDATE", (token_id,))).fetchone()
+            if token is None or not credentials.matches(secret, token["token_hash"]):
+                raise TokenRefused("unknown registration token")
+            if token["used_at"] is not None or token["revoked_at"] is not None:
+                raise TokenRefused("registration token already used or revoked")
+            alive = (await (await conn.execute("SELECT now() < %s AS alive", (token["expires_at"],))).fetchone())["alive"]
+            if not alive:
+                raise TokenRefused("registration token expired")
+            if token["workspace_id"] != workspace_id:
+                raise TokenRefused("registration token belongs to another workspace")
+            ws = await (await conn.execute(
+                "SELECT * FROM workspaces WHERE id = %s FOR UPDATE", (workspace_id,))).fetchone()
+            if ws is None or ws["status"] != "provisioning":
+                raise TokenRefused("workspace is not waiting for registration")
+            await conn.execute("UPDATE workspace_tokens SET used_at = now() WHERE id = %s", (token_id,))
+            minted = credentials.mint(credentials.WORKSPACE_TOKEN)
+            await conn.execute(
+                "INSERT INTO workspace_tokens (id, workspace_id, kind, token_hash) VALUES (%s, %s, 'workspace', %s)",
+                (minted.id, workspace_id, minted.hash))
+            ws = await (await conn.execute(
+                """UPDATE workspaces SET agent_url = %s, registered_at = now(), last_seen = now(), updated_at = now()
+                   WHERE id = %s RETURNING *""", (agent_url, workspace_id))).fetchone()
+            org = await (await conn.execute("SELECT slug FROM orgs WHERE id = %s", (ws["org_id"],))).fetchone()
+            await audit.append(conn, actor=f"agent:{workspace_id}", action="workspace.register", outcome="ok",
+                               org_id=ws["org_id"], org_slug=org["slug"],
+                               resource_ids={"workspace": workspace_id, "instance": ws["instance_id"]},
+                               detail={"agent_url": agent_url})
+            await on_redeemed(ws)
+            return ws, minted.secret
+
+    async def authenticate_workspace_token(self, secret: str) -> dict | None:
+        token_id = credentials.parse(secret, credentials.WORKSPACE_TOKEN)
+        if token_id is None:
+            return None
+        async with self._pool.connection() as conn:
+            row = await (await conn.execute(
+                """SELECT t.token_hash, w.* FROM workspace_tokens t JOIN workspaces w ON w.id = t.workspace_id
+                   WHERE t.id = %s AND t.kind = 'workspace' AND t.revoked_at IS NULL""", (token_id,))).fetchone()
+        if row is None or not credentials.matches(secret, row.pop("token_hash")):
+            return None
+        return row
+
+    async def record_heartbeat(self, workspace_id: str, tasks_handled: int, avg_response_time_ms: float | None) -> None:
+        async with self._pool.connection() as conn:
+            await conn.execute(
+                """UPDATE workspaces SET last_seen = now(), tasks_handled = %s,
+                       avg_response_time_ms = COALESCE(%s, avg_response_time_ms)
+                   WHERE id = %s""", (tasks_handled, avg_response_time_ms, workspace_id))
+
+    async def revoke_tokens(self, workspace_id: str) -> None:
+        async with self._pool.connection() as conn:
+            await conn.execute(
+                "UPDATE workspace_tokens SET revoked_at = now() WHERE workspace_id = %s AND revoked_at IS NULL",
+                (workspace_id,))
+
+    async def metrics(self, org_id: str, *, active_within: timedelta) -> dict:
+        async with self._pool.connection() as conn:
+            return await (await conn.execute(
+                """SELECT count(*) FILTER (WHERE status <> 'deleted') AS total_workspaces,
+                          count(*) FILTER (WHERE status = 'running' AND last_seen > now() - %s) AS active_agents,
+                          COALESCE(sum(avg_response_time_ms * tasks_handled) FILTER (WHERE tasks_handled > 0)
+                                   / NULLIF(sum(tasks_handled) FILTER (WHERE tasks_handled > 0), 0), 0)
+                              AS avg_response_time_ms,
+                          COALESCE(sum(tasks_handled), 0) AS total_tasks_dispatched
+                   FROM workspaces WHERE org_id = %s""", (active_within, org_id))).fetchone()

@@ -1,0 +1,49 @@
+"""Platform-issued secrets: org API keys (``tfk_``), registration tokens (``tfr_``) and workspace
+tokens (``tfw_``).
+
+A secret is ``<prefix>_<id>_<random>``: the prefix lets secret scanners recognise it, the id finds
+its record, and only a SHA-256 of the whole secret is stored (the random part carries 256 bits,
+so a fast hash is enough). Comparison is constant time.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import re
+import secrets
+from dataclasses import dataclass
+
+ORG_KEY = "tfk"
+REGISTRATION_TOKEN = "tfr"
+WORKSPACE_TOKEN = "tfw"
+_FORMAT = re.compile(r"^(tf[krw])_([0-9a-f]{12})_([A-Za-z0-9_-]{43})$")
+
+
+@dataclass(frozen=True)
+class Minted:
+    id: str
+    secret: str
+    hash: str
+
+
+def digest(secret: str) -> str:
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+def mint(prefix: str) -> Minted:
+    ident = secrets.token_hex(6)
+    secret = f"{prefix}_{ident}_{secrets.token_urlsafe(32)}"
+    return Minted(id=ident, secret=secret, hash=digest(secret))
+
+
+def parse(secret: str, prefix: str) -> str | None:
+    """The record id of a well-formed secret of this kind, else None."""
+    match = _FORMAT.match(secret or "")
+    if not match or match.group(1) != prefix:
+        return None
+    return match.group(2)
+
+
+def matches(secret: str, stored_hash: str) -> bool:
+    return hmac.compare_digest(digest(secret), stored_hash)

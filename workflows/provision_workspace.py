@@ -1,0 +1,135 @@
+"""ProvisionWorkspaceWorkflow: one EC2 instance running a registered, answering A2A agent.
+
+take slot -> launch instance (one-time token + boot script + RunInstances) -> wait until running
+-> wait for the agent's registration signal (with a timeout) -> check its A2A card -> running.
+On a timeout, a permanent failure or cancellation it terminates the instance, waits until it is
+terminated, gives the slot back and stores the reason: a workspace never stays "provisioning".
+"""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import timedelta
+from typing import Any, Callable
+
+from temporalio import workflow
+from temporalio.exceptions import ActivityError, ApplicationError
+from temporalio.workflow import ActivityCancellationType
+
+with workflow.unsafe.imports_passed_through():
+    from activities.a2a import AgentActivities
+    from activities.instances import InstanceActivities
+    from activities.workspace_store import WorkspaceStoreActivities
+    from domain.models import (
+        AgentCardCheck,
+        AgentRegistration,
+        InstanceRef,
+        Progress,
+        ProvisionWorkspaceInput,
+        ProvisionWorkspaceResult,
+        WorkspaceFailure,
+        WorkspaceRef,
+        WorkspaceStatus,
+    )
+    from workflows.common import CALL_TIMEOUT, CLEANUP_DEADLINE, RETRY, STEP_DEADLINE, ProgressTracker, failure_reason
+
+STEPS = ["take_slot", "launch_instance", "wait_running", "wait_registration", "check_agent", "activate"]
+
+
+class _StepFailed(Exception):
+    def __init__(self, reason: str):
+        super().__init__(reason)
+        self.reason = reason
+
+
+@workflow.defn
+class ProvisionWorkspaceWorkflow:
+    def __init__(self) -> None:
+        self._tracker = ProgressTracker("provision", STEPS, WorkspaceStatus.provisioning.value)
+        self._registration: AgentRegistration | None = None
+
+    @workflow.query
+    def progress(self) -> Progress:
+        return self._tracker.progress
+
+    @workflow.signal
+    def agent_registered(self, registration: AgentRegistration) -> None:
+        """Sent by the API when the agent spends its one-time token; wakes the workflow at once."""
+        if self._registration is None:
+            self._registration = registration
+
+    async def _act(self, method: Callable, arg: Any, summary: str, *, deadline: timedelta = STEP_DEADLINE,
+                   **options: Any) -> Any:
+        options.setdefault("start_to_close_timeout", CALL_TIMEOUT)
+        return await workflow.execute_activity_method(method, arg, summary=summary, schedule_to_close_timeout=deadline,
+                                                      retry_policy=RETRY, **options)
+
+    @workflow.run
+    async def run(self, inp: ProvisionWorkspaceInput) -> ProvisionWorkspaceResult:
+        ws = WorkspaceRef(workspace_id=inp.workspace_id)
+        result = ProvisionWorkspaceResult(workspace_id=inp.workspace_id, status=WorkspaceStatus.provisioning)
+        step = STEPS[0]
+        try:
+            self._tracker.enter(step := "take_slot")
+            await self._act(WorkspaceStoreActivities.confirm_workspace_slot, ws, "confirm quota slot")
+
+            self._tracker.enter(step := "launch_instance")
+            # Waits for a cancelled launch to finish, so cleanup sees any instance it started.
+            launched = await self._act(InstanceActivities.launch_instance, inp,
+                                       f"launch {inp.instance_type} in {inp.subnet_id}",
+                                       cancellation_type=ActivityCancellationType.WAIT_CANCELLATION_COMPLETED)
+            result.instance_id = launched.instance_id
+
+            self._tracker.enter(step := "wait_running")
+            await self._act(InstanceActivities.wait_instance_running, launched, f"wait for {launched.instance_id}",
+                            start_to_close_timeout=STEP_DEADLINE, heartbeat_timeout=CALL_TIMEOUT / 2)
+
+            self._tracker.enter(step := "wait_registration")
+            timeout = inp.registration_timeout_seconds
+            try:
+                await workflow.wait_condition(lambda: self._registration is not None,
+                                              timeout=timedelta(seconds=timeout))
+            except asyncio.TimeoutError:
+                raise _StepFailed(f"wait_registration: agent did not register within {timeout:g}s") from None
+            assert self._registration is not None
+            result.agent_url = self._registration.agent_url
+
+            self._tracker.enter(step := "check_agent")
+            await self._act(AgentActivities.check_agent_card,
+                            AgentCardCheck(workspace_id=inp.workspace_id, name=inp.name, agent_url=result.agent_url),
+                            "fetch and check the A2A agent card",
+                            deadline=timedelta(seconds=inp.agent_check_timeout_seconds),
+                            start_to_close_timeout=timedelta(seconds=15))
+
+            self._tracker.enter(step := "activate")
+            await self._act(WorkspaceStoreActivities.mark_workspace_running, ws, "mark workspace running")
+        except (ActivityError, _StepFailed) as err:
+            reason = err.reason if isinstance(err, _StepFailed) else failure_reason(step, err)
+            await self._clean_up(inp, result, reason, step)
+            raise ApplicationError(f"workspace {inp.workspace_id} failed: {reason}", type="WorkspaceFailed",
+                                   non_retryable=True) from err
+        except asyncio.CancelledError:
+            await self._clean_up(inp, result, f"{step}: provisioning cancelled", step)
+            raise
+
+        result.status = WorkspaceStatus.running
+        self._tracker.finish(WorkspaceStatus.running.value)
+        workflow.logger.info("workspace running", extra={"org_slug": inp.org_slug, "workspace_id": inp.workspace_id})
+        return result
+
+    async def _clean_up(self, inp: ProvisionWorkspaceInput, result: ProvisionWorkspaceResult, reason: str,
+                        step: str) -> None:
+        """Terminate (and wait for) any instance, then fail the workspace and free its slot."""
+        workflow.logger.warning("workspace failed, cleaning up",
+                                extra={"org_slug": inp.org_slug, "workspace_id": inp.workspace_id, "reason": reason})
+        self._tracker.finish(WorkspaceStatus.failed.value, reason, step=f"cleaning up after {step}")
+        result.status, result.failure_reason = WorkspaceStatus.failed, reason
+        instance = InstanceRef(workspace_id=inp.workspace_id, org_id=inp.org_id, org_slug=inp.org_slug,
+                               instance_id=result.instance_id)
+        await self._act(InstanceActivities.terminate_instances, instance, "terminate and wait",
+                        deadline=CLEANUP_DEADLINE, start_to_close_timeout=STEP_DEADLINE,
+                        heartbeat_timeout=CALL_TIMEOUT / 2)
+        await self._act(WorkspaceStoreActivities.mark_workspace_failed,
+                        WorkspaceFailure(workspace_id=inp.workspace_id, reason=reason),
+                        "mark failed, free slot", deadline=CLEANUP_DEADLINE)
+        self._tracker.finish(WorkspaceStatus.failed.value, reason, step=step)
