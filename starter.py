@@ -4,10 +4,17 @@
         --vpc-id vpc-0a1b2c3d --subnet-ids subnet-abc123,subnet-def456
     python starter.py status acme
     python starter.py watch acme
+    python starter.py quota acme --max-workspaces 10 --max-tier 3 --billing-plan pro
+    python starter.py mint-key acme --name ci            # prints the org API key once
+    python starter.py workspace create --name agent-1 --role "Inference worker" --runtime hermes \\
+        --tier 2 --model claude-sonnet-4                  # as the tenant: TENANTFLOW_ORG_KEY
+    python starter.py workspace list
+    python starter.py workspace delete ws_0123456789ab
 
-The API URL comes from TENANTFLOW_API_URL (default http://127.0.0.1:8080) and the operator secret
-from TENANTFLOW_PROVISION_SECRET, or from the local stack's state directory when that is unset.
-Exit status: 0 when the operation ends well, 1 when it fails, 2 on a refused request.
+The API URL comes from TENANTFLOW_API_URL (default http://127.0.0.1:8080), the operator secret
+from TENANTFLOW_PROVISION_SECRET and the tenant's key from TENANTFLOW_ORG_KEY; on the local stack
+both fall back to the saved state (the demo org's key). Exit status: 0 when the operation ends
+well, 1 when it fails, 2 on a refused request.
 """
 
 from __future__ import annotations
@@ -20,7 +27,7 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, Callable, TextIO
 
 TERMINAL_OK = {"active"}
 TERMINAL_FAILED = {"failed"}
@@ -32,7 +39,7 @@ class ApiError(Exception):
         self.status, self.body = status, body
 
 
-class OperatorClient:
+class ApiClient:
     def __init__(self, base_url: str, secret: str, timeout: float = 10.0):
         self.base_url = base_url.rstrip("/")
         self._secret = secret
@@ -53,70 +60,114 @@ class OperatorClient:
                 payload = {"error": f"HTTP {err.code}"}
             raise ApiError(err.code, payload) from None
 
+
+
+class OperatorClient(ApiClient):
     def onboard(self, **body: Any) -> dict:
         return self.request("POST", "/cp/orgs", body)[1]
 
     def org(self, slug: str) -> dict:
         return self.request("GET", f"/cp/orgs/{slug}")[1]
 
+    def set_quota(self, slug: str, **body: Any) -> dict:
+        return self.request("PATCH", f"/cp/orgs/{slug}", body)[1]
 
-def progress_line(org: dict, width: int = 24) -> str:
-    p = org.get("progress") or {}
+    def mint_key(self, slug: str, name: str) -> dict:
+        return self.request("POST", f"/cp/orgs/{slug}/keys", {"name": name})[1]
+
+
+class TenantClient(ApiClient):
+    def create_workspace(self, **body: Any) -> dict:
+        return self.request("POST", "/workspaces", body)[1]
+
+    def workspaces(self) -> list[dict]:
+        return self.request("GET", "/workspaces")[1]["workspaces"]
+
+    def workspace(self, workspace_id: str) -> dict:
+        return self.request("GET", f"/workspaces/{workspace_id}")[1]
+
+    def delete_workspace(self, workspace_id: str) -> dict:
+        return self.request("DELETE", f"/workspaces/{workspace_id}")[1]
+
+
+def progress_line(label: str, record: dict, ok: set[str], width: int = 24) -> str:
+    p = record.get("progress") or {}
     total = p.get("steps_total") or 1
-    done = total if org["status"] in TERMINAL_OK else p.get("steps_done", 0)
-    step = p.get("step") or org["status"]
+    done = total if record["status"] in ok else p.get("steps_done", 0)
+    step = p.get("step") or record["status"]
     filled = int(width * done / total)
-    return f"{org['slug']} [{'#' * filled}{'-' * (width - filled)}] {done}/{total} {org['status']}: {step}"
+    return f"{label} [{'#' * filled}{'-' * (width - filled)}] {done}/{total} {record['status']}: {step}"
 
 
-def follow(client: OperatorClient, slug: str, *, out: TextIO = sys.stdout, interval: float = 0.5,
-           timeout: float = 900.0) -> dict:
-    """Poll the org's status until it ends, drawing a progress bar; returns the final record."""
+def follow(fetch: Callable[[], dict], label: str, *, ok: set[str], failed: set[str] = TERMINAL_FAILED,
+           gone_is_ok: bool = False, out: TextIO = sys.stdout, interval: float = 0.5, timeout: float = 900.0) -> dict:
+    """Poll a status until it ends, drawing a progress bar; returns the final record.
+
+    ``gone_is_ok``: a 404 ends the wait successfully (a deletion finished)."""
     deadline = time.monotonic() + timeout
     last = ""
     tty = out.isatty()
+    record: dict | None = None
     while True:
         try:
-            org = client.org(slug)
-        except (ApiError, OSError) as err:
-            if isinstance(err, ApiError) and err.status < 500:
+            record = fetch()
+        except ApiError as err:
+            if err.status == 404 and gone_is_ok:
+                out.write(("\n" if tty else "") + f"{label}: deleted\n")
+                return {"status": "deleted"}
+            if err.status < 500:
                 raise
-            org = None  # the API restarting: keep polling
-        if org is not None:
-            line = progress_line(org)
+            record = None  # the API restarting: keep polling
+        except OSError:
+            record = None
+        if record is not None:
+            line = progress_line(label, record, ok)
             if line != last:
                 out.write(("\r" + line.ljust(100)) if tty else line + "\n")
                 out.flush()
                 last = line
-            if org["status"] in TERMINAL_OK | TERMINAL_FAILED:
+            if record["status"] in ok | failed:
                 if tty:
                     out.write("\n")
-                return org
+                return record
         if time.monotonic() > deadline:
-            raise TimeoutError(f"{slug} still {org and org['status']} after {timeout}s")
+            raise TimeoutError(f"{label} still {record and record['status']} after {timeout}s")
         time.sleep(interval)
 
 
-def _secret() -> str:
-    secret = os.environ.get("TENANTFLOW_PROVISION_SECRET")
+def follow_org(client: OperatorClient, slug: str, out: TextIO = sys.stdout) -> dict:
+    return follow(lambda: client.org(slug), slug, ok=TERMINAL_OK, out=out)
+
+
+def follow_workspace(client: TenantClient, workspace_id: str, out: TextIO = sys.stdout, *,
+                     deleting: bool = False) -> dict:
+    ok = set() if deleting else {"running"}
+    return follow(lambda: client.workspace(workspace_id), workspace_id, ok=ok, gone_is_ok=deleting, out=out)
+
+
+def _local_secret(env_var: str, state_key: str) -> str:
+    secret = os.environ.get(env_var)
     if secret:
         return secret
     state = Path(os.environ.get("TENANTFLOW_STATE_DIR", ".tenantflow")) / "secrets.json"
-    if state.exists():
-        return json.loads(state.read_text())["provision_secret"]
-    sys.exit("set TENANTFLOW_PROVISION_SECRET (or run the local stack, which saves one)")
+    if state.exists() and state_key in (saved := json.loads(state.read_text())):
+        return saved[state_key]
+    sys.exit(f"set {env_var} (or run the local stack, which saves one)")
 
 
-def _report(org: dict, out: TextIO) -> int:
-    if org["status"] in TERMINAL_FAILED:
-        out.write(f"FAILED: {org.get('failure_reason')}\n")
+def _report(record: dict, out: TextIO, keys: tuple[str, ...]) -> int:
+    if record["status"] in TERMINAL_FAILED:
+        out.write(f"FAILED: {record.get('failure_reason')}\n")
         return 1
-    keys = ("id", "slug", "status", "neon_project_id", "neon_branch_id", "security_group_id")
-    out.write(json.dumps({k: org.get(k) for k in keys}, indent=2) + "\n")
+    out.write(json.dumps({k: record.get(k) for k in keys if k in record}, indent=2) + "\n")
     return 0
 
 
-def main(argv: list[str] | None = None, out: TextIO = sys.stdout) -> int:
+ORG_KEYS = ("id", "slug", "status", "neon_project_id", "neon_branch_id", "security_group_id")
+WORKSPACE_KEYS = ("id", "name", "status", "instance_id", "agent_url", "last_seen")
+
+
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="starter.py", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--api-url", default=os.environ.get("TENANTFLOW_API_URL", "http://127.0.0.1:8080"))
@@ -129,23 +180,84 @@ def main(argv: list[str] | None = None, out: TextIO = sys.stdout) -> int:
     onboard.add_argument("--subnet-ids", required=True, help="comma-separated")
     onboard.add_argument("--no-wait", action="store_true")
     for name, text in (("status", "show an org"), ("watch", "follow an org until it settles")):
-        cmd = sub.add_parser(name, help=text)
-        cmd.add_argument("slug")
-    args = parser.parse_args(argv)
-    client = OperatorClient(args.api_url, _secret())
+        sub.add_parser(name, help=text).add_argument("slug")
+    quota = sub.add_parser("quota", help="set an org's quotas")
+    quota.add_argument("slug")
+    quota.add_argument("--max-workspaces", type=int)
+    quota.add_argument("--max-tier", type=int)
+    quota.add_argument("--billing-plan")
+    mint = sub.add_parser("mint-key", help="mint an org API key (shown once)")
+    mint.add_argument("slug")
+    mint.add_argument("--name", default="operator-minted")
+    ws = sub.add_parser("workspace", help="tenant workspace operations (TENANTFLOW_ORG_KEY)")
+    ws_sub = ws.add_subparsers(dest="ws_command", required=True)
+    create = ws_sub.add_parser("create", help="create a workspace and follow it until running or failed")
+    create.add_argument("--name", required=True)
+    create.add_argument("--role", required=True)
+    create.add_argument("--runtime", default="hermes")
+    create.add_argument("--tier", type=int, default=2)
+    create.add_argument("--model", default="claude-sonnet-4")
+    create.add_argument("--no-wait", action="store_true")
+    ws_sub.add_parser("list", help="list workspaces")
+    for name in ("status", "delete"):
+        ws_sub.add_parser(name).add_argument("workspace_id")
+    return parser
+
+
+def _tenant_command(args: argparse.Namespace, out: TextIO) -> int:
+    client = TenantClient(args.api_url, _local_secret("TENANTFLOW_ORG_KEY", "demo_org_key"))
+    if args.ws_command == "create":
+        created = client.create_workspace(name=args.name, role=args.role, runtime=args.runtime, tier=args.tier,
+                                          model=args.model)
+        out.write(f"accepted: {created['id']} ({created['status']})\n")
+        if args.no_wait:
+            return 0
+        return _report(follow_workspace(client, created["id"], out), out, WORKSPACE_KEYS)
+    if args.ws_command == "list":
+        for w in client.workspaces():
+            out.write(f"{w['id']}  {w['name']:<24} tier {w['tier']}  {w['status']:<12} {w['instance_id'] or '-'}\n")
+        return 0
+    if args.ws_command == "delete":
+        client.delete_workspace(args.workspace_id)
+        follow_workspace(client, args.workspace_id, out, deleting=True)
+        return 0
+    record = client.workspace(args.workspace_id)
+    out.write(json.dumps(record, indent=2) + "\n")
+    return 1 if record["status"] in TERMINAL_FAILED else 0
+
+
+def _operator_command(args: argparse.Namespace, out: TextIO) -> int:
+    client = OperatorClient(args.api_url, _local_secret("TENANTFLOW_PROVISION_SECRET", "provision_secret"))
+    if args.command == "onboard":
+        created = client.onboard(name=args.name, slug=args.slug, plan=args.plan, vpc_id=args.vpc_id,
+                                 subnet_ids=[s for s in args.subnet_ids.split(",") if s])
+        out.write(f"accepted: {created['id']} ({created['status']})\n")
+        if args.no_wait:
+            return 0
+        return _report(follow_org(client, args.slug, out), out, ORG_KEYS)
+    if args.command == "watch":
+        return _report(follow_org(client, args.slug, out), out, ORG_KEYS)
+    if args.command == "quota":
+        body = {k: v for k, v in (("max_workspaces", args.max_workspaces), ("max_tier", args.max_tier),
+                                  ("billing_plan", args.billing_plan)) if v is not None}
+        org = client.set_quota(args.slug, **body)
+        out.write(json.dumps({k: org[k] for k in ("slug", "max_workspaces", "max_tier", "billing_plan")}) + "\n")
+        return 0
+    if args.command == "mint-key":
+        key = client.mint_key(args.slug, args.name)
+        out.write(f"{key['key']}\n(shown once: store it now; id {key['id']})\n")
+        return 0
+    org = client.org(args.slug)
+    out.write(json.dumps(org, indent=2) + "\n")
+    return 1 if org["status"] in TERMINAL_FAILED else 0
+
+
+def main(argv: list[str] | None = None, out: TextIO = sys.stdout) -> int:
+    args = _parser().parse_args(argv)
     try:
-        if args.command == "onboard":
-            created = client.onboard(name=args.name, slug=args.slug, plan=args.plan, vpc_id=args.vpc_id,
-                                     subnet_ids=[s for s in args.subnet_ids.split(",") if s])
-            out.write(f"accepted: {created['id']} ({created['status']})\n")
-            if args.no_wait:
-                return 0
-            return _report(follow(client, args.slug, out=out), out)
-        if args.command == "watch":
-            return _report(follow(client, args.slug, out=out), out)
-        org = client.org(args.slug)
-        out.write(json.dumps(org, indent=2) + "\n")
-        return 1 if org["status"] in TERMINAL_FAILED else 0
+        if args.command == "workspace":
+            return _tenant_command(args, out)
+        return _operator_command(args, out)
     except ApiError as err:
         out.write(f"refused ({err.status}): {err}\n")
         return 2

@@ -52,5 +52,6 @@ async def heartbeat(request: web.Request) -> web.Response:
     req = AgentHeartbeatRequest.model_validate(await read_json(request))
     if req.workspace_id != ws["id"]:
         raise ApiError(403, "WORKSPACE_MISMATCH", "this token belongs to another workspace")
-    await request.app[WORKSPACES].record_heartbeat(ws["id"], req.tasks_handled, req.avg_response_time_ms)
+    await request.app[WORKSPACES].record_heartbeat(ws["id"], req.tasks_handled, req.avg_response_time_ms,
+                                                    req.agent_url)
     return web.json_response({"ok": True})

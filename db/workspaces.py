@@ -163,12 +163,14 @@ class WorkspaceRepo:
             return None
         return row
 
-    async def record_heartbeat(self, workspace_id: str, tasks_handled: int, avg_response_time_ms: float | None) -> None:
+    async def record_heartbeat(self, workspace_id: str, tasks_handled: int, avg_response_time_ms: float | None,
+                               agent_url: str | None = None) -> None:
         async with self._pool.connection() as conn:
             await conn.execute(
                 """UPDATE workspaces SET last_seen = now(), tasks_handled = %s,
-                       avg_response_time_ms = COALESCE(%s, avg_response_time_ms)
-                   WHERE id = %s""", (tasks_handled, avg_response_time_ms, workspace_id))
+                       avg_response_time_ms = COALESCE(%s, avg_response_time_ms),
+                       agent_url = COALESCE(%s, agent_url)
+                   WHERE id = %s""", (tasks_handled, avg_response_time_ms, agent_url, workspace_id))
 
     async def revoke_tokens(self, workspace_id: str) -> None:
         async with self._pool.connection() as conn:

@@ -7,7 +7,7 @@ from typing import TextIO
 
 import boto3
 
-from starter import ApiError, OperatorClient, follow
+from starter import ApiError, OperatorClient, follow_org
 
 DEMO_VPC_TAG = "tenantflow-demo-vpc"
 
@@ -44,4 +44,4 @@ def onboard_demo_org(client: OperatorClient, slug: str, vpc_id: str, subnet_ids:
     if org is None:
         created = client.onboard(name="Demo Org", slug=slug, plan="pro", vpc_id=vpc_id, subnet_ids=subnet_ids)
         out.write(f"onboarding demo org '{slug}': {created['id']}\n")
-    return follow(client, slug, out=out)
+    return follow_org(client, slug, out)

@@ -186,6 +186,8 @@ class AgentHeartbeatRequest(Strict):
     workspace_id: Annotated[str, StringConstraints(pattern=r"^ws_[0-9a-f]{12}$")]
     tasks_handled: Annotated[int, Field(strict=True, ge=0)]
     avg_response_time_ms: Annotated[float, Field(ge=0)] | None = None
+    # Sent by an agent whose instance came back with a new address after a stop/start.
+    agent_url: Annotated[str, StringConstraints(pattern=r"^https?://[^\s/$.?#][^\s]{0,500}$")] | None = None
 
 
 class WorkspaceStatus(StrEnum):

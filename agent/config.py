@@ -1,0 +1,35 @@
+"""The boot config the instance's boot script writes to /etc/tenantflow/agent.json."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+
+@dataclasses.dataclass(frozen=True)
+class BootConfig:
+    workspace_id: str
+    workspace_name: str
+    platform_url: str
+    registration_token: str = dataclasses.field(repr=False)
+    org_slug: str = ""
+    role: str = ""
+    runtime: str = ""
+    model: str = ""
+    tier: int = 0
+    listen_host: str = "0.0.0.0"
+    listen_port: int = 8000
+    heartbeat_interval_seconds: float = 15.0
+
+    @classmethod
+    def from_dict(cls, data: dict) -> BootConfig:
+        names = {f.name for f in dataclasses.fields(cls)}
+        missing = {"workspace_id", "workspace_name", "platform_url", "registration_token"} - data.keys()
+        if missing:
+            raise ValueError(f"boot config lacks {sorted(missing)}")
+        return cls(**{k: v for k, v in data.items() if k in names})
+
+    @classmethod
+    def load(cls, path: Path) -> BootConfig:
+        return cls.from_dict(json.loads(Path(path).read_text()))

@@ -1,0 +1,247 @@
+"""The workspace agent as a real process (``python -m agent``) against a fake platform registry.
+
+The fake implements only ``/registry/register`` and ``/registry/heartbeat`` with the platform's
+contract; it stands in for our own API, whose tests cover the real endpoints.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import secrets
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import httpx
+import pytest
+from a2a.client import A2ACardResolver, create_client
+from a2a.helpers import get_stream_response_text, new_text_message
+from a2a.types import Role, SendMessageRequest
+from aiohttp import web
+
+from agent.card import workspace_id_from_card
+from agent.log import add_secret, scrub
+from devstack.procs import free_port, spawn, stop
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+class FakePlatform:
+    """``/registry/register`` and ``/registry/heartbeat`` as the platform serves them, recording every call."""
+
+    def __init__(self, *, heartbeat_interval: float = 0.2) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.heartbeat_interval = heartbeat_interval
+        self.registration_token = f"tfr_{secrets.token_urlsafe(24)}"
+        self.workspace_tokens: dict[str, str] = {}  # workspace_id -> the token it was issued
+        self.registrations: list[dict] = []  # {"authorization": ..., "body": ...}
+        self.heartbeats: list[dict] = []
+        # Statuses to answer in turn before succeeding, e.g. [503, 503] or [401].
+        self.register_failures: list[int] = []
+        self.heartbeat_status = 200
+        self._runner: web.AppRunner | None = None
+
+    async def _register(self, request: web.Request) -> web.Response:
+        body = await request.json()
+        self.registrations.append({"authorization": request.headers.get("Authorization"), "body": body})
+        if self.register_failures:
+            status = self.register_failures.pop(0)
+            return web.json_response({"error": "nope"}, status=status)
+        if request.headers.get("Authorization") != f"Bearer {self.registration_token}":
+            return web.json_response({"error": "unauthorized"}, status=401)
+        token = self.workspace_tokens.setdefault(body["workspace_id"], f"tfw_{secrets.token_urlsafe(24)}")
+        return web.json_response({"workspace_id": body["workspace_id"], "workspace_token": token,
+                                  "heartbeat_interval_seconds": self.heartbeat_interval})
+
+    async def _heartbeat(self, request: web.Request) -> web.Response:
+        self.heartbeats.append({"authorization": request.headers.get("Authorization"), "body": await request.json()})
+        if self.heartbeat_status != 200:
+            return web.json_response({"error": "revoked"}, status=self.heartbeat_status)
+        return web.json_response({"ok": True})
+
+    async def start(self) -> None:
+        app = web.Application()
+        app.router.add_post("/registry/register", self._register)
+        app.router.add_post("/registry/heartbeat", self._heartbeat)
+        self._runner = web.AppRunner(app, access_log=None)
+        await self._runner.setup()
+        await web.TCPSite(self._runner, "127.0.0.1", self.port).start()
+
+    async def stop(self) -> None:
+        if self._runner:
+            await self._runner.cleanup()
+
+    def boot_config(self, workspace_id: str, **overrides) -> dict:
+        return {
+            "workspace_id": workspace_id, "workspace_name": "production-agent-1", "org_slug": "acme",
+            "role": "Production inference worker", "runtime": "hermes", "model": "claude-sonnet-4", "tier": 3,
+            "platform_url": self.url, "registration_token": self.registration_token, "listen_port": 8000,
+            "heartbeat_interval_seconds": 15, **overrides,
+        }
+
+
+async def eventually(check: Callable[[], object], what: str, timeout: float = 15.0, proc=None):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        result = check()
+        if result:
+            return result
+        if proc is not None and proc.poll() is not None:
+            raise AssertionError(f"agent exited with {proc.returncode} while waiting for {what}")
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+@pytest.fixture
+async def fake_platform():
+    fake = FakePlatform()
+    await fake.start()
+    yield fake
+    await fake.stop()
+
+
+@pytest.fixture
+def run_agent(tmp_path):
+    """Start ``python -m agent`` on a free loopback port; returns (proc, public_url, log_path)."""
+    procs: list[subprocess.Popen] = []
+
+    def start(config: dict) -> tuple[subprocess.Popen, str, Path]:
+        config_path = tmp_path / f"agent-{len(procs)}.json"
+        config_path.write_text(json.dumps(config))
+        port = free_port()
+        url = f"http://127.0.0.1:{port}"
+        log_path = tmp_path / f"agent-{len(procs)}.log"
+        proc = spawn([sys.executable, "-m", "agent", "--config", str(config_path), "--host", "127.0.0.1",
+                      "--port", str(port), "--public-url", url], log_path=log_path, cwd=ROOT)
+        procs.append(proc)
+        return proc, url, log_path
+
+    yield start
+    for proc in procs:
+        stop(proc, timeout=5)
+
+
+def assert_clean_log(log_path: Path, *secrets_: str) -> list[dict]:
+    """Every line is JSON, no token appears, and nothing even tried to log one (no redaction happened)."""
+    text = log_path.read_text()
+    for secret in secrets_:
+        assert secret not in text
+    assert "[REDACTED]" not in text
+    return [json.loads(line) for line in text.splitlines() if line.strip()]
+
+
+async def test_registers_heartbeats_serves_card_and_echoes(fake_platform, run_agent):
+    ws = f"ws_{secrets.token_hex(6)}"
+    proc, url, log_path = run_agent(fake_platform.boot_config(ws))
+
+    reg = await eventually(lambda: fake_platform.registrations, "registration", proc=proc)
+    assert reg[0]["authorization"] == f"Bearer {fake_platform.registration_token}"
+    assert reg[0]["body"] == {"workspace_id": ws, "agent_url": url}
+
+    # The register answer's interval (0.2 s) wins over the config's 15 s.
+    await eventually(lambda: len(fake_platform.heartbeats) >= 2, "two heartbeats", proc=proc)
+    token = fake_platform.workspace_tokens[ws]
+    for hb in fake_platform.heartbeats:
+        assert hb["authorization"] == f"Bearer {token}"
+        assert hb["body"] == {"workspace_id": ws, "tasks_handled": 0, "avg_response_time_ms": 0.0, "agent_url": url}
+
+    async with httpx.AsyncClient() as http:
+        card = await A2ACardResolver(http, url).get_agent_card()
+        raw = (await http.get(f"{url}/.well-known/agent-card.json")).json()
+    assert card.name == "production-agent-1"
+    assert card.description == "Production inference worker"
+    assert card.supported_interfaces[0].url == url and raw["url"] == url
+    assert list(card.default_input_modes) == ["text"] and list(card.default_output_modes) == ["text"]
+    echo = next(s for s in card.skills if s.id == "echo")
+    assert f"workspace:{ws}" in echo.tags and "runtime:hermes" in echo.tags and "model:claude-sonnet-4" in echo.tags
+    assert workspace_id_from_card(card) == ws == workspace_id_from_card(raw)
+
+    client = await create_client(url)
+    try:
+        request = SendMessageRequest(message=new_text_message("hello", role=Role.ROLE_USER))
+        replies = [get_stream_response_text(event) async for event in client.send_message(request)]
+    finally:
+        await client.close()
+    assert replies == ["echo: hello"]
+
+    hb = await eventually(lambda: [h for h in fake_platform.heartbeats if h["body"]["tasks_handled"] >= 1],
+                          "a heartbeat counting the message", proc=proc)
+    assert isinstance(hb[0]["body"]["avg_response_time_ms"], float)
+
+    proc.send_signal(signal.SIGTERM)
+    assert await asyncio.to_thread(proc.wait, 10) == 0
+    events = {line["event"] for line in assert_clean_log(log_path, fake_platform.registration_token, token)}
+    assert {"serving", "registered", "stopping", "stopped"} <= events
+
+
+async def test_register_401_exits_nonzero_without_retrying(fake_platform, run_agent):
+    fake_platform.register_failures = [401]
+    proc, _url, log_path = run_agent(fake_platform.boot_config(f"ws_{secrets.token_hex(6)}"))
+    assert await asyncio.to_thread(proc.wait, 15) != 0
+    await asyncio.sleep(0.5)
+    assert len(fake_platform.registrations) == 1
+    assert fake_platform.heartbeats == []
+    lines = assert_clean_log(log_path, fake_platform.registration_token)
+    assert any(line["event"] == "register_failed" for line in lines)
+
+
+async def test_register_retries_5xx_and_heartbeat_401_stops_heartbeats_only(fake_platform, run_agent):
+    fake_platform.register_failures = [503, 429]
+    ws = f"ws_{secrets.token_hex(6)}"
+    proc, url, log_path = run_agent(fake_platform.boot_config(ws))
+    await eventually(lambda: fake_platform.heartbeats, "first heartbeat", proc=proc)
+    assert len(fake_platform.registrations) == 3
+
+    fake_platform.heartbeat_status = 401
+    before = len(fake_platform.heartbeats)
+    await eventually(lambda: len(fake_platform.heartbeats) > before, "a rejected heartbeat", proc=proc)
+    count = len(fake_platform.heartbeats)
+    await asyncio.sleep(1.0)  # five intervals
+    assert len(fake_platform.heartbeats) == count
+    async with httpx.AsyncClient() as http:  # the server keeps serving
+        assert (await http.get(f"{url}/.well-known/agent-card.json")).status_code == 200
+    assert proc.poll() is None
+
+    proc.send_signal(signal.SIGTERM)
+    assert await asyncio.to_thread(proc.wait, 10) == 0
+    assert_clean_log(log_path, fake_platform.registration_token, fake_platform.workspace_tokens[ws])
+
+
+def test_log_scrubber_redacts_token_shapes_and_known_values():
+    odd = secrets.token_hex(16)  # a token without the tfr_/tfw_ prefix
+    add_secret(odd)
+    line = json.dumps({"event": f"oops tfr_abc-DEF_1 and Bearer xyz and {odd}", "token": "tfw_Q9"})
+    scrubbed = scrub(None, "info", line)
+    for leaked in ("tfr_abc", "xyz", odd, "tfw_Q9"):
+        assert leaked not in scrubbed
+
+
+async def test_restarted_agent_resumes_with_its_saved_token(fake_platform, tmp_path):
+    """A stopped and started instance runs the agent again: it must not spend the (dead) one-time
+    token a second time, but resume heartbeats with its saved workspace token and new address."""
+    ws = f"ws_{secrets.token_hex(6)}"
+    config_path = tmp_path / "agent.json"
+    config_path.write_text(json.dumps(fake_platform.boot_config(ws, heartbeat_interval_seconds=0.2)))
+    urls = []
+    for boot in range(2):
+        port = free_port()
+        urls.append(f"http://127.0.0.1:{port}")
+        proc = spawn([sys.executable, "-m", "agent", "--config", str(config_path), "--host", "127.0.0.1",
+                      "--port", str(port), "--public-url", urls[-1]], log_path=tmp_path / f"boot-{boot}.log", cwd=ROOT)
+        try:
+            await eventually(lambda: any(h["body"].get("agent_url") == urls[-1] for h in fake_platform.heartbeats),
+                             f"heartbeat from boot {boot}", proc=proc)
+        finally:
+            stop(proc, timeout=5)
+    assert len(fake_platform.registrations) == 1
+    token_file = config_path.with_suffix(".token")
+    assert oct(token_file.stat().st_mode & 0o777) == "0o600"
+    assert token_file.read_text() == fake_platform.workspace_tokens[ws]
+    last = fake_platform.heartbeats[-1]
+    assert last["authorization"] == f"Bearer {fake_platform.workspace_tokens[ws]}"
+    assert_clean_log(tmp_path / "boot-1.log", fake_platform.registration_token, fake_platform.workspace_tokens[ws])
