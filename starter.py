@@ -90,11 +90,12 @@ class TenantClient(ApiClient):
         return self.request("DELETE", f"/workspaces/{workspace_id}")[1]
 
 
-def progress_line(label: str, record: dict, ok: set[str], width: int = 24) -> str:
-    p = record.get("progress") or {}
+def progress_line(label: str, record: dict, ok: set[str], width: int = 24, last: dict | None = None) -> str:
+    # A finished operation is answered from the record, without progress: keep the last total.
+    p = record.get("progress") or last or {}
     total = p.get("steps_total") or 1
     done = total if record["status"] in ok else p.get("steps_done", 0)
-    step = p.get("step") or record["status"]
+    step = "done" if record["status"] in ok else (p.get("step") or record["status"])
     filled = int(width * done / total)
     return f"{label} [{'#' * filled}{'-' * (width - filled)}] {done}/{total} {record['status']}: {step}"
 
@@ -108,6 +109,7 @@ def follow(fetch: Callable[[], dict], label: str, *, ok: set[str], failed: set[s
     last = ""
     tty = out.isatty()
     record: dict | None = None
+    last_progress: dict | None = None
     while True:
         try:
             record = fetch()
@@ -121,7 +123,8 @@ def follow(fetch: Callable[[], dict], label: str, *, ok: set[str], failed: set[s
         except OSError:
             record = None
         if record is not None:
-            line = progress_line(label, record, ok)
+            last_progress = record.get("progress") or last_progress
+            line = progress_line(label, record, ok, last=last_progress)
             if line != last:
                 out.write(("\r" + line.ljust(100)) if tty else line + "\n")
                 out.flush()

@@ -7,10 +7,10 @@ import signal
 import sys
 import time
 
-from devstack.demo import ensure_demo_network, onboard_demo_org
+from devstack.demo import demo_org_key, ensure_demo_network, onboard_demo_org, run_demo_workspace
 from devstack.stack import LocalStack, load_or_create_secrets, wait_http_ok
 from domain.settings import Settings
-from starter import OperatorClient
+from starter import OperatorClient, TenantClient
 
 
 def _interrupt(*_: object) -> None:
@@ -42,9 +42,16 @@ def main() -> int:
         )
         if not args.no_demo:
             vpc_id, subnets = ensure_demo_network(stack.aws_endpoint, settings.aws_region)
-            org = onboard_demo_org(OperatorClient(stack.api_url, secret), settings.demo_org_slug, vpc_id, subnets)
+            operator = OperatorClient(stack.api_url, secret)
+            org = onboard_demo_org(operator, settings.demo_org_slug, vpc_id, subnets)
             print(f"demo org {org['slug']}: {org['status']}  (workflow {org['workflow_id']} in the Temporal UI)",
                   flush=True)
+            if org["status"] == "active":
+                key = demo_org_key(operator, stack.api_url, org["slug"], stack.state_dir,
+                                   load_or_create_secrets(stack.state_dir).get("demo_org_key"))
+                print(f"  demo org key   Authorization: Bearer {key}  (tenant routes: /workspaces)", flush=True)
+                ws = run_demo_workspace(TenantClient(stack.api_url, key), settings.demo_workspace_name)
+                print(f"demo workspace {ws['name']}: {ws['status']} on {ws['instance_id']}", flush=True)
         print("local stack running; Ctrl-C stops everything", flush=True)
         while True:
             time.sleep(1.0)
@@ -55,6 +62,9 @@ def main() -> int:
     except KeyboardInterrupt:
         return 0
     finally:
+        # A second Ctrl-C must not interrupt the orderly stop (children would still die with us).
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
         print("stopping the local stack ...", flush=True)
         stack.stop()
         print("stopped", flush=True)

@@ -1,13 +1,19 @@
-"""The demo the run command shows: a VPC in moto and an org onboarded through the real API."""
+"""The demo the run command shows: a VPC in moto, an org onboarded through the real API, and a
+workspace whose agent boots, registers and answers over A2A."""
 
 from __future__ import annotations
 
+import asyncio
 import sys
+import time
+from pathlib import Path
 from typing import TextIO
 
 import boto3
 
-from starter import ApiError, OperatorClient, follow_org
+from agent.client import ask
+from devstack.stack import save_secret
+from starter import ApiError, OperatorClient, TenantClient, follow_org, follow_workspace
 
 DEMO_VPC_TAG = "tenantflow-demo-vpc"
 
@@ -45,3 +51,49 @@ def onboard_demo_org(client: OperatorClient, slug: str, vpc_id: str, subnet_ids:
         created = client.onboard(name="Demo Org", slug=slug, plan="pro", vpc_id=vpc_id, subnet_ids=subnet_ids)
         out.write(f"onboarding demo org '{slug}': {created['id']}\n")
     return follow_org(client, slug, out)
+
+
+def demo_org_key(client: OperatorClient, api_url: str, slug: str, state_dir: Path, saved: str | None) -> str:
+    """The demo org's API key: minted once and kept in the state directory like the other secrets."""
+    if saved:
+        try:
+            TenantClient(api_url, saved).workspaces()
+            return saved
+        except ApiError as err:
+            if err.status != 401:
+                raise
+    key = client.mint_key(slug, "local-demo")["key"]
+    save_secret(state_dir, "demo_org_key", key)
+    return key
+
+
+def run_demo_workspace(tenant: TenantClient, name: str, out: TextIO = sys.stdout) -> dict:
+    """Create the demo workspace unless it is already running, follow it, and talk to its agent."""
+    current = next((w for w in tenant.workspaces() if w["name"] == name and w["status"] != "failed"), None)
+    if current is not None and current["status"] == "running":
+        out.write(f"demo workspace '{name}' is already running: {current['id']}\n")
+    else:
+        if current is None:
+            current = tenant.create_workspace(name=name, role="Demo agent", runtime="hermes", tier=2,
+                                              model="claude-sonnet-4")
+            out.write(f"creating demo workspace '{name}': {current['id']}\n")
+        current = follow_workspace(tenant, current["id"], out)
+    ws = tenant.workspace(current["id"])
+    if ws["status"] == "running":
+        ws, reply = ask_when_reachable(tenant, ws["id"], "hello from the operator")
+        out.write(f"agent {ws['agent_url']} answered over A2A: {reply!r}\n")
+    return ws
+
+
+def ask_when_reachable(tenant: TenantClient, workspace_id: str, text: str, timeout: float = 60.0) -> tuple[dict, str]:
+    """After a restart the agent comes back on a new address, which its first heartbeat reports:
+    re-read the workspace until the agent answers."""
+    deadline = time.monotonic() + timeout
+    while True:
+        ws = tenant.workspace(workspace_id)
+        try:
+            return ws, asyncio.run(ask(ws["agent_url"], text))
+        except Exception:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.5)

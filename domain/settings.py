@@ -76,8 +76,10 @@ class Settings(BaseSettings):
     postgres_port: int = 55432
     moto_port: int = 5055
     neon_port: int = 4444
+    boot_emulator_port: int = 5056
 
     demo_org_slug: str = Field(default="demo")
+    demo_workspace_name: str = "demo-agent"
 
 
 @lru_cache(maxsize=1)

@@ -30,8 +30,10 @@ class RunningStack:
     def __init__(self, tmp_path: Path):
         self.state_dir = tmp_path / "state"
         self.ports = {name: free_port() for name in
-                      ("API_PORT", "TEMPORAL_PORT", "TEMPORAL_UI_PORT", "POSTGRES_PORT", "MOTO_PORT", "NEON_PORT")}
+                      ("API_PORT", "TEMPORAL_PORT", "TEMPORAL_UI_PORT", "POSTGRES_PORT", "MOTO_PORT", "NEON_PORT",
+                       "BOOT_EMULATOR_PORT")}
         self.env = {**os.environ, "TENANTFLOW_STATE_DIR": str(self.state_dir),
+                    "TENANTFLOW_AGENT_HEARTBEAT_INTERVAL_SECONDS": "0.5",
                     **{f"TENANTFLOW_{k}": str(v) for k, v in self.ports.items()}}
         self.proc: subprocess.Popen | None = None
         self.output: list[str] = []
@@ -76,6 +78,8 @@ def test_run_command_onboards_and_restarts_with_saved_state(tmp_path):
         assert f"Temporal UI    http://127.0.0.1:{stack.ports['TEMPORAL_UI_PORT']}" in out
         assert f"Bearer {secret}" in out
         assert "demo org demo: active" in out
+        assert "answered over A2A: 'echo: hello from the operator'" in out
+        assert "demo workspace demo-agent: running on i-" in out
         with urllib.request.urlopen(f"http://127.0.0.1:{stack.ports['TEMPORAL_UI_PORT']}/", timeout=10) as ui:
             assert ui.status == 200
 
@@ -108,6 +112,49 @@ def test_run_command_onboards_and_restarts_with_saved_state(tmp_path):
         assert rules == [("tcp", 443, 443, "10.0.0.0/16")]
         assert sum(len(p.get("Ipv6Ranges", [])) + len(p.get("UserIdGroupPairs", [])) for p in group["IpPermissions"]) == 0
 
+        # The tenant's workspace lifecycle, through the CLI: create -> agent boots, registers,
+        # answers over A2A -> delete -> instance terminated, slot free.
+        os.environ["TENANTFLOW_PROVISION_SECRET"] = secret
+        try:
+            out_file = tmp_path / "starter.out"
+            with open(out_file, "w") as out_:
+                assert starter.main(["--api-url", stack.api_url, "mint-key", "acme", "--name", "e2e"], out=out_) == 0
+            key = out_file.read_text().splitlines()[0]
+        finally:
+            del os.environ["TENANTFLOW_PROVISION_SECRET"]
+        assert key.startswith("tfk_")
+        tenant = starter.TenantClient(stack.api_url, key)
+        operator = starter.OperatorClient(stack.api_url, secret)
+        assert operator.set_quota("acme", max_workspaces=1)["max_workspaces"] == 1
+        os.environ["TENANTFLOW_ORG_KEY"] = key
+        try:
+            code = starter.main(["--api-url", stack.api_url, "workspace", "create", "--name", "agent-1", "--role",
+                                 "E2E worker", "--tier", "2"], out=open(os.devnull, "w"))
+            assert code == 0
+            [ws] = tenant.workspaces()
+            assert ws["status"] == "running" and ws["instance_id"].startswith("i-")
+            import asyncio
+            from agent.client import ask
+            assert asyncio.run(ask(ws["agent_url"], "ping")) == "echo: ping"
+            with pytest.raises(starter.ApiError) as full:
+                tenant.create_workspace(name="agent-2", role="x", runtime="hermes", tier=1, model="m")
+            assert full.value.status == 409
+            deadline = time.monotonic() + 30
+            while (metrics := operator.request("GET", "/cp/orgs/acme/metrics")[1])["total_tasks_dispatched"] < 1:
+                assert time.monotonic() < deadline, metrics
+                time.sleep(0.3)
+            assert metrics["total_workspaces"] == 1 and metrics["active_agents"] == 1
+            assert metrics["avg_response_time_ms"] > 0
+
+            code = starter.main(["--api-url", stack.api_url, "workspace", "delete", ws["id"]], out=open(os.devnull, "w"))
+            assert code == 0
+        finally:
+            del os.environ["TENANTFLOW_ORG_KEY"]
+        state = ec2.describe_instances(InstanceIds=[ws["instance_id"]])["Reservations"][0]["Instances"][0]["State"]
+        assert state["Name"] == "terminated"
+        assert tenant.workspaces() == []
+        tenant.create_workspace(name="agent-2", role="x", runtime="hermes", tier=1, model="m")  # the slot is free
+
         # The workflow is in Temporal, where the UI shows it.
         async def describe():
             client = await Client.connect(f"127.0.0.1:{stack.ports['TEMPORAL_PORT']}")
@@ -124,6 +171,8 @@ def test_run_command_onboards_and_restarts_with_saved_state(tmp_path):
         # Running the command again reuses the saved state: the demo org is not created twice.
         out = stack.start()
         assert "demo org 'demo' is already active" in out
+        assert "demo workspace 'demo-agent' is already running" in out
+        assert "answered over A2A: 'echo: hello from the operator'" in out
         assert starter.OperatorClient(stack.api_url, secret).org("acme")["status"] == "active"
         demo = starter.OperatorClient(stack.api_url, secret).org("demo")
         group = ec2.describe_security_groups(GroupIds=[demo["security_group_id"]])["SecurityGroups"][0]
