@@ -66,6 +66,14 @@ class Settings(BaseSettings):
     # An agent counts as active when its last heartbeat is this recent.
     active_agent_window_seconds: float = 90.0
 
+    # Reconciliation: a Temporal Schedule compares what exists with the ledger and the org rows.
+    reconcile_interval_seconds: float = 3600.0
+    # Dry-run unless enabled; even then at most this many deletions, and at most this share of the
+    # managed fleet of each kind, per run (above either cap nothing is deleted).
+    reconcile_delete_enabled: bool = False
+    reconcile_max_deletes: int = 10
+    reconcile_max_delete_fraction: float = 0.25
+
     # Logging.
     log_level: str = "INFO"
 
