@@ -10,6 +10,12 @@
         --tier 2 --model claude-sonnet-4                  # as the tenant: TENANTFLOW_ORG_KEY
     python starter.py workspace list
     python starter.py workspace delete ws_0123456789ab
+    python starter.py suspend acme --reason "unpaid invoice" [--stop-instances]
+    python starter.py resume acme
+    python starter.py delete acme --confirm acme [--delete-workspaces]   # follows the cascade
+    python starter.py teardowns                          # deletions under way; which wait for you
+    python starter.py retry acme | abandon acme           # decide on a parked teardown
+    python starter.py audit acme                         # the trail, and whether the chain verifies
 
 The API URL comes from TENANTFLOW_API_URL (default http://127.0.0.1:8080), the operator secret
 from TENANTFLOW_PROVISION_SECRET and the tenant's key from TENANTFLOW_ORG_KEY; on the local stack
@@ -75,6 +81,25 @@ class OperatorClient(ApiClient):
     def mint_key(self, slug: str, name: str) -> dict:
         return self.request("POST", f"/cp/orgs/{slug}/keys", {"name": name})[1]
 
+    def suspend(self, slug: str, reason: str | None = None, stop_instances: bool = False) -> dict:
+        return self.request("POST", f"/cp/orgs/{slug}/suspend", {"reason": reason, "stop_instances": stop_instances})[1]
+
+    def resume(self, slug: str) -> dict:
+        return self.request("POST", f"/cp/orgs/{slug}/resume", {})[1]
+
+    def delete(self, slug: str, confirm: str, delete_workspaces: bool) -> dict:
+        return self.request("DELETE", f"/cp/orgs/{slug}", {"confirm": confirm,
+                                                           "delete_workspaces": delete_workspaces})[1]
+
+    def teardowns(self) -> list[dict]:
+        return self.request("GET", "/cp/teardowns")[1]["teardowns"]
+
+    def decide(self, slug: str, decision: str) -> dict:
+        return self.request("POST", f"/cp/orgs/{slug}/teardown/{decision}", {})[1]
+
+    def audit(self, slug: str) -> dict:
+        return self.request("GET", f"/cp/orgs/{slug}/audit")[1]
+
 
 class TenantClient(ApiClient):
     def create_workspace(self, **body: Any) -> dict:
@@ -138,8 +163,16 @@ def follow(fetch: Callable[[], dict], label: str, *, ok: set[str], failed: set[s
         time.sleep(interval)
 
 
-def follow_org(client: OperatorClient, slug: str, out: TextIO = sys.stdout) -> dict:
-    return follow(lambda: client.org(slug), slug, ok=TERMINAL_OK, out=out)
+def follow_org(client: OperatorClient, slug: str, out: TextIO = sys.stdout, *, ok: set[str] = TERMINAL_OK,
+               parked_is_final: bool = False) -> dict:
+    """Follow an org until it settles; a teardown parked for an operator also ends the wait."""
+    def fetch() -> dict:
+        org = client.org(slug)
+        if parked_is_final and (org.get("progress") or {}).get("waiting_for_operator"):
+            return {**org, "status": "parked"}
+        return org
+    failed = TERMINAL_FAILED | ({"parked"} if parked_is_final else set())
+    return follow(fetch, slug, ok=ok, failed=failed, out=out)
 
 
 def follow_workspace(client: TenantClient, workspace_id: str, out: TextIO = sys.stdout, *,
@@ -159,6 +192,11 @@ def _local_secret(env_var: str, state_key: str) -> str:
 
 
 def _report(record: dict, out: TextIO, keys: tuple[str, ...]) -> int:
+    if record["status"] == "parked":
+        p = record["progress"]
+        out.write(f"PARKED on {p['step']}: {p['failure_reason']}\n"
+                  f"fix the cause, then: starter.py retry {record['slug']}  (or abandon)\n")
+        return 1
     if record["status"] in TERMINAL_FAILED:
         out.write(f"FAILED: {record.get('failure_reason')}\n")
         return 1
@@ -192,6 +230,19 @@ def _parser() -> argparse.ArgumentParser:
     mint = sub.add_parser("mint-key", help="mint an org API key (shown once)")
     mint.add_argument("slug")
     mint.add_argument("--name", default="operator-minted")
+    suspend = sub.add_parser("suspend", help="suspend an org: keys revoked, creation frozen")
+    suspend.add_argument("slug")
+    suspend.add_argument("--reason")
+    suspend.add_argument("--stop-instances", action="store_true")
+    sub.add_parser("resume", help="resume a suspended org").add_argument("slug")
+    delete = sub.add_parser("delete", help="hard-delete an org and everything it owns; follows the cascade")
+    delete.add_argument("slug")
+    delete.add_argument("--confirm", required=True, help="must equal the slug")
+    delete.add_argument("--delete-workspaces", action="store_true")
+    sub.add_parser("teardowns", help="deletions under way, and which wait for an operator")
+    for name in ("retry", "abandon"):
+        sub.add_parser(name, help=f"{name} a parked teardown").add_argument("slug")
+    sub.add_parser("audit", help="an org's audit trail and the chain's verification").add_argument("slug")
     ws = sub.add_parser("workspace", help="tenant workspace operations (TENANTFLOW_ORG_KEY)")
     ws_sub = ws.add_subparsers(dest="ws_command", required=True)
     create = ws_sub.add_parser("create", help="create a workspace and follow it until running or failed")
@@ -250,6 +301,41 @@ def _operator_command(args: argparse.Namespace, out: TextIO) -> int:
         key = client.mint_key(args.slug, args.name)
         out.write(f"{key['key']}\n(shown once: store it now; id {key['id']})\n")
         return 0
+    if args.command == "suspend":
+        client.suspend(args.slug, args.reason, args.stop_instances)
+        return _report(follow_org(client, args.slug, out, ok={"suspended"}), out, ORG_KEYS)
+    if args.command == "resume":
+        client.resume(args.slug)
+        return _report(follow_org(client, args.slug, out, ok={"active"}), out, ORG_KEYS)
+    if args.command in ("delete", "retry", "abandon"):
+        if args.command == "delete":
+            client.delete(args.slug, args.confirm, args.delete_workspaces)
+        else:
+            client.decide(args.slug, args.command)
+        if args.command == "abandon":
+            out.write(f"abandoned: the teardown of {args.slug} stops on its parked step\n")
+            return 0
+        final = follow_org(client, args.slug, out, ok={"deleted"}, parked_is_final=True)
+        if final["status"] == "deleted":
+            receipt = final["receipt"]
+            out.write(f"deleted {args.slug}: {len(receipt['resources'])} resources, "
+                      f"{len(receipt['workspaces'])} workspaces (receipt at GET /cp/orgs/{args.slug})\n")
+            return 0
+        return _report(final, out, ORG_KEYS)
+    if args.command == "teardowns":
+        for t in client.teardowns():
+            p = t["progress"] or {}
+            state = f"PARKED: {p.get('failure_reason')}" if t["parked"] else p.get("step", "?")
+            out.write(f"{t['slug']:<20} {t['workflow_id']:<32} {state}\n")
+        return 0
+    if args.command == "audit":
+        trail = client.audit(args.slug)
+        for r in trail["records"]:
+            out.write(f"{r['seq']:>6} {r['at']} {r['actor']:<40} {r['action']:<32} {r['outcome']}\n")
+        chain = trail["chain"]
+        out.write("chain verified\n" if chain["valid"] else
+                  f"CHAIN BROKEN at record {chain['first_broken_seq']}: {chain['reason']}\n")
+        return 0 if chain["valid"] else 1
     org = client.org(args.slug)
     out.write(json.dumps(org, indent=2) + "\n")
     return 1 if org["status"] in TERMINAL_FAILED else 0

@@ -17,6 +17,7 @@ from temporalio.worker import Worker
 from activities.a2a import AgentActivities
 from activities.ec2 import Ec2Activities
 from activities.instances import InstanceActivities
+from activities.lifecycle import OrgLifecycleActivities
 from activities.neon import NeonActivities
 from activities.store import OrgStoreActivities
 from activities.workflow_control import WorkflowControlActivities
@@ -29,10 +30,13 @@ from domain.logs import configure_logging, get_logger
 from domain.settings import Settings, get_settings
 from domain.temporal import connect_temporal
 from workflows.deprovision_workspace import DeprovisionWorkspaceWorkflow
+from workflows.hard_delete_org import HardDeleteOrgWorkflow
 from workflows.onboard_org import OnboardOrgWorkflow
 from workflows.provision_workspace import ProvisionWorkspaceWorkflow
+from workflows.suspend_org import ResumeOrgWorkflow, SuspendOrgWorkflow
 
-WORKFLOWS = [OnboardOrgWorkflow, ProvisionWorkspaceWorkflow, DeprovisionWorkspaceWorkflow]
+WORKFLOWS = [OnboardOrgWorkflow, ProvisionWorkspaceWorkflow, DeprovisionWorkspaceWorkflow, SuspendOrgWorkflow,
+             ResumeOrgWorkflow, HardDeleteOrgWorkflow]
 
 
 def build_activities(settings: Settings, pool: AsyncConnectionPool, client: Client, **overrides: Any) -> list:
@@ -45,15 +49,19 @@ def build_activities(settings: Settings, pool: AsyncConnectionPool, client: Clie
     store = OrgStoreActivities(OrgRepo(pool))
     ws_store = WorkspaceStoreActivities(workspaces)
     control = WorkflowControlActivities(client)
+    lifecycle = OrgLifecycleActivities(pool)
     return [
         ec2.validate_network, ec2.ensure_security_group, ec2.delete_security_group,
         neon.ensure_tenant_database, neon.wait_for_neon_operations, neon.delete_tenant_database,
         store.record_org_provisioning, store.record_org_resources, store.mark_org_active, store.mark_org_failed,
         instances.launch_instance, instances.wait_instance_running, instances.terminate_instances,
+        instances.terminate_org_instances, instances.stop_workspace_instances, instances.start_workspace_instances,
         AgentActivities().check_agent_card,
         ws_store.confirm_workspace_slot, ws_store.mark_workspace_running, ws_store.mark_workspace_failed,
         ws_store.mark_workspace_deleting, ws_store.mark_workspace_deleted,
         control.cancel_and_wait,
+        lifecycle.set_org_status, lifecycle.revoke_org_keys, lifecycle.revoke_org_credentials,
+        lifecycle.list_org_workspaces, lifecycle.set_workspaces_status, lifecycle.audit_step, lifecycle.purge_org,
     ]
 
 

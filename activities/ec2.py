@@ -158,9 +158,9 @@ class Ec2Activities:
         """Delete the org's group; already gone counts as deleted. Retries while instances drain."""
         name = resource_name(req.slug, req.org_id)
         key = f"security_group:{name}"
-        await self._ledger.mark_deleting(key, actor=actor())
         group = await self._find_group(name, req.vpc_id)
         if group is not None:
+            await self._ledger.mark_deleting(key, actor=actor())
             try:
                 await self._call("delete_security_group", GroupId=group["GroupId"])
             except Exception as err:

@@ -19,7 +19,7 @@ from activities.ec2 import MANAGED_TAG, ORG_ID_TAG, ORG_SLUG_TAG, classify, make
 from activities.errors import actor, permanent
 from db.ledger import Ledger
 from db.workspaces import WorkspaceRepo
-from domain.models import InstanceRef, ProvisionWorkspaceInput, WorkspaceInstance
+from domain.models import InstanceRef, OrgRef, ProvisionWorkspaceInput, WorkspaceInstance, WorkspaceInstances
 from domain.settings import Settings
 
 WORKSPACE_TAG = "tenantflow:workspace-id"
@@ -141,3 +141,49 @@ class InstanceActivities:
         activity.logger.info("instances terminated", extra={"org_slug": ref.org_slug, "workspace_id": ref.workspace_id,
                                                             "instance_ids": instances})
         return instances
+
+    async def _org_instances(self, org_id: str, states: list[str]) -> list[dict]:
+        reservations = (await self._call("describe_instances", Filters=[
+            {"Name": f"tag:{ORG_ID_TAG}", "Values": [org_id]},
+            {"Name": "instance-state-name", "Values": states},
+        ]))["Reservations"]
+        return [i for r in reservations for i in r["Instances"]]
+
+    @activity.defn
+    async def terminate_org_instances(self, org: OrgRef) -> list[str]:
+        """Every instance tagged with the org, whatever its record says; waits until terminated."""
+        instances = await self._org_instances(org.org_id, _LIVE_STATES + ["shutting-down"])
+        ids = [i["InstanceId"] for i in instances]
+        for inst in instances:
+            workspace = next((t["Value"] for t in inst.get("Tags", []) if t["Key"] == WORKSPACE_TAG), None)
+            if workspace and await self._ledger.get(instance_key(workspace)):
+                await self._ledger.mark_deleting(instance_key(workspace), actor=actor())
+        if ids:
+            await self._call("terminate_instances", InstanceIds=ids)
+        for inst in instances:
+            await self._wait_for_state(inst["InstanceId"], {"terminated"}, set())
+            workspace = next((t["Value"] for t in inst.get("Tags", []) if t["Key"] == WORKSPACE_TAG), None)
+            if workspace and await self._ledger.get(instance_key(workspace)):
+                await self._ledger.mark_deleted(instance_key(workspace), actor=actor())
+        activity.logger.info("org instances terminated", extra={"org_slug": org.slug, "instance_ids": ids})
+        return ids
+
+    @activity.defn
+    async def stop_workspace_instances(self, req: WorkspaceInstances) -> list[str]:
+        """Stop (not terminate) the workspaces' instances and wait until stopped; data stays."""
+        return await self._change_power(req, "stop_instances", ["pending", "running", "stopping"], "stopped")
+
+    @activity.defn
+    async def start_workspace_instances(self, req: WorkspaceInstances) -> list[str]:
+        return await self._change_power(req, "start_instances", ["stopped", "stopping", "pending", "running"],
+                                        "running")
+
+    async def _change_power(self, req: WorkspaceInstances, call: str, states: list[str], wanted: str) -> list[str]:
+        ids: list[str] = []
+        for workspace_id in req.workspace_ids:
+            ids += [i["InstanceId"] for i in await self._find(workspace_id, states)]
+        if ids:
+            await self._call(call, InstanceIds=ids)
+            for instance_id in ids:
+                await self._wait_for_state(instance_id, {wanted}, _GONE_STATES)
+        return ids

@@ -196,12 +196,12 @@ class NeonActivities:
         kind = self._kind(req.mode)
         key = f"{kind}:{name}"
         client = self._client_factory()
-        await self._ledger.mark_deleting(key, actor=actor())
         operations: list[str] = []
         if req.mode == "branch":
             project_id = self._settings.neon_project_id
             existing = await self._find_branch(client, name)
             if existing is not None:
+                await self._ledger.mark_deleting(key, actor=actor())
                 try:
                     result = await self._call(client.branch_delete, project_id, existing.id)
                     operations = [op.id for op in result.operations]
@@ -211,6 +211,7 @@ class NeonActivities:
             existing = await self._find_project(client, name)
             project_id = existing["id"] if existing else ""
             if existing is not None:
+                await self._ledger.mark_deleting(key, actor=actor())
                 try:
                     await self._call(client.project_delete, existing["id"])
                 except NeonNotFound:

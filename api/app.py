@@ -8,7 +8,7 @@ import signal
 from aiohttp import web
 from temporalio.client import Client
 
-from api import org_keys, orgs, registry, workspaces
+from api import lifecycle, org_keys, orgs, registry, workspaces
 from api.errors import error_middleware
 from api.state import ORG_KEYS, ORGS, POOL, SETTINGS, TEMPORAL, WORKSPACES
 from db.keys import OrgKeyRepo
@@ -39,7 +39,7 @@ def create_app(settings: Settings, *, temporal: Client | None = None) -> web.App
         await pool.close()
 
     app.cleanup_ctx.append(resources)
-    for module in (orgs, org_keys, workspaces, registry):
+    for module in (orgs, org_keys, workspaces, registry, lifecycle):
         app.router.add_routes(module.routes)
     app.router.add_get("/healthz", lambda _: web.json_response({"status": "ok"}))
     return app

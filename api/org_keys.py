@@ -31,8 +31,8 @@ def key_view(row: dict) -> dict:
 
 async def _mint(request: web.Request, org: dict, actor: str) -> web.Response:
     req = KeyCreateRequest.model_validate(await read_json(request))
-    if org["status"] == "suspended":
-        raise ApiError(409, "ORG_SUSPENDED", "org suspended: no keys can be minted")
+    if org["status"] in ("deleting", "deleted"):
+        raise ApiError(409, "ORG_DELETING", f"org is {org['status']}: no keys can be minted")
     row, secret = await request.app[ORG_KEYS].mint(org, req.name, actor=actor)
     return web.json_response({**key_view(row), "key": secret}, status=201,
                              headers={"Cache-Control": "no-store"})

@@ -15,9 +15,11 @@ from temporalio.exceptions import WorkflowAlreadyStartedError
 
 from api.auth import require_operator
 from api.errors import ApiError, read_json
-from api.state import ORGS, SETTINGS, TEMPORAL
+from api.state import ORGS, POOL, SETTINGS, TEMPORAL
+from db.purge import latest_receipt
 from domain.models import OnboardOrgInput, OrgCreateRequest, OrgQuotaUpdate, OrgStatus, Progress
 from domain.temporal import OPERATION, ORG_SLUG
+from workflows.hard_delete_org import HardDeleteOrgWorkflow, delete_workflow_id
 from workflows.onboard_org import OnboardOrgWorkflow
 
 routes = web.RouteTableDef()
@@ -43,6 +45,7 @@ def org_view(row: dict, progress: Progress | None = None) -> dict:
         "neon_branch_id": row["neon_branch_id"],
         "security_group_id": row["security_group_id"],
         "failure_reason": row["failure_reason"],
+        "status_reason": row.get("status_reason"),
         "workflow_id": row["workflow_id"],
         "max_workspaces": row["max_workspaces"],
         "max_tier": row["max_tier"],
@@ -81,14 +84,18 @@ async def start_onboarding(client: Client, row: dict, task_queue: str) -> None:
 
 
 async def live_progress(request: web.Request, row: dict) -> Progress | None:
-    """The workflow's progress query while it runs; None when it cannot answer quickly."""
-    if row["status"] != OrgStatus.provisioning or not row["workflow_id"]:
+    """The running workflow's progress query (onboarding, or the hard delete); None when none
+    runs or it cannot answer quickly."""
+    if row["status"] == OrgStatus.provisioning and row["workflow_id"]:
+        workflow_id, query = row["workflow_id"], OnboardOrgWorkflow.progress
+    elif row["status"] == OrgStatus.deleting:
+        workflow_id, query = delete_workflow_id(row["id"]), HardDeleteOrgWorkflow.progress
+    else:
         return None
     timeout = request.app[SETTINGS].progress_query_timeout_seconds
     try:
-        handle = request.app[TEMPORAL].get_workflow_handle(row["workflow_id"])
-        return await asyncio.wait_for(
-            handle.query(OnboardOrgWorkflow.progress, rpc_timeout=timedelta(seconds=timeout)), timeout)
+        handle = request.app[TEMPORAL].get_workflow_handle(workflow_id)
+        return await asyncio.wait_for(handle.query(query, rpc_timeout=timedelta(seconds=timeout)), timeout)
     except (Exception, asyncio.TimeoutError) as err:  # noqa: BLE001 - the record is the fallback
         log.info("progress query unavailable", org_slug=row["slug"], error=type(err).__name__)
         return None
@@ -128,7 +135,16 @@ async def org_or_404(request: web.Request) -> dict:
 
 @routes.get("/cp/orgs/{slug}")
 async def get_org(request: web.Request) -> web.Response:
-    row = await org_or_404(request)
+    require_operator(request)
+    slug = slug_param(request)
+    row = await request.app[ORGS].get_by_slug(slug)
+    if row is None:
+        # A hard-deleted org answers with its purge receipt, which outlives it.
+        receipt = await latest_receipt(request.app[POOL], slug)
+        if receipt is None:
+            raise ApiError(404, "ORG_NOT_FOUND", f"no org '{slug}'")
+        return web.json_response({"id": receipt["org_id"], "slug": slug, "status": OrgStatus.deleted.value,
+                                  "deleted_at": receipt["deleted_at"], "receipt": receipt})
     return web.json_response(org_view(row, await live_progress(request, row)))
 
 

@@ -59,3 +59,30 @@ async def append(
 
 def _col(row: Any, name: str) -> Any:
     return row[name] if isinstance(row, dict) else row[0]
+
+
+async def verify_chain(conn: psycopg.AsyncConnection) -> dict:
+    """Recompute every record's hash and link; name the first broken one."""
+    prev = GENESIS
+    count = 0
+    cur = conn.cursor()
+    async for row in cur.stream("SELECT * FROM audit_log ORDER BY seq"):
+        row = row if isinstance(row, dict) else dict(zip([c.name for c in cur.description], row))
+        count += 1
+        if row["prev_hash"] != prev:
+            return {"valid": False, "records": count, "first_broken_seq": row["seq"],
+                    "reason": "does not link to the record before it"}
+        expected = record_hash(row["prev_hash"], row["at"], row["actor"], row["action"], row["org_id"],
+                               row["org_slug"], row["resource_ids"], row["outcome"], row["detail"])
+        if expected != row["hash"]:
+            return {"valid": False, "records": count, "first_broken_seq": row["seq"],
+                    "reason": "content does not match its hash"}
+        prev = row["hash"]
+    return {"valid": True, "records": count, "first_broken_seq": None, "reason": None}
+
+
+async def records_for(conn: psycopg.AsyncConnection, slug: str, limit: int = 1000) -> list[dict]:
+    cur = await conn.execute(
+        "SELECT seq, at, actor, action, org_id, org_slug, resource_ids, outcome, detail, hash FROM audit_log "
+        "WHERE org_slug = %s ORDER BY seq LIMIT %s", (slug, limit))
+    return await cur.fetchall()

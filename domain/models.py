@@ -47,6 +47,9 @@ class OrgStatus(StrEnum):
     provisioning = "provisioning"
     active = "active"
     failed = "failed"
+    suspended = "suspended"
+    deleting = "deleting"
+    deleted = "deleted"
 
 
 class Progress(BaseModel):
@@ -58,6 +61,8 @@ class Progress(BaseModel):
     steps_total: int
     status: str
     failure_reason: str | None = None
+    # A teardown step failed for good and waits for an operator's ``retry`` or ``abandon``.
+    waiting_for_operator: bool = False
 
 
 # --- onboarding workflow ---------------------------------------------------------------------
@@ -193,6 +198,7 @@ class AgentHeartbeatRequest(Strict):
 class WorkspaceStatus(StrEnum):
     provisioning = "provisioning"
     running = "running"
+    stopped = "stopped"
     failed = "failed"
     deleting = "deleting"
     deleted = "deleted"
@@ -263,3 +269,76 @@ class DeprovisionWorkspaceInput(BaseModel):
 
 class WorkflowToStop(BaseModel):
     workflow_id: str
+
+
+# --- org lifecycle: suspend, resume, hard delete ----------------------------------------------
+
+class SuspendRequest(Strict):
+    reason: Annotated[str, StringConstraints(max_length=500, pattern=r"^[^\x00-\x1f\x7f]*$")] | None = None
+    stop_instances: bool = False
+
+
+class DeleteOrgRequest(Strict):
+    confirm: str | bool
+    delete_workspaces: bool = False
+
+
+class SuspendOrgInput(BaseModel):
+    org_id: str
+    slug: str
+    reason: str | None = None
+    stop_instances: bool = False
+
+
+class ResumeOrgInput(BaseModel):
+    org_id: str
+    slug: str
+
+
+class HardDeleteOrgInput(BaseModel):
+    """Everything the cascade needs, so that it can re-run (or be reset) after the row is gone."""
+
+    org_id: str
+    slug: str
+    vpc_id: str
+    neon_mode: NeonMode
+    actor: str = "operator"
+
+
+class OrgStatusChange(BaseModel):
+    org_id: str
+    slug: str
+    status: str
+    reason: str | None = None
+    # Only change the status when it is currently one of these (empty: any).
+    only_from: list[str] = []
+
+
+class WorkspaceQuery(BaseModel):
+    org_id: str
+    statuses: list[str]
+
+
+class WorkspaceInstances(BaseModel):
+    org_id: str
+    org_slug: str
+    workspace_ids: list[str]
+
+
+class AuditEntry(BaseModel):
+    org_id: str
+    slug: str
+    action: str
+    outcome: str = "ok"
+    actor: str = "workflow"
+    detail: dict = {}
+
+
+class PurgeReceipt(BaseModel):
+    org_id: str
+    slug: str
+    deleted_at: str
+    workflow_id: str | None = None
+    resources: list[dict]
+    workspaces: list[dict]
+    keys_revoked: int

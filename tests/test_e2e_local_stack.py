@@ -155,6 +155,23 @@ def test_run_command_onboards_and_restarts_with_saved_state(tmp_path):
         assert tenant.workspaces() == []
         tenant.create_workspace(name="agent-2", role="x", runtime="hermes", tier=1, model="m")  # the slot is free
 
+        # The operator's lifecycle commands: suspend, resume, then the hard-delete cascade.
+        os.environ["TENANTFLOW_PROVISION_SECRET"] = secret
+        try:
+            def cli(*argv: str) -> int:
+                return starter.main(["--api-url", stack.api_url, *argv], out=open(os.devnull, "w"))
+            assert cli("suspend", "acme", "--reason", "e2e") == 0
+            assert operator.org("acme")["status"] == "suspended"
+            assert cli("resume", "acme") == 0
+            assert cli("delete", "acme", "--confirm", "acme", "--delete-workspaces") == 0
+            assert cli("audit", "acme") == 0
+        finally:
+            del os.environ["TENANTFLOW_PROVISION_SECRET"]
+        deleted = operator.org("acme")
+        assert deleted["status"] == "deleted" and deleted["receipt"]["slug"] == "acme"
+        assert ec2.describe_security_groups(Filters=[{"Name": "group-id", "Values": [org["security_group_id"]]}])[
+            "SecurityGroups"] == []
+
         # The workflow is in Temporal, where the UI shows it.
         async def describe():
             client = await Client.connect(f"127.0.0.1:{stack.ports['TEMPORAL_PORT']}")
@@ -173,7 +190,7 @@ def test_run_command_onboards_and_restarts_with_saved_state(tmp_path):
         assert "demo org 'demo' is already active" in out
         assert "demo workspace 'demo-agent' is already running" in out
         assert "answered over A2A: 'echo: hello from the operator'" in out
-        assert starter.OperatorClient(stack.api_url, secret).org("acme")["status"] == "active"
+        assert starter.OperatorClient(stack.api_url, secret).org("acme")["status"] == "deleted"
         demo = starter.OperatorClient(stack.api_url, secret).org("demo")
         group = ec2.describe_security_groups(GroupIds=[demo["security_group_id"]])["SecurityGroups"][0]
         assert group["GroupId"] == demo["security_group_id"]

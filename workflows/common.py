@@ -47,6 +47,17 @@ class ProgressTracker:
     def note(self, text: str) -> None:
         self._publish(extra=text)
 
+    def park(self, reason: str) -> None:
+        self.progress.failure_reason = reason
+        self.progress.waiting_for_operator = True
+        self._publish(extra="**waiting for an operator**: fix the cause, then send the signal `retry` "
+                            "(or `abandon` to stop here)")
+
+    def unpark(self) -> None:
+        self.progress.failure_reason = None
+        self.progress.waiting_for_operator = False
+        self._publish()
+
     def _publish(self, extra: str | None = None) -> None:
         p = self.progress
         lines = [
@@ -71,3 +82,38 @@ def failure_reason(step: str, err: BaseException) -> str:
     if isinstance(cause, TimeoutError):
         return f"{step}: timed out ({cause.type.name if cause.type else 'timeout'})"
     return f"{step}: {type(cause).__name__}: {cause}"
+
+
+class OperatorGate:
+    """Parks a workflow on a failed step until an operator decides: ``retry`` or ``abandon``.
+
+    The workflow exposes the decision as signals (usable from the Temporal UI and CLI) and calls
+    :meth:`run_step`; a permanently failed step never makes the workflow vanish.
+    """
+
+    def __init__(self, tracker: ProgressTracker):
+        self._tracker = tracker
+        self._decision: str | None = None
+
+    def decide(self, decision: str) -> None:
+        if self._tracker.progress.waiting_for_operator:
+            self._decision = decision
+
+    async def run_step(self, step: str, action, on_parked=None):
+        while True:
+            self._tracker.enter(step)
+            try:
+                return await action()
+            except ActivityError as err:
+                reason = failure_reason(step, err)
+                self._tracker.park(reason)
+                workflow.logger.warning("step parked for an operator", extra={"step": step, "reason": reason})
+                if on_parked is not None:
+                    await on_parked(step, reason)
+                self._decision = None
+                await workflow.wait_condition(lambda: self._decision is not None)
+                decision, self._decision = self._decision, None
+                self._tracker.unpark()
+                if decision == "abandon":
+                    raise ApplicationError(f"abandoned by an operator at {reason}", type="TeardownAbandoned",
+                                           non_retryable=True) from err

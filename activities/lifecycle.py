@@ -1,0 +1,80 @@
+"""Org lifecycle records: status changes, credential revocation, audit steps and the purge."""
+
+from __future__ import annotations
+
+from psycopg_pool import AsyncConnectionPool
+from temporalio import activity
+
+from activities.errors import actor
+from db import audit
+from db.keys import OrgKeyRepo
+from db.orgs import OrgRepo
+from db.purge import purge_org
+from db.workspaces import WorkspaceRepo
+from domain.models import AuditEntry, OrgRef, OrgStatusChange, PurgeReceipt, WorkspaceQuery
+
+
+class OrgLifecycleActivities:
+    def __init__(self, pool: AsyncConnectionPool):
+        self._pool = pool
+        self._orgs = OrgRepo(pool)
+        self._keys = OrgKeyRepo(pool)
+        self._workspaces = WorkspaceRepo(pool)
+
+    @activity.defn
+    async def set_org_status(self, change: OrgStatusChange) -> str | None:
+        """Returns the status before the change; None when the org row no longer exists."""
+        row = await self._orgs.get(change.org_id)
+        if row is None:
+            return None
+        if change.only_from and row["status"] not in change.only_from:
+            return row["status"]
+        await self._orgs.update(change.org_id, actor=actor(), action=f"org.{change.status}",
+                                detail={"reason": change.reason, "from": row["status"]},
+                                status=change.status, status_reason=change.reason,
+                                clear=() if change.reason else ("status_reason",))
+        return row["status"]
+
+    @activity.defn
+    async def revoke_org_keys(self, org: OrgRef) -> int:
+        """Every org API key: the tenant is locked out at once; agents keep their workspace tokens."""
+        row = await self._orgs.get(org.org_id)
+        return await self._keys.revoke_all(row, actor=actor()) if row else 0
+
+    @activity.defn
+    async def revoke_org_credentials(self, org: OrgRef) -> int:
+        """Every org API key and every workspace token of the org; returns how many keys."""
+        row = await self._orgs.get(org.org_id)
+        if row is None:
+            return 0
+        revoked = await self._keys.revoke_all(row, actor=actor())
+        for ws in await self._workspaces.list(org.org_id, include_deleted=True):
+            await self._workspaces.revoke_tokens(ws["id"])
+        return revoked
+
+    @activity.defn
+    async def list_org_workspaces(self, query: WorkspaceQuery) -> list[str]:
+        rows = await self._workspaces.list(query.org_id, include_deleted=True)
+        return [r["id"] for r in rows if r["status"] in query.statuses]
+
+    @activity.defn
+    async def set_workspaces_status(self, change: OrgStatusChange) -> None:
+        """Move the org's workspaces in any of ``only_from`` to ``status``."""
+        for ws in await self._workspaces.list(change.org_id):
+            if ws["status"] in change.only_from:
+                await self._workspaces.update(ws["id"], actor=actor(), action=f"workspace.{change.status}",
+                                              status=change.status)
+
+    @activity.defn
+    async def audit_step(self, entry: AuditEntry) -> None:
+        async with self._pool.connection() as conn, conn.transaction():
+            await audit.append(conn, actor=entry.actor if entry.actor != "workflow" else actor(),
+                               action=entry.action, outcome=entry.outcome, org_id=entry.org_id,
+                               org_slug=entry.slug, detail=entry.detail)
+
+    @activity.defn
+    async def purge_org(self, org: OrgRef) -> PurgeReceipt:
+        receipt = await purge_org(self._pool, org.org_id, org.slug, actor=actor(),
+                                  workflow_id=activity.info().workflow_id)
+        activity.logger.info("org purged", extra={"org_slug": org.slug, "resources": len(receipt["resources"])})
+        return PurgeReceipt.model_validate(receipt)

@@ -1,0 +1,130 @@
+"""HardDeleteOrgWorkflow: the only way an org is deleted.
+
+stop new work -> cancel in-flight provisioning -> terminate every instance and wait -> delete the
+security group (DependencyViolation is retried while instances drain) -> delete the Neon branch or
+project -> revoke keys and tokens -> purge the rows and write the receipt. Every step is
+idempotent and audited; a step that fails for good parks the workflow until an operator signals
+``retry`` or ``abandon``, so a delete either finishes or stops on a named step. The input carries
+everything the cascade needs, so a re-run or a Reset works after the org row is gone.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from temporalio import workflow
+
+with workflow.unsafe.imports_passed_through():
+    from activities.ec2 import Ec2Activities
+    from activities.instances import InstanceActivities
+    from activities.lifecycle import OrgLifecycleActivities
+    from activities.neon import NeonActivities
+    from activities.workflow_control import WorkflowControlActivities
+    from domain.models import (
+        AuditEntry,
+        HardDeleteOrgInput,
+        OrgRef,
+        OrgStatus,
+        OrgStatusChange,
+        Progress,
+        PurgeReceipt,
+        SecurityGroupInput,
+        TenantDatabaseInput,
+        WorkflowToStop,
+        WorkspaceQuery,
+        WorkspaceStatus,
+    )
+    from workflows.common import CALL_TIMEOUT, RETRY, STEP_DEADLINE, OperatorGate, ProgressTracker
+    from workflows.deprovision_workspace import provision_workflow_id
+
+STEPS = ["stop_new_work", "cancel_in_flight", "terminate_instances", "delete_security_group",
+         "delete_database", "revoke_credentials", "purge_records"]
+
+
+def delete_workflow_id(org_id: str) -> str:
+    return f"org-delete:{org_id}"
+
+
+async def act(method: Callable, arg: Any, summary: str, **options: Any) -> Any:
+    options.setdefault("start_to_close_timeout", CALL_TIMEOUT)
+    options.setdefault("schedule_to_close_timeout", STEP_DEADLINE)
+    return await workflow.execute_activity_method(method, arg, summary=summary, retry_policy=RETRY, **options)
+
+
+LONG = {"start_to_close_timeout": STEP_DEADLINE, "heartbeat_timeout": CALL_TIMEOUT / 2}
+
+
+@workflow.defn
+class HardDeleteOrgWorkflow:
+    def __init__(self) -> None:
+        self._tracker = ProgressTracker("hard-delete", STEPS, OrgStatus.deleting.value)
+        self._gate = OperatorGate(self._tracker)
+        self._inp: HardDeleteOrgInput | None = None
+
+    @workflow.query
+    def progress(self) -> Progress:
+        return self._tracker.progress
+
+    @workflow.signal
+    def retry(self) -> None:
+        """Run the parked step again (after fixing its cause)."""
+        self._gate.decide("retry")
+
+    @workflow.signal
+    def abandon(self) -> None:
+        """Stop the teardown on the parked step; the workflow fails and can be re-run later."""
+        self._gate.decide("abandon")
+
+    async def _audited(self, step: str, action: Callable, detail: Callable[[Any], dict] | None = None) -> Any:
+        inp = self._inp
+        assert inp is not None
+
+        async def on_parked(name: str, reason: str) -> None:
+            await act(OrgLifecycleActivities.audit_step, AuditEntry(
+                org_id=inp.org_id, slug=inp.slug, action=f"org.delete.{name}", outcome="parked",
+                detail={"reason": reason}), "audit parked step")
+
+        result = await self._gate.run_step(step, action, on_parked)
+        await act(OrgLifecycleActivities.audit_step, AuditEntry(
+            org_id=inp.org_id, slug=inp.slug, action=f"org.delete.{step}", outcome="ok",
+            detail=detail(result) if detail else {}), f"audit {step}")
+        return result
+
+    @workflow.run
+    async def run(self, inp: HardDeleteOrgInput) -> PurgeReceipt:
+        self._inp = inp
+        org = OrgRef(org_id=inp.org_id, slug=inp.slug)
+        await self._audited("stop_new_work", lambda: act(OrgLifecycleActivities.set_org_status, OrgStatusChange(
+            org_id=inp.org_id, slug=inp.slug, status=OrgStatus.deleting.value), "mark org deleting"),
+            lambda before: {"previous_status": before})
+
+        in_flight = await self._audited("cancel_in_flight", lambda: act(
+            OrgLifecycleActivities.list_org_workspaces,
+            WorkspaceQuery(org_id=inp.org_id, statuses=[WorkspaceStatus.provisioning.value]), "find in-flight"),
+            lambda ids: {"workspaces": ids})
+        for workspace_id in in_flight:
+            await self._gate.run_step("cancel_in_flight", lambda ws=workspace_id: act(
+                WorkflowControlActivities.cancel_and_wait, WorkflowToStop(workflow_id=provision_workflow_id(ws)),
+                f"cancel provisioning of {ws}", **LONG))
+
+        await self._audited("terminate_instances", lambda: act(
+            InstanceActivities.terminate_org_instances, org, "terminate every instance and wait", **LONG),
+            lambda ids: {"instance_ids": ids})
+        await self._audited("delete_security_group", lambda: act(
+            Ec2Activities.delete_security_group, SecurityGroupInput(org_id=inp.org_id, slug=inp.slug,
+                                                                    vpc_id=inp.vpc_id), "delete security group"))
+        db = TenantDatabaseInput(org_id=inp.org_id, slug=inp.slug, mode=inp.neon_mode)
+        ops = await self._audited("delete_database", lambda: act(
+            NeonActivities.delete_tenant_database, db, f"delete Neon {inp.neon_mode}"))
+        if ops.operation_ids:
+            await self._gate.run_step("delete_database", lambda: act(
+                NeonActivities.wait_for_neon_operations, ops, "wait for Neon deletion", **LONG))
+        await self._audited("revoke_credentials", lambda: act(
+            OrgLifecycleActivities.revoke_org_credentials, org, "revoke keys and tokens"),
+            lambda keys: {"keys_revoked": keys})
+        receipt = await self._audited("purge_records", lambda: act(
+            OrgLifecycleActivities.purge_org, org, "purge rows, write receipt"),
+            lambda r: {"resources": len(r.resources), "workspaces": len(r.workspaces)})
+        self._tracker.finish(OrgStatus.deleted.value)
+        workflow.logger.info("org deleted", extra={"org_slug": inp.slug, "resources": len(receipt.resources)})
+        return receipt
