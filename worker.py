@@ -19,24 +19,28 @@ from activities.ec2 import Ec2Activities
 from activities.instances import InstanceActivities
 from activities.lifecycle import OrgLifecycleActivities
 from activities.neon import NeonActivities
+from activities.reconcile import ReconcileActivities
 from activities.store import OrgStoreActivities
 from activities.workflow_control import WorkflowControlActivities
 from activities.workspace_store import WorkspaceStoreActivities
 from db.ledger import Ledger
 from db.orgs import OrgRepo
+from db.reconcile import ReconcileRepo
 from db.workspaces import WorkspaceRepo
 from db.pool import open_pool
 from domain.logs import configure_logging, get_logger
+from domain.schedules import ensure_reconcile_schedule
 from domain.settings import Settings, get_settings
 from domain.temporal import connect_temporal
 from workflows.deprovision_workspace import DeprovisionWorkspaceWorkflow
 from workflows.hard_delete_org import HardDeleteOrgWorkflow
 from workflows.onboard_org import OnboardOrgWorkflow
 from workflows.provision_workspace import ProvisionWorkspaceWorkflow
+from workflows.reconcile import ReconcileWorkflow
 from workflows.suspend_org import ResumeOrgWorkflow, SuspendOrgWorkflow
 
 WORKFLOWS = [OnboardOrgWorkflow, ProvisionWorkspaceWorkflow, DeprovisionWorkspaceWorkflow, SuspendOrgWorkflow,
-             ResumeOrgWorkflow, HardDeleteOrgWorkflow]
+             ResumeOrgWorkflow, HardDeleteOrgWorkflow, ReconcileWorkflow]
 
 
 def build_activities(settings: Settings, pool: AsyncConnectionPool, client: Client, **overrides: Any) -> list:
@@ -50,6 +54,8 @@ def build_activities(settings: Settings, pool: AsyncConnectionPool, client: Clie
     ws_store = WorkspaceStoreActivities(workspaces)
     control = WorkflowControlActivities(client)
     lifecycle = OrgLifecycleActivities(pool)
+    reconcile = ReconcileActivities(settings, ReconcileRepo(pool), overrides.get("ec2_client_factory"),
+                                    overrides.get("neon_client_factory"))
     return [
         ec2.validate_network, ec2.ensure_security_group, ec2.delete_security_group,
         neon.ensure_tenant_database, neon.wait_for_neon_operations, neon.delete_tenant_database,
@@ -62,6 +68,8 @@ def build_activities(settings: Settings, pool: AsyncConnectionPool, client: Clie
         control.cancel_and_wait,
         lifecycle.set_org_status, lifecycle.revoke_org_keys, lifecycle.revoke_org_credentials,
         lifecycle.list_org_workspaces, lifecycle.set_workspaces_status, lifecycle.audit_step, lifecycle.purge_org,
+        reconcile.inventory_aws, reconcile.inventory_neon, reconcile.read_records, reconcile.delete_orphan,
+        reconcile.save_report,
     ]
 
 
@@ -85,6 +93,8 @@ async def main() -> None:
                            max_size=settings.database_pool_max)
     client = await connect_temporal()
     worker = build_worker(client, settings, pool)
+    # Idempotent: every worker start (re)applies the reconciliation schedule from its settings.
+    await ensure_reconcile_schedule(client, settings)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

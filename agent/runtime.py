@@ -87,7 +87,7 @@ def build_app(config: BootConfig, public_url: str, stats: Stats) -> tuple[Starle
 async def register(client: httpx.AsyncClient, config: BootConfig, public_url: str, *,
                    deadline_seconds: float = REGISTER_DEADLINE_SECONDS) -> dict:
     """Exchange the one-time registration token for a workspace token; retries only transient failures."""
-    url = f"{config.platform_url.rstrip('/')}/registry/register"
+    url = f"{config.platform_url.rstrip('/')}/api/v1/registry/register"
     body = {"workspace_id": config.workspace_id, "agent_url": public_url}
     headers = {"Authorization": f"Bearer {config.registration_token}"}
     deadline = time.monotonic() + deadline_seconds
@@ -126,7 +126,7 @@ async def register(client: httpx.AsyncClient, config: BootConfig, public_url: st
 async def heartbeat_loop(client: httpx.AsyncClient, config: BootConfig, workspace_token: str,
                          interval: float, stats: Stats, public_url: str | None = None) -> None:
     """Heartbeat every ``interval`` seconds until the platform answers 401 (token revoked)."""
-    url = f"{config.platform_url.rstrip('/')}/registry/heartbeat"
+    url = f"{config.platform_url.rstrip('/')}/api/v1/registry/heartbeat"
     headers = {"Authorization": f"Bearer {workspace_token}"}
     while True:
         body = {"workspace_id": config.workspace_id, "tasks_handled": stats.tasks_handled,

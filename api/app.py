@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import signal
+from pathlib import Path
 
 from aiohttp import web
 from temporalio.client import Client
 
 from api import lifecycle, org_keys, orgs, registry, workspaces
 from api.errors import error_middleware
+from api.ratelimit import LIMITER, RateLimiter, rate_limit_middleware
+from api.versioning import add_versioned_routes, deprecation_middleware
 from api.state import ORG_KEYS, ORGS, POOL, SETTINGS, TEMPORAL, WORKSPACES
 from db.keys import OrgKeyRepo
 from db.orgs import OrgRepo
@@ -20,12 +23,20 @@ from domain.settings import Settings, get_settings
 from domain.temporal import connect_temporal
 
 MAX_BODY_BYTES = 64 * 1024
+SPEC_PATH = Path(__file__).with_name("openapi.yaml")
+
+
+async def serve_spec(_: web.Request) -> web.Response:
+    """The OpenAPI 3.1 contract, the source of truth clients and docs derive from."""
+    return web.Response(text=SPEC_PATH.read_text(), content_type="application/yaml")
 
 
 def create_app(settings: Settings, *, temporal: Client | None = None) -> web.Application:
     """The app; it opens its own pool and (lazily) its Temporal client unless one is given."""
-    app = web.Application(middlewares=[error_middleware], client_max_size=MAX_BODY_BYTES)
+    app = web.Application(middlewares=[deprecation_middleware, error_middleware, rate_limit_middleware],
+                          client_max_size=MAX_BODY_BYTES)
     app[SETTINGS] = settings
+    app[LIMITER] = RateLimiter(settings.rate_limit_per_minute, settings.rate_limit_burst)
 
     async def resources(app: web.Application):
         pool = await open_pool(settings.database_url.get_secret_value(), min_size=settings.database_pool_min,
@@ -39,9 +50,9 @@ def create_app(settings: Settings, *, temporal: Client | None = None) -> web.App
         await pool.close()
 
     app.cleanup_ctx.append(resources)
-    for module in (orgs, org_keys, workspaces, registry, lifecycle):
-        app.router.add_routes(module.routes)
+    add_versioned_routes(app, *(module.routes for module in (orgs, org_keys, workspaces, registry, lifecycle)))
     app.router.add_get("/healthz", lambda _: web.json_response({"status": "ok"}))
+    app.router.add_get("/openapi.yaml", serve_spec)
     return app
 
 

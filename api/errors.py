@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import re
 import secrets
+import time
 from typing import Any
 
 import psycopg
@@ -15,6 +17,8 @@ from temporalio.service import RPCError
 from api.state import REQUEST_ID
 
 log = structlog.get_logger("tenantflow.api")
+# A caller's own request id is kept (for tracing across services) only if it is plain.
+_REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 
 
 class ApiError(Exception):
@@ -43,8 +47,11 @@ _HTTP_CODES = {400: "BAD_REQUEST", 401: "UNAUTHORIZED", 403: "FORBIDDEN", 404: "
 
 @web.middleware
 async def error_middleware(request: web.Request, handler) -> web.StreamResponse:
-    request[REQUEST_ID] = request.headers.get("X-Request-Id", "")[:64] or secrets.token_hex(8)
+    offered = request.headers.get("X-Request-Id", "")
+    request[REQUEST_ID] = offered if _REQUEST_ID.match(offered) else secrets.token_hex(8)
     structlog.contextvars.bind_contextvars(request_id=request[REQUEST_ID])
+    started = time.monotonic()
+    response: web.StreamResponse | None = None
     try:
         response = await handler(request)
     except ApiError as err:
@@ -62,7 +69,14 @@ async def error_middleware(request: web.Request, handler) -> web.StreamResponse:
     except Exception:  # noqa: BLE001 - last line of defence: a clean 500, logged with the request id
         log.exception("unhandled error", path=request.path, method=request.method)
         response = error_response(request, 500, "INTERNAL", "internal error")
+    else:
+        if response.status >= 400 and isinstance(response, web.Response) and response.content_type != "application/json":
+            response = error_response(request, response.status, _HTTP_CODES.get(response.status, "HTTP_ERROR"),
+                                      response.reason)
     finally:
+        # One line per request (the path only: credentials travel in headers, never in paths).
+        log.info("http request", method=request.method, path=request.path,
+                 status=response.status if response is not None else 500, duration_ms=round((time.monotonic() - started) * 1000, 2))
         structlog.contextvars.unbind_contextvars("request_id")
     response.headers["X-Request-Id"] = request[REQUEST_ID]
     return response

@@ -16,6 +16,7 @@ from temporalio.exceptions import WorkflowAlreadyStartedError
 from api.auth import require_operator
 from api.errors import ApiError, read_json
 from api.orgs import live_progress, org_or_404, slug_param
+from api.versioning import v1
 from api.state import POOL, SETTINGS, TEMPORAL, WORKSPACES
 from db import audit
 from domain.models import (
@@ -50,7 +51,7 @@ async def _optional_json(request: web.Request) -> dict:
 
 def _accepted(slug: str, status: str, workflow_id: str) -> web.Response:
     return web.json_response({"slug": slug, "status": status, "workflow_id": workflow_id}, status=202,
-                             headers={"Location": f"/cp/orgs/{slug}", "Retry-After": "2"})
+                             headers={"Location": v1(f"/cp/orgs/{slug}"), "Retry-After": "2"})
 
 
 @routes.post("/cp/orgs/{slug}/suspend")
@@ -125,7 +126,7 @@ async def _decide(request: web.Request, decision: str) -> web.Response:
     await handle.signal(decision)
     log.info("teardown decision", org_slug=org["slug"], decision=decision, step=progress.step)
     return web.json_response({"slug": org["slug"], "decision": decision, "step": progress.step}, status=202,
-                             headers={"Location": f"/cp/orgs/{org['slug']}"})
+                             headers={"Location": v1(f"/cp/orgs/{org['slug']}"), "Retry-After": "2"})
 
 
 @routes.post("/cp/orgs/{slug}/teardown/retry")

@@ -15,6 +15,7 @@ from temporalio.exceptions import WorkflowAlreadyStartedError
 
 from api.auth import require_operator
 from api.errors import ApiError, read_json
+from api.versioning import v1
 from api.state import ORGS, POOL, SETTINGS, TEMPORAL
 from db.purge import latest_receipt
 from domain.models import OnboardOrgInput, OrgCreateRequest, OrgQuotaUpdate, OrgStatus, Progress
@@ -104,9 +105,18 @@ async def live_progress(request: web.Request, row: dict) -> Progress | None:
 @routes.post("/cp/orgs")
 async def create_org(request: web.Request) -> web.Response:
     require_operator(request)
+    dry_run = request.query.get("dry_run", "false").lower()
+    if dry_run not in ("true", "false"):
+        raise ApiError(400, "VALIDATION_FAILED", "dry_run must be true or false")
     req = OrgCreateRequest.model_validate(await read_json(request))
     settings = request.app[SETTINGS]
     repo = request.app[ORGS]
+    if dry_run == "true":
+        # Validates and echoes; nothing is written and no workflow starts.
+        existing = await repo.get_by_slug(req.slug)
+        return web.json_response({"dry_run": True, "valid": True, "slug_available": existing is None,
+                                  "org": {**req.model_dump(), "status": "would be provisioning",
+                                          "neon_mode": settings.neon_mode}})
     row, created = await repo.create_or_get(req, org_id=f"org_{secrets.token_hex(6)}",
                                             neon_mode=settings.neon_mode, actor="operator")
     if not created and row["request_hash"] != req.request_hash():
@@ -120,7 +130,7 @@ async def create_org(request: web.Request) -> web.Response:
              workflow_id=onboard_workflow_id(row["id"]))
     body = {k: org_view(row)[k] for k in ("id", "name", "slug", "plan", "neon_branch_id", "security_group_id", "status")}
     return web.json_response(body, status=202,
-                             headers={"Location": f"/cp/orgs/{req.slug}", "Retry-After": "2"})
+                             headers={"Location": v1(f"/cp/orgs/{req.slug}"), "Retry-After": "2"})
 
 
 async def org_or_404(request: web.Request) -> dict:

@@ -16,6 +16,7 @@ from temporalio.service import RPCError
 from api.auth import require_org_key
 from api.errors import ApiError, read_json
 from api.orgs import org_or_404
+from api.versioning import v1
 from api.state import SETTINGS, TEMPORAL, WORKSPACES
 from db.workspaces import WorkspaceRefused
 from domain.models import (
@@ -140,7 +141,7 @@ async def create_workspace(request: web.Request) -> web.Response:
     log.info("workspace requested", org_slug=org["slug"], workspace_id=ws["id"],
              workflow_id=provision_workflow_id(ws["id"]))
     return web.json_response({"id": ws["id"], "status": ws["status"]}, status=202,
-                             headers={"Location": f"/workspaces/{ws['id']}", "Retry-After": "5"})
+                             headers={"Location": v1(f"/workspaces/{ws['id']}"), "Retry-After": "5"})
 
 
 @routes.get("/workspaces")
@@ -171,7 +172,7 @@ async def delete_workspace(request: web.Request) -> web.Response:
     )
     log.info("workspace deletion requested", org_slug=org["slug"], workspace_id=row["id"])
     return web.json_response({"id": row["id"], "status": WorkspaceStatus.deleting.value}, status=202,
-                             headers={"Location": f"/workspaces/{row['id']}", "Retry-After": "5"})
+                             headers={"Location": v1(f"/workspaces/{row['id']}"), "Retry-After": "5"})
 
 
 @routes.get("/cp/orgs/{slug}/workspaces")

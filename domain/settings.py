@@ -33,6 +33,10 @@ class Settings(BaseSettings):
     # Where tenants and agents reach the API (used in boot user data and Location headers).
     public_url: str = "http://127.0.0.1:8080"
 
+    # Per-credential rate limit of the API (a token bucket per bearer; per API process).
+    rate_limit_per_minute: float = 1200.0
+    rate_limit_burst: int = 200
+
     # Temporal.
     task_queue: str = "tenantflow"
     # How long the status endpoint waits for a live progress query before answering from the
@@ -69,7 +73,7 @@ class Settings(BaseSettings):
     # Reconciliation: a Temporal Schedule compares what exists with the ledger and the org rows.
     reconcile_interval_seconds: float = 3600.0
     # Dry-run unless enabled; even then at most this many deletions, and at most this share of the
-    # managed fleet of each kind, per run (above either cap nothing is deleted).
+    # whole managed fleet, per run (above either cap nothing is deleted).
     reconcile_delete_enabled: bool = False
     reconcile_max_deletes: int = 10
     reconcile_max_delete_fraction: float = 0.25

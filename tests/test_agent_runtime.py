@@ -66,8 +66,8 @@ class FakePlatform:
 
     async def start(self) -> None:
         app = web.Application()
-        app.router.add_post("/registry/register", self._register)
-        app.router.add_post("/registry/heartbeat", self._heartbeat)
+        app.router.add_post("/api/v1/registry/register", self._register)
+        app.router.add_post("/api/v1/registry/heartbeat", self._heartbeat)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
         await web.TCPSite(self._runner, "127.0.0.1", self.port).start()

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import io
 import json
+import logging
 import uuid
 
 import pytest
@@ -11,6 +13,7 @@ import pytest_asyncio
 from aiohttp.test_utils import TestClient, TestServer
 
 from api.app import create_app
+from domain.logs import configure_logging
 from worker import build_worker
 
 
@@ -67,7 +70,8 @@ async def test_onboard_through_api(api, settings, dev_env, pool, network, task_q
     assert set(created) == {"id", "name", "slug", "plan", "neon_branch_id", "security_group_id", "status"}
     assert created["status"] == "provisioning" and created["neon_branch_id"] is None
     assert created["id"].startswith("org_")
-    assert resp.headers["Location"] == f"/cp/orgs/{req['slug']}"
+    assert resp.headers["Location"] == f"/api/v1/orgs/{req['slug']}"
+    assert resp.headers["Retry-After"] and resp.headers["Deprecation"] and resp.headers["Sunset"]
 
     seen: list[dict] = []
     async with build_worker(dev_env.client, settings, pool, task_queue=task_queue):
@@ -177,3 +181,46 @@ async def test_status_answers_from_database_while_no_worker_runs(api, settings, 
     async with build_worker(dev_env.client, settings, pool, task_queue=task_queue):
         org = await poll_until(api, req["slug"], {"active", "failed"})
     assert org["status"] == "active"
+
+
+async def test_dry_run_validates_and_echoes_without_creating(api, dev_env, pool, network):
+    req = body(network)
+    before = await org_count(pool)
+    resp = await api.post("/api/v1/orgs?dry_run=true", json=req)
+    assert resp.status == 200
+    echo = await resp.json()
+    assert echo["dry_run"] is True and echo["slug_available"] is True and echo["org"]["slug"] == req["slug"]
+    assert (await api.post("/api/v1/orgs?dry_run=true", json={**req, "plan": "gold"})).status == 400
+    assert (await api.post("/api/v1/orgs?dry_run=maybe", json=req)).status == 400
+    assert await org_count(pool) == before
+    assert (await api.get(f"/api/v1/orgs/{req['slug']}")).status == 404
+
+
+async def test_canonical_and_mirror_paths_are_the_same_api(api, network):
+    req = body(network)
+    resp = await api.post("/api/v1/orgs", json=req)
+    assert resp.status == 202 and "Deprecation" not in resp.headers
+    mirror = await api.get(f"/cp/orgs/{req['slug']}")
+    canonical = await api.get(f"/api/v1/orgs/{req['slug']}")
+    assert (await mirror.json())["id"] == (await canonical.json())["id"]
+    assert mirror.headers["Sunset"] and mirror.headers["Deprecation"].startswith("@")
+    assert mirror.headers["Link"] == f'</api/v1/orgs/{req["slug"]}>; rel="successor-version"'
+    assert "Deprecation" not in canonical.headers
+
+
+async def test_errors_carry_a_request_id_that_is_in_the_logs(api):
+    buf = io.StringIO()
+    root = logging.getLogger()
+    saved = (list(root.handlers), root.level)
+    configure_logging("INFO", stream=buf)
+    try:
+        resp = await api.get("/api/v1/orgs/nope-nope", headers={"X-Request-Id": "trace-123"})
+    finally:
+        root.handlers[:] = saved[0]
+        root.setLevel(saved[1])
+    assert resp.status == 404
+    assert (await resp.json())["request_id"] == "trace-123" and resp.headers["X-Request-Id"] == "trace-123"
+    lines = [json.loads(line) for line in buf.getvalue().splitlines()]
+    assert any(r.get("request_id") == "trace-123" and r.get("status") == 404 for r in lines), lines
+    resp = await api.get("/api/v1/orgs/nope-nope", headers={"X-Request-Id": "bad id\twith tab"})
+    assert (await resp.json())["request_id"] != "bad id\twith tab"
