@@ -70,49 +70,49 @@ class ApiClient:
 
 class OperatorClient(ApiClient):
     def onboard(self, **body: Any) -> dict:
-        return self.request("POST", "/cp/orgs", body)[1]
+        return self.request("POST", "/api/v1/orgs", body)[1]
 
     def org(self, slug: str) -> dict:
-        return self.request("GET", f"/cp/orgs/{slug}")[1]
+        return self.request("GET", f"/api/v1/orgs/{slug}")[1]
 
     def set_quota(self, slug: str, **body: Any) -> dict:
-        return self.request("PATCH", f"/cp/orgs/{slug}", body)[1]
+        return self.request("PATCH", f"/api/v1/orgs/{slug}", body)[1]
 
     def mint_key(self, slug: str, name: str) -> dict:
-        return self.request("POST", f"/cp/orgs/{slug}/keys", {"name": name})[1]
+        return self.request("POST", f"/api/v1/orgs/{slug}/keys", {"name": name})[1]
 
     def suspend(self, slug: str, reason: str | None = None, stop_instances: bool = False) -> dict:
-        return self.request("POST", f"/cp/orgs/{slug}/suspend", {"reason": reason, "stop_instances": stop_instances})[1]
+        return self.request("POST", f"/api/v1/orgs/{slug}/suspend", {"reason": reason, "stop_instances": stop_instances})[1]
 
     def resume(self, slug: str) -> dict:
-        return self.request("POST", f"/cp/orgs/{slug}/resume", {})[1]
+        return self.request("POST", f"/api/v1/orgs/{slug}/resume", {})[1]
 
     def delete(self, slug: str, confirm: str, delete_workspaces: bool) -> dict:
-        return self.request("DELETE", f"/cp/orgs/{slug}", {"confirm": confirm,
+        return self.request("DELETE", f"/api/v1/orgs/{slug}", {"confirm": confirm,
                                                            "delete_workspaces": delete_workspaces})[1]
 
     def teardowns(self) -> list[dict]:
-        return self.request("GET", "/cp/teardowns")[1]["teardowns"]
+        return self.request("GET", "/api/v1/teardowns")[1]["teardowns"]
 
     def decide(self, slug: str, decision: str) -> dict:
-        return self.request("POST", f"/cp/orgs/{slug}/teardown/{decision}", {})[1]
+        return self.request("POST", f"/api/v1/orgs/{slug}/teardown/{decision}", {})[1]
 
     def audit(self, slug: str) -> dict:
-        return self.request("GET", f"/cp/orgs/{slug}/audit")[1]
+        return self.request("GET", f"/api/v1/orgs/{slug}/audit")[1]
 
 
 class TenantClient(ApiClient):
     def create_workspace(self, **body: Any) -> dict:
-        return self.request("POST", "/workspaces", body)[1]
+        return self.request("POST", "/api/v1/workspaces", body)[1]
 
     def workspaces(self) -> list[dict]:
-        return self.request("GET", "/workspaces")[1]["workspaces"]
+        return self.request("GET", "/api/v1/workspaces")[1]["workspaces"]
 
     def workspace(self, workspace_id: str) -> dict:
-        return self.request("GET", f"/workspaces/{workspace_id}")[1]
+        return self.request("GET", f"/api/v1/workspaces/{workspace_id}")[1]
 
     def delete_workspace(self, workspace_id: str) -> dict:
-        return self.request("DELETE", f"/workspaces/{workspace_id}")[1]
+        return self.request("DELETE", f"/api/v1/workspaces/{workspace_id}")[1]
 
 
 def progress_line(label: str, record: dict, ok: set[str], width: int = 24, last: dict | None = None) -> str:

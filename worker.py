@@ -10,8 +10,10 @@ import signal
 from datetime import timedelta
 from typing import Any
 
+from aiohttp import ClientSession, web
 from psycopg_pool import AsyncConnectionPool
 from temporalio.client import Client
+from temporalio.runtime import PrometheusConfig, Runtime, TelemetryConfig
 from temporalio.worker import Worker
 
 from activities.a2a import AgentActivities
@@ -28,6 +30,7 @@ from db.orgs import OrgRepo
 from db.reconcile import ReconcileRepo
 from db.workspaces import WorkspaceRepo
 from db.pool import open_pool
+from domain.health import readiness
 from domain.logs import configure_logging, get_logger
 from domain.schedules import ensure_reconcile_schedule
 from domain.settings import Settings, get_settings
@@ -85,13 +88,48 @@ def build_worker(client: Client, settings: Settings, pool: AsyncConnectionPool, 
     )
 
 
+def metrics_runtime(settings: Settings) -> Runtime:
+    """The SDK's own metrics (workflow and activity outcomes by type, latencies, task slots)."""
+    address = f"127.0.0.1:{settings.worker_sdk_metrics_port}"
+    return Runtime(telemetry=TelemetryConfig(metrics=PrometheusConfig(bind_address=address)))
+
+
+async def start_health_server(settings: Settings, pool: AsyncConnectionPool, client: Client,
+                              worker: Worker) -> web.AppRunner:
+    """/healthz (the worker runs), /readyz (and its database and Temporal answer), /metrics."""
+
+    async def healthz(_: web.Request) -> web.Response:
+        running = worker.is_running
+        return web.json_response({"status": "ok" if running else "stopped"}, status=200 if running else 503)
+
+    async def readyz(_: web.Request) -> web.Response:
+        checks = {"worker": "ok" if worker.is_running else "stopped", **await readiness(pool, client)}
+        ready = all(v == "ok" for v in checks.values())
+        return web.json_response({"status": "ready" if ready else "not ready", **checks},
+                                 status=200 if ready else 503)
+
+    async def metrics(_: web.Request) -> web.Response:
+        async with ClientSession() as http, http.get(
+                f"http://127.0.0.1:{settings.worker_sdk_metrics_port}/metrics") as resp:
+            return web.Response(body=await resp.read(), headers={"Content-Type": resp.headers["Content-Type"]})
+
+    app = web.Application()
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    app.router.add_get("/metrics", metrics)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, settings.worker_health_host, settings.worker_health_port).start()
+    return runner
+
+
 async def main() -> None:
     settings = get_settings()
     configure_logging(settings.log_level)
     log = get_logger("tenantflow.worker")
     pool = await open_pool(settings.database_url.get_secret_value(), min_size=settings.database_pool_min,
                            max_size=settings.database_pool_max)
-    client = await connect_temporal()
+    client = await connect_temporal(runtime=metrics_runtime(settings))
     worker = build_worker(client, settings, pool)
     # Idempotent: every worker start (re)applies the reconciliation schedule from its settings.
     await ensure_reconcile_schedule(client, settings)
@@ -101,8 +139,10 @@ async def main() -> None:
         loop.add_signal_handler(sig, stop.set)
     log.info("worker started", task_queue=settings.task_queue, namespace=client.namespace)
     async with worker:
+        health = await start_health_server(settings, pool, client, worker)
         await stop.wait()
         log.info("worker stopping")
+        await health.cleanup()
     await pool.close()
     log.info("worker stopped")
 

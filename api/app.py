@@ -11,6 +11,7 @@ from temporalio.client import Client
 
 from api import lifecycle, org_keys, orgs, registry, workspaces
 from api.errors import error_middleware
+from api.observability import METRICS, create_metrics, healthz, metrics, metrics_middleware, readyz
 from api.ratelimit import LIMITER, RateLimiter, rate_limit_middleware
 from api.versioning import add_versioned_routes, deprecation_middleware
 from api.state import ORG_KEYS, ORGS, POOL, SETTINGS, TEMPORAL, WORKSPACES
@@ -33,8 +34,9 @@ async def serve_spec(_: web.Request) -> web.Response:
 
 def create_app(settings: Settings, *, temporal: Client | None = None) -> web.Application:
     """The app; it opens its own pool and (lazily) its Temporal client unless one is given."""
-    app = web.Application(middlewares=[deprecation_middleware, error_middleware, rate_limit_middleware],
-                          client_max_size=MAX_BODY_BYTES)
+    app = web.Application(middlewares=[metrics_middleware, deprecation_middleware, error_middleware,
+                                       rate_limit_middleware], client_max_size=MAX_BODY_BYTES)
+    app[METRICS] = create_metrics()
     app[SETTINGS] = settings
     app[LIMITER] = RateLimiter(settings.rate_limit_per_minute, settings.rate_limit_burst)
 
@@ -51,7 +53,9 @@ def create_app(settings: Settings, *, temporal: Client | None = None) -> web.App
 
     app.cleanup_ctx.append(resources)
     add_versioned_routes(app, *(module.routes for module in (orgs, org_keys, workspaces, registry, lifecycle)))
-    app.router.add_get("/healthz", lambda _: web.json_response({"status": "ok"}))
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    app.router.add_get("/metrics", metrics)
     app.router.add_get("/openapi.yaml", serve_spec)
     return app
 

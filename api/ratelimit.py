@@ -16,7 +16,7 @@ from aiohttp import web
 from api.errors import error_response
 from api.state import SETTINGS
 
-EXEMPT = {"/healthz", "/openapi.yaml"}
+EXEMPT = {"/healthz", "/readyz", "/metrics", "/openapi.yaml"}
 _MAX_BUCKETS = 100_000
 
 

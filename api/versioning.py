@@ -9,7 +9,7 @@ API_V1 = "/api/v1"
 # RFC 9745 Deprecation (a date as @epoch) and RFC 8594 Sunset.
 DEPRECATED_SINCE = "@1795046400"  # 2026-11-18
 SUNSET = "Wed, 30 Jun 2027 00:00:00 GMT"
-UNVERSIONED = {"/healthz", "/openapi.yaml"}
+UNVERSIONED = {"/healthz", "/readyz", "/metrics", "/openapi.yaml"}
 
 
 def canonical(legacy_path: str) -> str:

@@ -113,6 +113,8 @@ class LocalStack:
             "TENANTFLOW_TASK_QUEUE": s.task_queue,
             "TENANTFLOW_LOG_LEVEL": s.log_level,
             "TENANTFLOW_STATE_DIR": str(self.state_dir),
+            "TENANTFLOW_WORKER_HEALTH_PORT": str(s.worker_health_port),
+            "TENANTFLOW_WORKER_SDK_METRICS_PORT": str(s.worker_sdk_metrics_port),
         }
 
     def start(self) -> None:

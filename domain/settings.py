@@ -39,6 +39,11 @@ class Settings(BaseSettings):
 
     # Temporal.
     task_queue: str = "tenantflow"
+    # The worker's /healthz, /readyz and /metrics (the SDK's Prometheus metrics, proxied from a
+    # loopback-only exporter on worker_sdk_metrics_port).
+    worker_health_host: str = "127.0.0.1"
+    worker_health_port: int = 9091
+    worker_sdk_metrics_port: int = 9464
     # How long the status endpoint waits for a live progress query before answering from the
     # database record instead.
     progress_query_timeout_seconds: float = 2.0

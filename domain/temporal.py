@@ -12,6 +12,7 @@ from temporalio.client import Client
 from temporalio.common import SearchAttributeKey
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.envconfig import ClientConfig
+from temporalio.runtime import Runtime
 
 # Custom search attributes: the local stack registers them; see deploy/README.md for clusters.
 ORG_SLUG = SearchAttributeKey.for_keyword("TenantflowOrgSlug")
@@ -20,9 +21,9 @@ OPERATION = SearchAttributeKey.for_keyword("TenantflowOperation")
 SEARCH_ATTRIBUTES = {ORG_SLUG.name: "Keyword", WORKSPACE_ID.name: "Keyword", OPERATION.name: "Keyword"}
 
 
-async def connect_temporal(*, lazy: bool = False) -> Client:
+async def connect_temporal(*, lazy: bool = False, runtime: Runtime | None = None) -> Client:
     """``lazy`` defers the connection to the first call, so the API starts (and answers from its
     database) while Temporal is still coming up."""
     config = ClientConfig.load_client_connect_config()
     config.setdefault("target_host", "localhost:7233")
-    return await Client.connect(**config, data_converter=pydantic_data_converter, lazy=lazy)
+    return await Client.connect(**config, data_converter=pydantic_data_converter, lazy=lazy, runtime=runtime)

@@ -31,7 +31,7 @@ class RunningStack:
         self.state_dir = tmp_path / "state"
         self.ports = {name: free_port() for name in
                       ("API_PORT", "TEMPORAL_PORT", "TEMPORAL_UI_PORT", "POSTGRES_PORT", "MOTO_PORT", "NEON_PORT",
-                       "BOOT_EMULATOR_PORT")}
+                       "BOOT_EMULATOR_PORT", "WORKER_HEALTH_PORT", "WORKER_SDK_METRICS_PORT")}
         self.env = {**os.environ, "TENANTFLOW_STATE_DIR": str(self.state_dir),
                     "TENANTFLOW_AGENT_HEARTBEAT_INTERVAL_SECONDS": "0.5",
                     **{f"TENANTFLOW_{k}": str(v) for k, v in self.ports.items()}}
@@ -82,6 +82,14 @@ def test_run_command_onboards_and_restarts_with_saved_state(tmp_path):
         assert "demo workspace demo-agent: running on i-" in out
         with urllib.request.urlopen(f"http://127.0.0.1:{stack.ports['TEMPORAL_UI_PORT']}/", timeout=10) as ui:
             assert ui.status == 200
+        # Probes and metrics of the API and the worker.
+        for url in (f"{stack.api_url}/readyz", f"http://127.0.0.1:{stack.ports['WORKER_HEALTH_PORT']}/readyz"):
+            with urllib.request.urlopen(url, timeout=10) as probe:
+                assert json.loads(probe.read())["status"] == "ready"
+        with urllib.request.urlopen(f"http://127.0.0.1:{stack.ports['WORKER_HEALTH_PORT']}/metrics", timeout=10) as m:
+            assert b"temporal_workflow_completed" in m.read()
+        with urllib.request.urlopen(f"{stack.api_url}/metrics", timeout=10) as m:
+            assert b'tenantflow_api_requests_total{method="POST",route="/api/v1/orgs",status="202"}' in m.read()
 
         # An operator onboards another org over HTTP with the starter CLI.
         vpc_id, subnets = ensure_demo_network(f"http://127.0.0.1:{stack.ports['MOTO_PORT']}", "us-east-1")
