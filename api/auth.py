@@ -22,7 +22,8 @@ def require_operator(request: web.Request) -> None:
     expected = request.app[SETTINGS].provision_secret.get_secret_value()
     token = bearer_token(request)
     # An unset secret refuses everyone rather than admitting an empty bearer.
-    if not expected or token is None or not hmac.compare_digest(token.encode(), expected.encode()):
+    if not expected or token is None or not hmac.compare_digest(token.encode("utf-8", "surrogateescape"),
+                                                                 expected.encode()):
         raise ApiError(401, "UNAUTHORIZED", "operator credentials required: Authorization: Bearer <provision secret>")
 
 

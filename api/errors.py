@@ -91,5 +91,5 @@ async def read_json(request: web.Request) -> Any:
         raise ApiError(413, "PAYLOAD_TOO_LARGE", "request body too large") from None
     try:
         return json.loads(raw)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):
         raise ApiError(400, "MALFORMED_JSON", "request body is not valid JSON") from None

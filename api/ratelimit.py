@@ -51,7 +51,8 @@ class RateLimiter:
 def credential_key(request: web.Request) -> str:
     header = request.headers.get("Authorization", "")
     if header:
-        return "cred:" + hashlib.sha256(header.encode()).hexdigest()
+        # aiohttp decodes undecodable header bytes as surrogates: hash them back as bytes.
+        return "cred:" + hashlib.sha256(header.encode("utf-8", "surrogateescape")).hexdigest()
     return "addr:" + (request.remote or "unknown")
 
 

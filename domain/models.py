@@ -184,15 +184,16 @@ class KeyCreateRequest(Strict):
 
 class AgentRegisterRequest(Strict):
     workspace_id: Annotated[str, StringConstraints(pattern=r"^ws_[0-9a-f]{12}$")]
-    agent_url: Annotated[str, StringConstraints(pattern=r"^https?://[^\s/$.?#][^\s]{0,500}$")]
+    agent_url: Annotated[str, StringConstraints(pattern=r"^https?://[^\s\x00-\x1f\x7f/$.?#][^\s\x00-\x1f\x7f]{0,500}$")]
 
 
 class AgentHeartbeatRequest(Strict):
     workspace_id: Annotated[str, StringConstraints(pattern=r"^ws_[0-9a-f]{12}$")]
-    tasks_handled: Annotated[int, Field(strict=True, ge=0)]
-    avg_response_time_ms: Annotated[float, Field(ge=0)] | None = None
+    # Bounded so that sums over a fleet stay inside Postgres bigint / double precision.
+    tasks_handled: Annotated[int, Field(strict=True, ge=0, le=2**40)]
+    avg_response_time_ms: Annotated[float, Field(ge=0, le=86_400_000)] | None = None
     # Sent by an agent whose instance came back with a new address after a stop/start.
-    agent_url: Annotated[str, StringConstraints(pattern=r"^https?://[^\s/$.?#][^\s]{0,500}$")] | None = None
+    agent_url: Annotated[str, StringConstraints(pattern=r"^https?://[^\s\x00-\x1f\x7f/$.?#][^\s\x00-\x1f\x7f]{0,500}$")] | None = None
 
 
 class WorkspaceStatus(StrEnum):

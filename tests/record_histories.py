@@ -1,0 +1,160 @@
+"""Regenerate the committed workflow histories that tests/test_replay.py replays.
+
+    .venv/bin/python tests/record_histories.py            # writes tests/histories/<workflow>-<case>.json
+
+Starts the whole local stack (Temporal dev server, Postgres, moto, local Neon, boot emulator, worker
+and API) on free ports in a temporary directory, runs every workflow type through its happy path
+and its failure paths, and saves each history as JSON. Regenerate only on purpose: after a change
+that is *meant* to alter histories (behind ``workflow.patched`` or a new workflow type), add new
+files next to the old ones rather than overwriting them, so that the old histories keep proving
+that running workflows still replay. See docs/reliability.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from psycopg_pool import AsyncConnectionPool  # noqa: E402
+from psycopg.rows import dict_row  # noqa: E402
+from temporalio.client import WorkflowFailureError  # noqa: E402
+
+from api.workspaces import provision_input  # noqa: E402
+from db.orgs import OrgRepo  # noqa: E402
+from db.workspaces import WorkspaceRepo  # noqa: E402
+from domain.models import TIER_INSTANCE_TYPES  # noqa: E402
+from starter import TenantClient  # noqa: E402
+from tools.soak import StackHarness, wait_for  # noqa: E402
+
+HISTORIES = Path(__file__).resolve().parent / "histories"
+WS = {"role": "Replay worker", "runtime": "hermes", "tier": 1, "model": "claude-sonnet-4"}
+
+
+async def record(out_dir: Path) -> list[Path]:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written: list[Path] = []
+    with tempfile.TemporaryDirectory(prefix="tf-record-") as tmp:
+        h = StackHarness(Path(tmp) / "state", agent_heartbeat_interval_seconds=1.0)
+        h.start()
+        try:
+            client = await h.temporal()
+            op = h.operator
+            vpc_id, subnets = h.network()
+
+            async def save(workflow: str, case: str, workflow_id: str, *, expect_failure: bool = False) -> None:
+                handle = client.get_workflow_handle(workflow_id)
+                try:
+                    await asyncio.wait_for(handle.result(), 180)
+                    assert not expect_failure, f"{workflow_id} was expected to fail"
+                except WorkflowFailureError:
+                    assert expect_failure, f"{workflow_id} failed unexpectedly"
+                history = await handle.fetch_history()
+                path = out_dir / f"{workflow}-{case}.json"
+                # Compact: the files are committed and replayed in CI.
+                path.write_text(json.dumps(json.loads(history.to_json()), separators=(",", ":")) + "\n")
+                written.append(path)
+                print(f"  {path.relative_to(ROOT)}  ({len(history.events)} events)", flush=True)
+
+            def onboard(slug: str) -> dict:
+                op.onboard(name=f"Replay {slug}", slug=slug, plan="pro", vpc_id=vpc_id, subnet_ids=subnets)
+                return wait_for(lambda: op.org(slug), lambda o: o["status"] in ("active", "failed"), 120, slug)
+
+            tag = uuid.uuid4().hex[:6]
+            # 1. Onboarding, happy path.
+            org = onboard(f"rh{tag}")
+            assert org["status"] == "active", org
+            await save("OnboardOrgWorkflow", "happy", org["workflow_id"])
+
+            # 2. Onboarding with a permanent Neon fault: compensation, org failed.
+            h.neon_fault("/projects/{project_id}/branches", 403, method="POST", count=-1)
+            bad = onboard(f"rf{tag}")
+            h.clear_neon_faults()
+            assert bad["status"] == "failed", bad
+            await save("OnboardOrgWorkflow", "neon-permanent-fault-compensates", bad["workflow_id"],
+                       expect_failure=True)
+
+            # 3. Provisioning, happy path: the boot emulator boots the agent, it registers, answers.
+            key = op.mint_key(org["slug"], "replay")["key"]
+            tenant = TenantClient(h.api_url, key)
+            ws = tenant.create_workspace(name="agent-ok", **WS)
+            running = wait_for(lambda: tenant.workspace(ws["id"]), lambda w: w["status"] in ("running", "failed"),
+                               180, ws["id"])
+            assert running["status"] == "running", running
+            await save("ProvisionWorkspaceWorkflow", "happy", f"ws-provision:{ws['id']}")
+
+            # 4. Provisioning whose agent never registers, with a short timeout: cleanup.
+            pool = AsyncConnectionPool(h.database_url, kwargs={"row_factory": dict_row}, open=False)
+            await pool.open()
+            try:
+                org_row = await OrgRepo(pool).get(org["id"])
+                ws_id = f"ws_{uuid.uuid4().hex[:12]}"
+                h.never_boot(ws_id)
+                row = await WorkspaceRepo(pool).reserve(
+                    org["id"], workspace_id=ws_id, name="agent-silent", role=WS["role"], runtime=WS["runtime"],
+                    tier=1, model=WS["model"], instance_type=TIER_INSTANCE_TYPES[1], subnet_id=subnets[0],
+                    actor="record_histories")
+            finally:
+                await pool.close()
+            from workflows.provision_workspace import ProvisionWorkspaceWorkflow
+            inp = provision_input(h.settings.model_copy(update={"public_url": h.api_url}), org_row, row)
+            inp = inp.model_copy(update={"registration_timeout_seconds": 3})
+            await client.start_workflow(ProvisionWorkspaceWorkflow.run, inp, id=f"ws-provision:{ws_id}",
+                                        task_queue=h.settings.task_queue)
+            await save("ProvisionWorkspaceWorkflow", "registration-timeout", f"ws-provision:{ws_id}",
+                       expect_failure=True)
+
+            # 5. Deleting the running workspace.
+            tenant.delete_workspace(ws["id"])
+            await save("DeprovisionWorkspaceWorkflow", "happy", f"ws-deprovision:{ws['id']}")
+
+            # 6. Suspend (stopping instances) and resume, with one running workspace.
+            ws2 = tenant.create_workspace(name="agent-two", **WS)
+            wait_for(lambda: tenant.workspace(ws2["id"]), lambda w: w["status"] == "running", 180, ws2["id"])
+            op.suspend(org["slug"], reason="replay", stop_instances=True)
+            await save("SuspendOrgWorkflow", "stop-instances", f"org-suspend:{org['id']}")
+            op.resume(org["slug"])
+            await save("ResumeOrgWorkflow", "start-instances", f"org-resume:{org['id']}")
+
+            # 7. A reconcile dry run, limited to this org.
+            from activities.reconcile import ReconcileInput
+            from workflows.reconcile import ReconcileWorkflow
+            await client.start_workflow(ReconcileWorkflow.run, ReconcileInput(org_ids=[org["id"]]),
+                                        id=f"reconcile-replay-{tag}", task_queue=h.settings.task_queue)
+            await save("ReconcileWorkflow", "dry-run", f"reconcile-replay-{tag}")
+
+            # 8. Hard delete parked on a Neon fault, then retried by the operator.
+            h.neon_fault("/projects/{project_id}/branches/{branch_id}", 403, method="DELETE", count=-1)
+            op.delete(org["slug"], confirm=org["slug"], delete_workspaces=True)
+            wait_for(lambda: op.org(org["slug"]), lambda o: (o.get("progress") or {}).get("waiting_for_operator"),
+                     120, "parked delete")
+            h.clear_neon_faults()
+            op.decide(org["slug"], "retry")
+            await save("HardDeleteOrgWorkflow", "parked-then-retry", f"org-delete:{org['id']}")
+            assert op.org(org["slug"])["status"] == "deleted"
+        finally:
+            h.stop()
+    return written
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", type=Path, default=HISTORIES)
+    args = parser.parse_args()
+    started = time.monotonic()
+    written = asyncio.run(record(args.out))
+    print(f"wrote {len(written)} histories in {time.monotonic() - started:.0f}s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

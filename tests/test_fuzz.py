@@ -1,0 +1,288 @@
+"""The API against its own contract: schemathesis generates requests from ``GET /openapi.yaml``
+(positive and negative data, the spec's examples and its boundary values) and checks that the
+running app never answers 5xx and that every answer is documented: status code, content type,
+headers and body schema.
+
+The app runs on a real port, on its own thread and event loop (the tests' session loop must stay
+free while schemathesis blocks on its synchronous HTTP calls), with its own Temporal client made
+in that loop. No worker runs: creating orgs and workspaces only starts workflows, so the fuzzer
+cannot change an org's status behind its own back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+import uuid
+import zlib
+from datetime import timedelta
+
+import pytest
+import pytest_asyncio
+import requests
+import schemathesis
+import yaml
+from aiohttp import web
+from schemathesis.checks import (
+    content_type_conformance,
+    not_a_server_error,
+    response_headers_conformance,
+    response_schema_conformance,
+    status_code_conformance,
+)
+from schemathesis.config import SchemathesisConfig
+from temporalio.client import Client
+from temporalio.contrib.pydantic import pydantic_data_converter
+
+from api.app import SPEC_PATH, create_app
+from db.purge import purge_org
+from db.workspaces import WorkspaceRepo
+from devstack.procs import free_port
+from tests.helpers import onboard_active_org, seed_org
+
+# Per operation: schemathesis' explicit examples and coverage (boundary) cases, plus this many
+# generated ones. ~25 operations x (25 + boundary cases) take well under a minute.
+MAX_EXAMPLES = 25
+HTTP_METHODS = {"get", "put", "post", "delete", "patch", "head", "options", "trace"}
+CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance, response_headers_conformance,
+          response_schema_conformance]
+
+
+class ApiThread:
+    """The app on a real port, on its own thread and event loop."""
+
+    def __init__(self, settings, temporal_target: str, namespace: str):
+        self.settings, self.target, self.namespace = settings, temporal_target, namespace
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, name="fuzz-api", daemon=True)
+        self.runner: web.AppRunner | None = None
+
+    async def _start(self) -> None:
+        # The Temporal client belongs to this loop: a client made in the tests' loop cannot serve here.
+        temporal = await Client.connect(self.target, namespace=self.namespace, data_converter=pydantic_data_converter)
+        self.runner = web.AppRunner(create_app(self.settings, temporal=temporal), access_log=None)
+        await self.runner.setup()
+        await web.TCPSite(self.runner, "127.0.0.1", self.port).start()
+
+    def start(self) -> None:
+        self.thread.start()
+        asyncio.run_coroutine_threadsafe(self._start(), self.loop).result(timeout=60)
+
+    def stop(self) -> None:
+        if self.runner is not None:
+            asyncio.run_coroutine_threadsafe(self.runner.cleanup(), self.loop).result(timeout=30)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(10)
+        self.loop.close()
+
+
+class FuzzEnv:
+    """What the fuzzer is steered towards, so that it reaches past 404 into the handlers."""
+
+    def __init__(self, url: str):
+        self.url = url
+        self.operator = ""
+        self.org_slug = ""        # active org; its key authenticates the tenant routes
+        self.org_key = ""
+        self.victim_slug = ""     # the org DELETE /api/v1/orgs/{slug} may delete
+        self.purged_slug = ""     # a hard-deleted org: GET answers with its receipt
+        self.spare_key_id = ""    # the key DELETE /api/v1/keys/{key_id} may revoke
+        self.workspace_id = ""
+        self.registration_token = ""
+        self.workspace_token = ""
+
+    def post(self, path: str, body: dict, token: str) -> requests.Response:
+        return requests.post(self.url + path, json=body, headers={"Authorization": f"Bearer {token}"}, timeout=30)
+
+
+@pytest_asyncio.fixture(scope="module")
+async def fuzz_env(settings, dev_env, pool, ec2):
+    task_queue = f"tq-fuzz-{uuid.uuid4().hex[:8]}"
+    vpc_id = ec2.create_vpc(CidrBlock="10.60.0.0/16")["Vpc"]["VpcId"]
+    subnets = [ec2.create_subnet(VpcId=vpc_id, CidrBlock=f"10.60.{i}.0/24")["Subnet"]["SubnetId"] for i in (1, 2)]
+    app_settings = settings.model_copy(update={
+        "task_queue": task_queue,
+        # No worker answers progress queries: don't wait long for them.
+        "progress_query_timeout_seconds": 0.2,
+        # The fuzzer is one credential sending hundreds of requests; 429 is documented, but
+        # rate limiting would hide the handlers from it.
+        "rate_limit_per_minute": 1_000_000.0,
+        "rate_limit_burst": 1_000_000,
+    })
+    suffix = uuid.uuid4().hex[:8]
+    org = await onboard_active_org(dev_env, app_settings, pool, task_queue, (vpc_id, subnets), f"fuzz-{suffix}")
+    victim = await seed_org(pool, f"fuzz-victim-{suffix}", vpc_id, subnets)
+    purged = await seed_org(pool, f"fuzz-purged-{suffix}", vpc_id, subnets)
+    await purge_org(pool, purged.org_id, purged.slug, actor="test", workflow_id=None)
+
+    server = ApiThread(app_settings, dev_env.client.service_client.config.target_host, dev_env.client.namespace)
+    server.start()
+    try:
+        env = FuzzEnv(server.url)
+        env.operator = app_settings.provision_secret.get_secret_value()
+        env.org_slug, env.victim_slug, env.purged_slug = org["slug"], victim.slug, purged.slug
+
+        def prepare() -> None:
+            resp = env.post(f"/api/v1/orgs/{env.org_slug}/keys", {"name": "fuzz"}, env.operator)
+            assert resp.status_code == 201, resp.text
+            env.org_key = resp.json()["key"]
+            resp = env.post("/api/v1/keys", {"name": "spare"}, env.org_key)
+            assert resp.status_code == 201, resp.text
+            env.spare_key_id = resp.json()["id"]
+            resp = env.post("/api/v1/workspaces", {"name": "fuzz-agent", "role": "Fuzzed", "runtime": "hermes", "tier": 1,
+                                                   "model": "claude-sonnet-4"}, env.org_key)
+            assert resp.status_code == 202, resp.text
+            env.workspace_id = resp.json()["id"]
+
+        await asyncio.to_thread(prepare)
+        # The launch activity would mint the registration token; no worker runs, so mint it here.
+        repo = WorkspaceRepo(pool)
+        token = await repo.mint_registration_token(env.workspace_id, timedelta(hours=1))
+        resp = await asyncio.to_thread(env.post, "/api/v1/registry/register",
+                                       {"workspace_id": env.workspace_id, "agent_url": "http://10.60.1.10:8443"}, token)
+        assert resp.status_code == 200, resp.text
+        env.workspace_token = resp.json()["workspace_token"]
+        env.registration_token = await repo.mint_registration_token(env.workspace_id, timedelta(hours=1))
+        yield env
+    finally:
+        await asyncio.to_thread(server.stop)
+
+
+@pytest.fixture(scope="module")
+def fuzz_schema(fuzz_env):
+    config = SchemathesisConfig.from_dict({
+        "generation": {"max-examples": MAX_EXAMPLES, "deterministic": True, "database": "none"},
+        "auth": {"openapi": {
+            "operatorBearer": {"bearer": fuzz_env.operator},
+            "orgApiKey": {"bearer": fuzz_env.org_key},
+            "registrationToken": {"bearer": fuzz_env.registration_token},
+            "workspaceToken": {"bearer": fuzz_env.workspace_token},
+        }},
+    })
+    return schemathesis.openapi.from_url(f"{fuzz_env.url}/openapi.yaml", config=config, timeout=10)
+
+
+def _pick(case, salt: str) -> int:
+    """A stable choice per generated input (so Hypothesis replays a failure identically)."""
+    seed = json.dumps([salt, case.path_parameters, case.headers, case.query, case.body], sort_keys=True, default=repr)
+    return zlib.crc32(seed.encode())
+
+
+def steer(case, env: FuzzEnv) -> None:
+    """Point about two thirds of the generated cases at things that exist, so that they reach the
+    handlers' success and conflict paths; the rest stay as generated (mostly 400/404/403)."""
+    choice = _pick(case, case.operation.label)
+    if choice % 3 == 0:
+        return
+    method, path = case.method.upper(), case.operation.path
+    params = case.path_parameters or {}
+    if "slug" in params:
+        if method == "DELETE":
+            # Its own org: deleting the org whose key authenticates the tenant routes would end the run.
+            params["slug"] = env.victim_slug
+        elif path in ("/api/v1/orgs/{slug}", "/api/v1/orgs/{slug}/audit") and choice % 2:
+            params["slug"] = env.purged_slug
+        else:
+            params["slug"] = env.org_slug
+    if "workspace_id" in params:
+        params["workspace_id"] = env.workspace_id
+    if "key_id" in params:
+        # A spare key: revoking the fuzzer's own key would turn every later tenant request into a 401.
+        params["key_id"] = ("tfk_" if choice % 2 else "") + env.spare_key_id
+    if case.headers and "X-Org-Slug" in case.headers:
+        case.headers["X-Org-Slug"] = env.org_slug
+    if isinstance(case.body, dict):
+        if path.startswith("/api/v1/registry/"):
+            case.body["workspace_id"] = env.workspace_id
+        if method == "DELETE" and path == "/api/v1/orgs/{slug}":
+            case.body["confirm"] = env.victim_slug
+
+
+# What each operation answered, for test_fuzzer_reached_the_handlers.
+SEEN: dict[str, set[int]] = {}
+
+schema = schemathesis.pytest.from_fixture("fuzz_schema")
+
+
+@pytest.fixture(autouse=True)
+def _node_id_for_schemathesis(request):
+    # schemathesis 4.32.5's lazy loader reads (and rewrites, for its reports) `item._nodeid`, which
+    # pytest 9 no longer has; give it one.
+    if not hasattr(request.node, "_nodeid"):
+        request.node._nodeid = request.node.nodeid
+
+
+@schema.parametrize()
+def test_api_conforms_to_its_contract(case, fuzz_env):
+    steer(case, fuzz_env)
+    response = case.call_and_validate(checks=CHECKS)
+    SEEN.setdefault(case.operation.label, set()).add(response.status_code)
+
+
+# Without a worker no org can become suspended or park a teardown, so these never succeed here.
+NO_SUCCESS_EXPECTED = {"POST /api/v1/orgs/{slug}/resume", "POST /api/v1/orgs/{slug}/teardown/retry",
+                       "POST /api/v1/orgs/{slug}/teardown/abandon"}
+
+
+def test_fuzzer_reached_the_handlers():
+    """The fuzz above proves little if its credentials were refused or it never got past 404."""
+    if not SEEN:
+        pytest.skip("the fuzz did not run in this session")
+    spec = yaml.safe_load(SPEC_PATH.read_text())
+    operations = {f"{m.upper()} {p}" for p, item in spec["paths"].items() for m in item if m in HTTP_METHODS}
+    # schemathesis leaves out the operation that serves the schema it was loaded from.
+    operations.discard("GET /openapi.yaml")
+    assert set(SEEN) == operations
+    for label, statuses in SEEN.items():
+        assert statuses - {401, 405}, f"{label}: only {statuses}: the fuzzer's credentials were refused"
+        if label not in NO_SUCCESS_EXPECTED:
+            assert any(200 <= s < 300 for s in statuses), f"{label} never succeeded: {sorted(statuses)}"
+
+
+# -- app bugs found while fuzzing, pinned until fixed (strict: an XPASS fails, so drop the marker) --
+
+def _call(env: FuzzEnv, method: str, path: str, token: str | None = None, **kwargs) -> requests.Response:
+    headers = kwargs.pop("headers", {})
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
+    return requests.request(method, env.url + path, headers=headers, timeout=30, **kwargs)
+
+
+def test_heartbeat_tasks_handled_beyond_bigint_is_refused(fuzz_env):
+    # Once found by the fuzzer (a 500): {"tasks_handled": 905466812094664409088, ...}; now refused.
+    resp = _call(fuzz_env, "POST", "/api/v1/registry/heartbeat", fuzz_env.workspace_token,
+                 json={"workspace_id": fuzz_env.workspace_id, "tasks_handled": 2**63})
+    assert resp.status_code == 400, resp.text
+
+
+def test_agent_url_with_nul_is_refused(fuzz_env):
+    resp = _call(fuzz_env, "POST", "/api/v1/registry/heartbeat", fuzz_env.workspace_token,
+                 json={"workspace_id": fuzz_env.workspace_id, "tasks_handled": 1, "agent_url": "http://a\x00b"})
+    assert resp.status_code == 400, resp.text
+
+
+def test_metrics_survive_huge_response_times(fuzz_env):
+    env = fuzz_env
+    beat = {"workspace_id": env.workspace_id, "tasks_handled": 10, "avg_response_time_ms": 1e308}
+    try:
+        resp = _call(env, "POST", "/api/v1/registry/heartbeat", env.workspace_token, json=beat)
+        if resp.status_code == 200:  # accepted: the metrics must still answer
+            resp = _call(env, "GET", f"/api/v1/orgs/{env.org_slug}/metrics", env.operator)
+        assert resp.status_code in (200, 400), resp.text
+    finally:
+        _call(env, "POST", "/api/v1/registry/heartbeat", env.workspace_token,
+              json={**beat, "tasks_handled": 0, "avg_response_time_ms": 0})
+
+
+def test_deeply_nested_json_is_malformed_json(fuzz_env):
+    resp = _call(fuzz_env, "POST", "/api/v1/registry/register", "tfr_not_even_a_token",
+                 data="[" * 10_000, headers={"Content-Type": "application/json"})
+    assert resp.status_code == 400, resp.text
+
+
+def test_non_utf8_authorization_is_unauthorized(fuzz_env):
+    resp = _call(fuzz_env, "GET", "/api/v1/teardowns", headers={"Authorization": "Bearer \xe9"})
+    assert resp.status_code == 401, resp.text
