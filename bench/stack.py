@@ -1,0 +1,130 @@
+"""The product as the benchmarks that go through the API need it: embedded Postgres, a fresh
+Temporal dev server, the real API as its own process (``python -m api``, so its RSS is its own)
+and an in-process worker with the real workflows and database activities and stand-ins for the
+external calls."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import aiohttp
+
+from bench.common import ROOT, Postgres, bench_settings, make_worker, new_queue, temporal_env
+from bench.standins import StandIns
+
+
+class ApiStack:
+    def __init__(self, ext: float = 0.05, park=lambda slug: False, **worker_options) -> None:
+        self.ext, self.park, self.worker_options = ext, park, worker_options
+        self.worker = None
+        self.api: subprocess.Popen | None = None
+
+    async def __aenter__(self) -> "ApiStack":
+        from db.pool import open_pool
+        from db.workspaces import WorkspaceRepo
+        from devstack.procs import free_port
+
+        self.pg = await asyncio.to_thread(Postgres)
+        self._env_cm = temporal_env()
+        self.env = await self._env_cm.__aenter__()
+        self.client = self.env.client
+        self.port = free_port()
+        self.settings = bench_settings(self.pg.url, task_queue=new_queue(), api_port=self.port,
+                                       public_url=f"http://127.0.0.1:{self.port}")
+        self.pool = await open_pool(self.pg.url, max_size=10)
+        self.standins = StandIns(self.client, ext=self.ext, db=0.0, park=self.park, park_seconds=3600,
+                                 workspaces=WorkspaceRepo(self.pool))
+        await self.start_worker(**self.worker_options)
+        self.start_api()
+        self.http = aiohttp.ClientSession(base_url=self.url, connector=aiohttp.TCPConnector(limit=200))
+        await self.wait_healthz()
+        return self
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def op(self) -> dict:
+        return {"Authorization": f"Bearer {self.settings.provision_secret.get_secret_value()}"}
+
+    async def start_worker(self, **options) -> None:
+        from worker import build_activities
+
+        real = build_activities(self.settings, self.pool, self.client)
+        self.worker = make_worker(self.client, self.settings.task_queue, self.standins.activities(real), **options)
+        self._worker_task = asyncio.create_task(self.worker.run())
+        await asyncio.sleep(0.2)
+
+    async def stop_worker(self) -> None:
+        await self.worker.shutdown()
+        self.worker = None
+
+    def start_api(self) -> None:
+        s = self.settings
+        env = {**os.environ, "TEMPORAL_ADDRESS": self.client.service_client.config.target_host,
+               "TEMPORAL_NAMESPACE": "default", "TENANTFLOW_DATABASE_URL": self.pg.url,
+               "TENANTFLOW_PROVISION_SECRET": s.provision_secret.get_secret_value(),
+               "TENANTFLOW_API_HOST": "127.0.0.1", "TENANTFLOW_API_PORT": str(self.port),
+               "TENANTFLOW_PUBLIC_URL": self.url, "TENANTFLOW_TASK_QUEUE": s.task_queue,
+               "TENANTFLOW_RATE_LIMIT_PER_MINUTE": str(s.rate_limit_per_minute),
+               "TENANTFLOW_RATE_LIMIT_BURST": str(s.rate_limit_burst), "TENANTFLOW_LOG_LEVEL": "WARNING",
+               "TENANTFLOW_AWS_ENDPOINT_URL": "http://127.0.0.1:9"}
+        self.api_log = Path(tempfile.mkstemp(prefix="tf-bench-api-", suffix=".log")[1])
+        self.api = subprocess.Popen([sys.executable, "-m", "api"], cwd=ROOT, env=env, stdin=subprocess.DEVNULL,
+                                    stdout=self.api_log.open("wb"), stderr=subprocess.STDOUT)
+
+    async def wait_healthz(self, timeout: float = 60) -> None:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                async with self.http.get("/healthz") as r:
+                    if r.status == 200:
+                        return
+            except aiohttp.ClientError:
+                pass
+            if self.api.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"API did not start: {self.api_log.read_text()[-2000:]}")
+            await asyncio.sleep(0.1)
+
+    async def create_org(self, slug: str) -> dict:
+        body = {"name": f"Bench {slug}", "slug": slug, "plan": "pro", "vpc_id": "vpc-0123456789abcdef0",
+                "subnet_ids": ["subnet-0123456789abcdef0"]}
+        async with self.http.post("/api/v1/orgs", json=body, headers=self.op) as r:
+            assert r.status == 202, (r.status, await r.text())
+            return await r.json()
+
+    async def get_org(self, slug: str) -> dict:
+        async with self.http.get(f"/api/v1/orgs/{slug}", headers=self.op) as r:
+            return await r.json()
+
+    async def wait_org(self, slug: str, pred, timeout: float = 60) -> dict:
+        deadline = time.monotonic() + timeout
+        while True:
+            org = await self.get_org(slug)
+            if pred(org):
+                return org
+            assert time.monotonic() < deadline, org
+            await asyncio.sleep(0.05)
+
+    async def __aexit__(self, *exc) -> None:
+        await self.http.close()
+        if self.api is not None:
+            self.api.terminate()
+            try:
+                self.api.wait(10)
+            except subprocess.TimeoutExpired:
+                self.api.kill()
+        if self.worker is not None:
+            await self.worker.shutdown()
+        await self.pool.close()
+        await self._env_cm.__aexit__(*exc)
+        await asyncio.to_thread(self.pg.stop)
+        if exc[0] is None:
+            self.api_log.unlink(missing_ok=True)
