@@ -45,6 +45,14 @@ def classify(err: Exception) -> Exception:
     return err
 
 
+async def call_ec2(client: Any, method: str, **kwargs: Any) -> dict:
+    """One boto3 EC2 call off the event loop, its failure classified for Temporal's retries."""
+    try:
+        return await asyncio.to_thread(getattr(client, method), **kwargs)
+    except Exception as err:  # noqa: BLE001 - classified and re-raised
+        raise classify(err) from err
+
+
 def make_ec2_client(settings: Settings) -> Any:
     return boto3.client(
         "ec2",
@@ -71,10 +79,7 @@ class Ec2Activities:
         self._ec2 = (client_factory or (lambda: make_ec2_client(settings)))()
 
     async def _call(self, method: str, **kwargs: Any) -> dict:
-        try:
-            return await asyncio.to_thread(getattr(self._ec2, method), **kwargs)
-        except Exception as err:  # noqa: BLE001 - classified and re-raised
-            raise classify(err) from err
+        return await call_ec2(self._ec2, method, **kwargs)
 
     @activity.defn
     async def validate_network(self, req: NetworkCheckInput) -> None:

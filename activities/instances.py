@@ -15,7 +15,7 @@ from typing import Any, Callable
 from temporalio import activity
 
 from activities.boot_script import render_user_data
-from activities.ec2 import MANAGED_TAG, ORG_ID_TAG, ORG_SLUG_TAG, classify, make_ec2_client
+from activities.ec2 import MANAGED_TAG, ORG_ID_TAG, ORG_SLUG_TAG, call_ec2, make_ec2_client
 from activities.errors import actor, permanent
 from db.ledger import Ledger
 from db.workspaces import WorkspaceRepo
@@ -40,10 +40,7 @@ class InstanceActivities:
         self._ec2 = (client_factory or (lambda: make_ec2_client(settings)))()
 
     async def _call(self, method: str, **kwargs: Any) -> dict:
-        try:
-            return await asyncio.to_thread(getattr(self._ec2, method), **kwargs)
-        except Exception as err:  # noqa: BLE001 - classified and re-raised
-            raise classify(err) from err
+        return await call_ec2(self._ec2, method, **kwargs)
 
     async def _find(self, workspace_id: str, states: list[str]) -> list[dict]:
         reservations = (await self._call("describe_instances", Filters=[

@@ -18,7 +18,7 @@ from pydantic import BaseModel, Field, computed_field
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
-from activities.ec2 import MANAGED_TAG, ORG_ID_TAG, ORG_SLUG_TAG, classify, make_ec2_client
+from activities.ec2 import MANAGED_TAG, ORG_ID_TAG, ORG_SLUG_TAG, call_ec2, classify, make_ec2_client
 from activities.errors import permanent
 from activities.instances import WORKSPACE_TAG, instance_key
 from activities.neon import NeonNotFound, TimedNeonAPI
@@ -199,10 +199,7 @@ class ReconcileActivities:
         self._neon_factory = neon_client_factory or (lambda: make_neon_client(settings))
 
     async def _ec2_call(self, method: str, **kwargs: Any) -> dict:
-        try:
-            return await asyncio.to_thread(getattr(self._ec2, method), **kwargs)
-        except Exception as err:  # noqa: BLE001 - classified and re-raised
-            raise classify(err) from err
+        return await call_ec2(self._ec2, method, **kwargs)
 
     async def _ec2_pages(self, method: str, key: str, **kwargs: Any) -> list[dict]:
         def collect() -> list[dict]:
