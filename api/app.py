@@ -14,7 +14,8 @@ from api.errors import error_middleware
 from api.observability import METRICS, create_metrics, healthz, metrics, metrics_middleware, readyz
 from api.ratelimit import LIMITER, RateLimiter, rate_limit_middleware
 from api.versioning import add_versioned_routes, deprecation_middleware
-from api.state import ORG_KEYS, ORGS, POOL, SETTINGS, TEMPORAL, WORKSPACES
+from api.progress import ProgressQueries
+from api.state import ORG_KEYS, ORGS, POOL, PROGRESS, SETTINGS, TEMPORAL, WORKSPACES
 from db.keys import OrgKeyRepo
 from db.orgs import OrgRepo
 from db.workspaces import WorkspaceRepo
@@ -48,6 +49,8 @@ def create_app(settings: Settings, *, temporal: Client | None = None) -> web.App
         app[ORG_KEYS] = OrgKeyRepo(pool)
         app[WORKSPACES] = WorkspaceRepo(pool)
         app[TEMPORAL] = temporal or await connect_temporal(lazy=True)
+        app[PROGRESS] = ProgressQueries(app[TEMPORAL], settings.progress_query_timeout_seconds,
+                                        app[METRICS]["progress_polls"])
         yield
         await pool.close()
 

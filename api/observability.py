@@ -21,6 +21,9 @@ def create_metrics() -> dict:
                             registry=registry),
         "latency": Histogram("tenantflow_api_request_duration_seconds", "API request latency", ["method", "route"],
                              registry=registry),
+        "progress_polls": Counter("tenantflow_api_progress_polls_total",
+                                  "Live progress lookups by outcome: sent, joined (shared a query in flight), unavailable",
+                                  ["outcome"], registry=registry),
     }
 
 

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import asyncio
 import re
 import secrets
-from datetime import timedelta
 
 import structlog
 from aiohttp import web
@@ -16,7 +14,7 @@ from temporalio.exceptions import WorkflowAlreadyStartedError
 from api.auth import require_operator
 from api.errors import ApiError, read_json
 from api.versioning import v1
-from api.state import ORGS, POOL, SETTINGS, TEMPORAL
+from api.state import ORGS, POOL, PROGRESS, SETTINGS, TEMPORAL
 from db.purge import latest_receipt
 from domain.models import OnboardOrgInput, OrgCreateRequest, OrgQuotaUpdate, OrgStatus, Progress
 from domain.temporal import OPERATION, ORG_SLUG
@@ -93,13 +91,7 @@ async def live_progress(request: web.Request, row: dict) -> Progress | None:
         workflow_id, query = delete_workflow_id(row["id"]), HardDeleteOrgWorkflow.progress
     else:
         return None
-    timeout = request.app[SETTINGS].progress_query_timeout_seconds
-    try:
-        handle = request.app[TEMPORAL].get_workflow_handle(workflow_id)
-        return await asyncio.wait_for(handle.query(query, rpc_timeout=timedelta(seconds=timeout)), timeout)
-    except (Exception, asyncio.TimeoutError) as err:  # noqa: BLE001 - the record is the fallback
-        log.info("progress query unavailable", org_slug=row["slug"], error=type(err).__name__)
-        return None
+    return await request.app[PROGRESS].get(workflow_id, query)
 
 
 @routes.post("/cp/orgs")

@@ -6,6 +6,7 @@ from aiohttp import web
 from psycopg_pool import AsyncConnectionPool
 from temporalio.client import Client
 
+from api.progress import ProgressQueries
 from db.keys import OrgKeyRepo
 from db.orgs import OrgRepo
 from db.workspaces import WorkspaceRepo
@@ -17,6 +18,7 @@ ORGS = web.AppKey("orgs", OrgRepo)
 ORG_KEYS = web.AppKey("org_keys", OrgKeyRepo)
 WORKSPACES = web.AppKey("workspaces", WorkspaceRepo)
 TEMPORAL = web.AppKey("temporal", Client)
+PROGRESS = web.AppKey("progress", ProgressQueries)
 REQUEST_ID = web.RequestKey("request_id", str)
 # The org a tenant request is authenticated as (from its key alone).
 TENANT_ORG = web.RequestKey("tenant_org", dict)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import re
 import secrets
 from datetime import timedelta
@@ -17,7 +16,7 @@ from api.auth import require_org_key
 from api.errors import ApiError, read_json
 from api.orgs import org_or_404
 from api.versioning import v1
-from api.state import SETTINGS, TEMPORAL, WORKSPACES
+from api.state import PROGRESS, SETTINGS, TEMPORAL, WORKSPACES
 from db.workspaces import WorkspaceRefused
 from domain.models import (
     TIER_INSTANCE_TYPES,
@@ -90,15 +89,9 @@ async def start_provisioning(client: Client, settings: Settings, org: dict, ws: 
 async def live_progress(request: web.Request, row: dict) -> Progress | None:
     if row["status"] not in (WorkspaceStatus.provisioning, WorkspaceStatus.deleting):
         return None
-    settings = request.app[SETTINGS]
-    workflow = ProvisionWorkspaceWorkflow if row["status"] == WorkspaceStatus.provisioning else DeprovisionWorkspaceWorkflow
-    workflow_id = (provision_workflow_id if workflow is ProvisionWorkspaceWorkflow else deprovision_workflow_id)(row["id"])
-    try:
-        handle = request.app[TEMPORAL].get_workflow_handle(workflow_id)
-        return await asyncio.wait_for(handle.query(workflow.progress, rpc_timeout=timedelta(
-            seconds=settings.progress_query_timeout_seconds)), settings.progress_query_timeout_seconds)
-    except (Exception, asyncio.TimeoutError):  # noqa: BLE001 - the record answers instead
-        return None
+    if row["status"] == WorkspaceStatus.provisioning:
+        return await request.app[PROGRESS].get(provision_workflow_id(row["id"]), ProvisionWorkspaceWorkflow.progress)
+    return await request.app[PROGRESS].get(deprovision_workflow_id(row["id"]), DeprovisionWorkspaceWorkflow.progress)
 
 
 def deprovision_workflow_id(workspace_id: str) -> str:

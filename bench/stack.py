@@ -104,6 +104,13 @@ class ApiStack:
         async with self.http.get(f"/api/v1/orgs/{slug}", headers=self.op) as r:
             return await r.json()
 
+    async def progress_polls(self) -> dict[str, int]:
+        """The API's live-progress lookups so far, by outcome (sent / joined / unavailable)."""
+        async with self.http.get("/metrics") as r:
+            text = await r.text()
+        return {line.split('outcome="')[1].split('"')[0]: int(float(line.rsplit(" ", 1)[1]))
+                for line in text.splitlines() if line.startswith("tenantflow_api_progress_polls_total{")}
+
     async def wait_org(self, slug: str, pred, timeout: float = 60) -> dict:
         deadline = time.monotonic() + timeout
         while True:

@@ -5,9 +5,11 @@
 
 Starts the whole local stack (``devstack.stack.LocalStack``: Temporal dev server, Postgres, moto,
 the local Neon server, the boot emulator, the worker and the API) on free loopback ports in a
-fresh state directory, then for every org: onboard (through Neon 423/429/503 faults) -> mint a key
+fresh state directory, then for every org: onboard -> mint a key
 -> create its workspaces (some marked never-boot in the boot emulator, so they time out on
 registration and must clean up) -> delete the running ones -> suspend -> resume -> hard delete.
+Neon 423/429/503 faults on every route the workflows use: one of each at the start, then two more
+before each org, so the storm runs as long as the soak does.
 It ends with a JSON report (``--report``) and a text summary: workflows completed, faults
 injected, retries, leaked resources (moto instances/security groups and Neon branches without a
 live record; must be 0), lost records (must be 0) and the slowest operations. Exit status 1 when
@@ -242,6 +244,7 @@ NEON_FAULT_ROUTES = [
     ("/projects/{project_id}/branches/{branch_id}", "DELETE", (423, 503, 429)),
     ("/projects/{project_id}/branches", "GET", (503,)),
 ]
+NEON_FAULTS = [(route, method, status) for route, method, statuses in NEON_FAULT_ROUTES for status in statuses]
 WS_BODY = {"role": "Soak worker", "runtime": "hermes", "tier": 1, "model": "claude-sonnet-4"}
 
 
@@ -263,21 +266,27 @@ class SoakResult:
             self.timings.append((op, subject, time.monotonic() - t0))
 
 
-def inject_neon_storm(h: StackHarness, orgs: int, result: SoakResult) -> None:
-    """Roughly one fault per org per route and status: enough that most orgs meet several."""
-    for route, method, statuses in NEON_FAULT_ROUTES:
-        for status in statuses:
-            count = max(1, orgs // 2)
-            h.neon_fault(route, status, method=method, count=count, retry_after=0.5 if status == 429 else None)
-            key = f"{method} {route} {status}"
-            result.faults_injected[key] = result.faults_injected.get(key, 0) + count
+def inject_neon_faults(h: StackHarness, faults: list[tuple[str, str, int]], result: SoakResult) -> None:
+    """One error answer each, served to whichever request of that route comes next."""
+    for route, method, status in faults:
+        h.neon_fault(route, status, method=method, count=1, retry_after=0.5 if status == 429 else None)
+        key = f"{method} {route} {status}"
+        result.faults_injected[key] = result.faults_injected.get(key, 0) + 1
 
 
-def soak_org(h: StackHarness, index: int, n_workspaces: int, never_boot_every: int, tag: str,
-             result: SoakResult, timeout: float) -> None:
+def rolling_faults(index: int) -> list[tuple[str, str, int]]:
+    """Two faults per org, rotating through every route and status: the storm lasts the whole run
+    instead of landing on the first few orgs (which would then just wait out maximum backoffs)."""
+    return [NEON_FAULTS[index % len(NEON_FAULTS)], NEON_FAULTS[(index * 4 + 1) % len(NEON_FAULTS)]]
+
+
+def soak_org(h: StackHarness, network: tuple[str, list[str]], index: int, n_workspaces: int,
+             never_boot_every: int, tag: str, result: SoakResult, timeout: float, faults: bool) -> None:
     op = h.operator
-    vpc_id, subnets = h.network()
+    vpc_id, subnets = network
     slug = f"s{tag}{index:03d}"
+    if faults:
+        inject_neon_faults(h, rolling_faults(index), result)
 
     def created_or_existing():
         try:
@@ -368,16 +377,17 @@ def run_soak(h: StackHarness, *, orgs: int, workspaces: int, concurrency: int = 
     """Drive ``orgs`` orgs with ``workspaces`` workspaces in all through the lifecycle on ``h``."""
     result = SoakResult()
     tag = os.urandom(2).hex()
-    if faults:
-        inject_neon_storm(h, orgs, result)
+    if faults:  # a burst at the start: every route and status at once
+        inject_neon_faults(h, NEON_FAULTS, result)
+    network = h.network()  # once: concurrent first calls would race to create the same subnets
     per_org = [workspaces // orgs + (1 if i < workspaces % orgs else 0) for i in range(orgs)]
     deadline = time.monotonic() + time_limit
     errors: list[str] = []
     with ThreadPoolExecutor(max_workers=concurrency) as pool:
         futures = []
         for i in range(orgs):
-            futures.append(pool.submit(soak_org, h, i, per_org[i], never_boot_every, tag, result,
-                                       min(op_timeout, max(30.0, deadline - time.monotonic()))))
+            futures.append(pool.submit(soak_org, h, network, i, per_org[i], never_boot_every, tag, result,
+                                       min(op_timeout, max(30.0, deadline - time.monotonic())), faults))
         for f in futures:
             try:
                 f.result(timeout=max(1.0, deadline - time.monotonic()))
