@@ -21,6 +21,12 @@ def f(x, nd=1):
     return "-" if x is None else (f"{x:.{nd}f}" if isinstance(x, float) else str(x))
 
 
+def queries(api: dict) -> str:
+    """How many Temporal queries the API sent for its polls (the rest shared one in flight)."""
+    lookups = api.get("progress_lookups")
+    return f", {lookups.get('sent', 0)} queries for {api['latency_ms']['n']} polls" if lookups else ""
+
+
 def table(all_results: dict) -> str:
     rows = ["| # | benchmark | measured (median / p99) | baseline (median / p99) | ratio | goal | status |",
             "| --- | --- | --- | --- | --- | --- | --- |"]
@@ -35,7 +41,7 @@ def table(all_results: dict) -> str:
     if r:
         for lvl, x in r["parked"].items():
             rows.append(f"| 2 | poll parked org, {lvl} (ms) | {f(x['api']['latency_ms']['median'])} / {f(x['api']['latency_ms']['p99'])} "
-                        f"({x['api']['errors']} err, {x['api']['requests_per_s']}/s) | {f(x['bare_query']['latency_ms']['median'])} / "
+                        f"({x['api']['errors']} err, {x['api']['requests_per_s']}/s{queries(x['api'])}) | {f(x['bare_query']['latency_ms']['median'])} / "
                         f"{f(x['bare_query']['latency_ms']['p99'])} ({x['bare_query']['requests_per_s']}/s) | p99 {x['ratio_p99']:.2f} | "
                         f"{'<= 1.5, 0 errors' if 'goal' in x else ''} | {x.get('status', '')} |")
         c = next(iter(r["completed_org"].values()))["api"]
@@ -45,7 +51,7 @@ def table(all_results: dict) -> str:
                     f"{f(b['latency_ms']['median'])} / {f(b['latency_ms']['p99'])} ({b['requests_per_s']}/s) | | | |")
         for lvl, u in r["uncached_parked"].items():
             rows.append(f"| 2 | poll parked org, worker cache off, {lvl} (ms) | {f(u['api']['latency_ms']['median'])} / "
-                        f"{f(u['api']['latency_ms']['p99'])} ({u['api']['errors']} err/fallback, {u['api']['requests_per_s']}/s) | "
+                        f"{f(u['api']['latency_ms']['p99'])} ({u['api']['errors']} err/fallback, {u['api']['requests_per_s']}/s{queries(u['api'])}) | "
                         f"{f(u['bare_query']['latency_ms']['median'])} / {f(u['bare_query']['latency_ms']['p99'])} "
                         f"({u['bare_query']['errors']} err, {u['bare_query']['requests_per_s']}/s) | | | |")
         m = r["api_rss_mb"]

@@ -1,0 +1,34 @@
+"""The soak at its CI size (20 orgs, 50 workspaces, Neon faults on, a fifth of the workspaces never
+boot), through the same command an operator runs: ``python -m tools.soak``. The full size
+(200 orgs, 500 workspaces) is run by hand; its figures are in docs/reliability.md."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from tools import soak
+
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(1200)]
+
+
+def test_ci_size_soak_completes_every_lifecycle_and_leaks_nothing(tmp_path):
+    report_path = tmp_path / "soak.json"
+    status = soak.main(["--orgs", "20", "--workspaces", "50", "--concurrency", "4", "--time-limit", "900",
+                        "--state-dir", str(tmp_path / "state"), "--report", str(report_path)])
+    report = json.loads(report_path.read_text())
+    assert report["leaked_total"] == 0, report["leaked"]
+    assert report["lost_records"] == []
+    assert report["unexpected"] == []
+    assert report["orgs_completed"] == 20
+    assert report["workspaces"]["running"] + report["workspaces"]["timed_out"] == 50
+    assert report["workspaces"]["timed_out"] == 10  # exactly the never-boot ones, each cleaned up
+    workflows = report["workflows"]
+    for kind in ("OnboardOrgWorkflow", "SuspendOrgWorkflow", "ResumeOrgWorkflow", "HardDeleteOrgWorkflow"):
+        assert workflows[kind] == {"COMPLETED": 20}, (kind, workflows[kind])
+    assert workflows["ProvisionWorkspaceWorkflow"] == {"COMPLETED": 40, "FAILED": 10}
+    # The faults were served, and retried to completion.
+    assert sum(sum(s.values()) for s in report["neon_error_answers"].values()) >= sum(report["faults_injected"].values())
+    assert report["activity_retries"]["OnboardOrgWorkflow"] > 0
+    assert status == 0
