@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 import aiohttp
+from prometheus_client.parser import text_string_to_metric_families
 
 from bench.common import ROOT, Postgres, bench_settings, make_worker, new_queue, temporal_env
 from bench.standins import StandIns
@@ -108,8 +109,9 @@ class ApiStack:
         """The API's live-progress lookups so far, by outcome (sent / joined / unavailable)."""
         async with self.http.get("/metrics") as r:
             text = await r.text()
-        return {line.split('outcome="')[1].split('"')[0]: int(float(line.rsplit(" ", 1)[1]))
-                for line in text.splitlines() if line.startswith("tenantflow_api_progress_polls_total{")}
+        return {sample.labels["outcome"]: int(sample.value)
+                for family in text_string_to_metric_families(text) if family.name == "tenantflow_api_progress_polls"
+                for sample in family.samples if sample.name.endswith("_total")}
 
     async def wait_org(self, slug: str, pred, timeout: float = 60) -> dict:
         deadline = time.monotonic() + timeout

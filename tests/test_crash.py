@@ -40,6 +40,13 @@ def wait_org(h: StackHarness, slug: str, timeout: float = 180) -> dict:
     return wait_for(lambda: h.operator.org(slug), lambda o: o["status"] in ("active", "failed"), timeout, slug)
 
 
+def active_org_tenant(h: StackHarness, slug: str) -> TenantClient:
+    """Onboard ``slug`` to active and return a tenant client with a fresh key of it."""
+    onboard(h, slug)
+    assert wait_org(h, slug)["status"] == "active"
+    return TenantClient(h.api_url, h.operator.mint_key(slug, "crash")["key"])
+
+
 def instances_of(h: StackHarness, ws_id: str, states=None) -> list[dict]:
     filters = [{"Name": "tag:tenantflow:workspace-id", "Values": [ws_id]}]
     if states:
@@ -54,9 +61,7 @@ def assert_clean(h: StackHarness) -> None:
 def test_worker_killed_mid_onboarding_and_mid_provisioning(h):
     tag = uuid.uuid4().hex[:5]
     base = f"cw{tag}"
-    onboard(h, base)
-    assert wait_org(h, base)["status"] == "active"
-    tenant = TenantClient(h.api_url, h.operator.mint_key(base, "crash")["key"])
+    tenant = active_org_tenant(h, base)
 
     # Slow the Neon step down (retries with backoff), so the kill lands mid-onboarding.
     h.neon_fault("/projects/{project_id}/branches", 503, method="POST", count=4)
@@ -110,9 +115,7 @@ def test_temporal_server_killed_mid_workflow(h):
 def test_api_killed_while_clients_poll(h):
     tag = uuid.uuid4().hex[:5]
     slug = f"ca{tag}"
-    onboard(h, slug)
-    assert wait_org(h, slug)["status"] == "active"
-    tenant = TenantClient(h.api_url, h.operator.mint_key(slug, "crash")["key"])
+    tenant = active_org_tenant(h, slug)
     tenant.timeout = 3
     ws_id = tenant.create_workspace(name="agent-a", **WS)["id"]
     stats = {"ok": 0, "failed": 0, "ok_after_restart": 0}
