@@ -6,15 +6,15 @@ so that a retried activity finds what an earlier attempt created (moto ignores C
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any, Callable
 
 import boto3
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError, EndpointConnectionError
+from botocore.parsers import ResponseParserError
 from temporalio import activity
 
-from activities.errors import actor, permanent, transient
+from activities.errors import actor, call_in_thread, permanent, transient
 from db.ledger import Ledger
 from domain.models import NetworkCheckInput, SecurityGroup, SecurityGroupInput, resource_name
 from domain.settings import Settings
@@ -42,15 +42,15 @@ def classify(err: Exception) -> Exception:
         return permanent(code, f"EC2 {code}: {message}")
     if isinstance(err, (EndpointConnectionError, BotoCoreError)):
         return transient("AwsUnavailable", f"AWS unreachable: {type(err).__name__}")
+    if isinstance(err, ResponseParserError):
+        # An error answer that is not AWS's XML, such as a proxy's or a crashed handler's HTML 500.
+        return transient("AwsBadResponse", f"AWS answered with an unreadable error: {str(err)[:200]}")
     return err
 
 
 async def call_ec2(client: Any, method: str, **kwargs: Any) -> dict:
     """One boto3 EC2 call off the event loop, its failure classified for Temporal's retries."""
-    try:
-        return await asyncio.to_thread(getattr(client, method), **kwargs)
-    except Exception as err:  # noqa: BLE001 - classified and re-raised
-        raise classify(err) from err
+    return await call_in_thread(classify, getattr(client, method), **kwargs)
 
 
 def make_ec2_client(settings: Settings) -> Any:

@@ -6,7 +6,9 @@ raise non-retryable ``ApplicationError``s whose type and message end up on the o
 
 from __future__ import annotations
 
+import asyncio
 from datetime import timedelta
+from typing import Any, Callable
 
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
@@ -28,3 +30,17 @@ def actor() -> str:
     except RuntimeError:
         return "system"
     return f"workflow:{info.workflow_id}"
+
+
+async def call_in_thread(classify: Callable[[Exception], Exception], fn: Callable[..., Any], /,
+                         *args: Any, **kwargs: Any) -> Any:
+    """A blocking client call off the event loop, its failure re-raised as ``classify`` maps it."""
+    try:
+        return await asyncio.to_thread(fn, *args, **kwargs)
+    except Exception as err:  # noqa: BLE001 - classified and re-raised
+        mapped = classify(err)
+        if mapped is err:
+            # Unrecognised: re-raised as it is. `raise err from err` would make the error its own
+            # cause, and Temporal's failure converter follows causes until RecursionError.
+            raise
+        raise mapped from err

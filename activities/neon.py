@@ -7,14 +7,14 @@ a thread, carry a timeout, and are classified here from the underlying response.
 from __future__ import annotations
 
 import asyncio
-from typing import Any, Callable
+from typing import Any, AsyncIterator, Callable
 
 import requests
 from neon_api import NeonAPI
 from neon_api.exceptions import NeonAPIError
 from temporalio import activity
 
-from activities.errors import actor, permanent, transient
+from activities.errors import actor, call_in_thread, permanent, transient
 from db.ledger import Ledger
 from domain.models import NeonOperationsInput, TenantDatabase, TenantDatabaseInput, resource_name
 from domain.settings import Settings
@@ -75,6 +75,25 @@ def classify(err: Exception) -> Exception:
     return permanent("NeonRequestRejected", f"Neon rejected the request ({status}): {text}")
 
 
+async def call_neon(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """A synchronous neon-api call, run in a thread, its failure classified."""
+    return await call_in_thread(classify, fn, *args, **kwargs)
+
+
+async def project_pages(client: NeonAPI) -> AsyncIterator[list[dict]]:
+    """Every project of the account, a page at a time."""
+    # Raw requests: the client's ProjectsResponse model drops the pagination cursor.
+    params: dict[str, Any] = {"limit": 100}
+    while True:
+        page = await call_neon(client._request, "GET", "projects", params=dict(params))
+        projects = page.get("projects", [])
+        yield projects
+        cursor = (page.get("pagination") or {}).get("cursor")
+        if not projects or not cursor or cursor == params.get("cursor"):
+            return
+        params["cursor"] = cursor
+
+
 class NeonActivities:
     def __init__(self, settings: Settings, ledger: Ledger, client_factory: Callable[[], NeonAPI] | None = None):
         self._settings = settings
@@ -85,28 +104,17 @@ class NeonActivities:
             timeout=settings.neon_request_timeout_seconds,
         ))
 
-    async def _call(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-        try:
-            return await asyncio.to_thread(fn, *args, **kwargs)
-        except Exception as err:  # noqa: BLE001 - classified and re-raised
-            raise classify(err) from err
-
     # -- lookups -----------------------------------------------------------------------------
 
     async def _find_branch(self, client: NeonAPI, name: str) -> Any | None:
-        listing = await self._call(client.branches, self._settings.neon_project_id)
+        listing = await call_neon(client.branches, self._settings.neon_project_id)
         return next((b for b in listing.branches if b.name == name), None)
 
     async def _find_project(self, client: NeonAPI, name: str) -> dict | None:
-        # Raw requests: the client's ProjectsResponse model drops the pagination cursor.
-        params: dict[str, Any] = {"limit": 100}
-        while True:
-            page = await self._call(client._request, "GET", "projects", params=params)
-            found = next((p for p in page.get("projects", []) if p["name"] == name), None)
-            cursor = (page.get("pagination") or {}).get("cursor")
-            if found or not page.get("projects") or not cursor or cursor == params.get("cursor"):
+        async for projects in project_pages(client):
+            if found := next((p for p in projects if p["name"] == name), None):
                 return found
-            params["cursor"] = cursor
+        return None
 
     def _kind(self, mode: str) -> str:
         return "neon_branch" if mode == "branch" else "neon_project"
@@ -134,7 +142,7 @@ class NeonActivities:
                 if self._settings.neon_parent_branch_id:
                     body["parent_id"] = self._settings.neon_parent_branch_id
                 try:
-                    created = await self._call(client.branch_create, project_id, branch=body,
+                    created = await call_neon(client.branch_create, project_id, branch=body,
                                                endpoints=[{"type": "read_write"}])
                 except NeonNotFound as err:
                     raise permanent("NeonProjectNotFound", f"Neon project {project_id} not found") from err
@@ -148,7 +156,7 @@ class NeonActivities:
                                     operation_ids=await self._pending_operations(client, existing["id"], None))
             else:
                 # Raw request: the client's ProjectResponse model drops the operations to wait for.
-                created = await self._call(client._request, "POST", "projects", json={
+                created = await call_neon(client._request, "POST", "projects", json={
                     "project": {"name": name, "region_id": self._settings.neon_region_id}})
                 db = TenantDatabase(mode="project", name=name, project_id=created["project"]["id"],
                                     branch_id=(created.get("branch") or {}).get("id"),
@@ -159,7 +167,7 @@ class NeonActivities:
         return db
 
     async def _pending_operations(self, client: NeonAPI, project_id: str, branch_id: str | None) -> list[str]:
-        listing = await self._call(client.operations, project_id, limit=100)
+        listing = await call_neon(client.operations, project_id, limit=100)
         return [
             op.id for op in listing.operations
             if _status_of(op) not in _DONE and (branch_id is None or getattr(op, "branch_id", None) == branch_id)
@@ -175,7 +183,7 @@ class NeonActivities:
             still: list[str] = []
             for op_id in pending:
                 try:
-                    op = (await self._call(client.operation, req.project_id, op_id)).operation
+                    op = (await call_neon(client.operation, req.project_id, op_id)).operation
                 except NeonNotFound:
                     continue  # Neon prunes old operations; a vanished one is no longer running.
                 status = _status_of(op)
@@ -203,7 +211,7 @@ class NeonActivities:
             if existing is not None:
                 await self._ledger.mark_deleting(key, actor=actor())
                 try:
-                    result = await self._call(client.branch_delete, project_id, existing.id)
+                    result = await call_neon(client.branch_delete, project_id, existing.id)
                     operations = [op.id for op in result.operations]
                 except NeonNotFound:
                     pass
@@ -213,7 +221,7 @@ class NeonActivities:
             if existing is not None:
                 await self._ledger.mark_deleting(key, actor=actor())
                 try:
-                    await self._call(client.project_delete, existing["id"])
+                    await call_neon(client.project_delete, existing["id"])
                 except NeonNotFound:
                     pass
         await self._ledger.mark_deleted(key, actor=actor())

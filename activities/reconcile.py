@@ -19,10 +19,9 @@ from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from activities.ec2 import MANAGED_TAG, ORG_ID_TAG, ORG_SLUG_TAG, call_ec2, classify, make_ec2_client
-from activities.errors import permanent
+from activities.errors import call_in_thread, permanent
 from activities.instances import WORKSPACE_TAG, instance_key
-from activities.neon import NeonNotFound, TimedNeonAPI
-from activities.neon import classify as classify_neon
+from activities.neon import NeonNotFound, TimedNeonAPI, call_neon, project_pages
 from db.reconcile import ReconcileRepo
 from domain.settings import Settings
 
@@ -204,16 +203,7 @@ class ReconcileActivities:
     async def _ec2_pages(self, method: str, key: str, **kwargs: Any) -> list[dict]:
         def collect() -> list[dict]:
             return [item for page in self._ec2.get_paginator(method).paginate(**kwargs) for item in page[key]]
-        try:
-            return await asyncio.to_thread(collect)
-        except Exception as err:  # noqa: BLE001 - classified and re-raised
-            raise classify(err) from err
-
-    async def _neon_call(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-        try:
-            return await asyncio.to_thread(fn, *args, **kwargs)
-        except Exception as err:  # noqa: BLE001 - classified and re-raised
-            raise classify_neon(err) from err
+        return await call_in_thread(classify, collect)
 
     # -- inventory ----------------------------------------------------------------------------
 
@@ -247,22 +237,14 @@ class ReconcileActivities:
         resources: list[CloudResource] = []
         if platform:
             try:
-                branches = (await self._neon_call(client.branches, platform)).branches
+                branches = (await call_neon(client.branches, platform)).branches
             except NeonNotFound as err:
                 raise permanent("NeonProjectNotFound", f"Neon project {platform} not found") from err
             resources += [self._neon_resource("neon_branch", b.id, b.name, platform)
                           for b in branches if b.name.startswith(NAME_PREFIX)]
-        # Raw requests: the client's ProjectsResponse model drops the pagination cursor.
-        params: dict[str, Any] = {"limit": 100}
-        while True:
-            page = await self._neon_call(client._request, "GET", "projects", params=dict(params))
+        async for projects in project_pages(client):
             resources += [self._neon_resource("neon_project", p["id"], p["name"], p["id"])
-                          for p in page.get("projects", [])
-                          if p["name"].startswith(NAME_PREFIX) and p["id"] != platform]
-            cursor = (page.get("pagination") or {}).get("cursor")
-            if not page.get("projects") or not cursor or cursor == params.get("cursor"):
-                break
-            params["cursor"] = cursor
+                          for p in projects if p["name"].startswith(NAME_PREFIX) and p["id"] != platform]
         activity.logger.info("Neon inventory", extra={
             "branches": sum(r.kind == "neon_branch" for r in resources),
             "projects": sum(r.kind == "neon_project" for r in resources)})
@@ -354,7 +336,7 @@ class ReconcileActivities:
         client = self._neon_factory()
         project_id = resource.project_id or self._settings.neon_project_id
         try:
-            result = await self._neon_call(client.branch_delete, project_id, resource.cloud_id)
+            result = await call_neon(client.branch_delete, project_id, resource.cloud_id)
         except NeonNotFound:
             return True
         # Neon locks the project until the deletion's operations finish: wait, so that the next
@@ -365,7 +347,7 @@ class ReconcileActivities:
             still = []
             for op_id in pending:
                 try:
-                    op = (await self._neon_call(client.operation, project_id, op_id)).operation
+                    op = (await call_neon(client.operation, project_id, op_id)).operation
                 except NeonNotFound:
                     continue
                 status = getattr(op.status, "value", op.status)
@@ -383,7 +365,7 @@ class ReconcileActivities:
     async def _delete_neon_project(self, resource: CloudResource) -> bool:
         client = self._neon_factory()
         try:
-            await self._neon_call(client.project_delete, resource.cloud_id)
+            await call_neon(client.project_delete, resource.cloud_id)
         except NeonNotFound:
             return True
         return False

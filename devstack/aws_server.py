@@ -6,7 +6,9 @@ instances forgotten a while after they terminate, as EC2 forgets them after abou
 
 Forgetting matters for long runs: moto keeps every instance ever launched, and its tag filters
 scan every tag of every resource once per instance, so a ``describe_instances`` by tag grows with
-the square of the instances ever launched (8.8 s at ~500 in the soak).
+the square of the instances ever launched (8.8 s at ~500 in the soak); and it never gives a
+terminated instance's private IP back, so a subnet refuses launches (HTTP 500) once as many
+instances as it has addresses have ever run in it.
 """
 
 from __future__ import annotations
@@ -82,8 +84,9 @@ class LockedApp:
 
 
 class TerminatedInstanceForgetter:
-    """Removes instances that have been terminated for ``after_seconds``, with the tags of them
-    and of the volumes terminating deleted (moto keeps tags of deleted resources)."""
+    """Removes instances that have been terminated for ``after_seconds``, with their network
+    interfaces (giving their private IPs back to the subnet), their tags, and the tags of the
+    volumes terminating deleted (moto keeps tags of deleted resources)."""
 
     def __init__(self, after_seconds: float, clock: Callable[[], float] = time.monotonic) -> None:
         self._after = after_seconds
@@ -103,14 +106,23 @@ class TerminatedInstanceForgetter:
                         kept.append(instance)
                     else:
                         forgotten.append(instance.id)
-                        backend.tags.pop(instance.id, None)
-                        self._terminated_since.pop(instance.id)
+                        self._forget(backend, instance)
                 reservation.instances = kept
                 if not kept:
                     del backend.reservations[reservation_id]
             for resource_id in [r for r in backend.tags if r.startswith("vol-") and r not in backend.volumes]:
                 del backend.tags[resource_id]
         return forgotten
+
+    def _forget(self, backend: Any, instance: Any) -> None:
+        # moto keeps a terminated instance's network interface, and with it its private IP, so
+        # without this a subnet runs out of addresses after as many launches as it has addresses.
+        for nic in instance.nics.values():
+            if nic.id in backend.enis:
+                nic.delete()
+            backend.tags.pop(nic.id, None)
+        backend.tags.pop(instance.id, None)
+        self._terminated_since.pop(instance.id)
 
 
 def ec2_backends() -> list[Any]:

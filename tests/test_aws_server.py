@@ -42,9 +42,9 @@ def server(tmp_path):
     stop(proc)
 
 
-def launch(ec2, tag: str, count: int = 1) -> list[str]:
+def launch(ec2, tag: str, count: int = 1, **placement) -> list[str]:
     tags = [{"Key": "tenantflow:test", "Value": tag}]
-    reservation = ec2.run_instances(ImageId=AMI, MinCount=count, MaxCount=count,
+    reservation = ec2.run_instances(ImageId=AMI, MinCount=count, MaxCount=count, **placement,
                                     TagSpecifications=[{"ResourceType": "instance", "Tags": tags},
                                                        {"ResourceType": "volume", "Tags": tags}])
     return [i["InstanceId"] for i in reservation["Instances"]]
@@ -88,6 +88,23 @@ def test_terminated_instances_are_forgotten_after_the_retention_and_live_ones_ke
     assert keep[0] in resources and not resources & set(drop)
     assert [r for r in resources if r.startswith("vol-")], "the live instance's volume keeps its tags"
     assert len(resources) == 2
+
+
+def test_a_forgotten_instance_gives_its_private_ip_back_to_the_subnet(server):
+    """moto alone never does: a /28 (11 usable addresses) would refuse the 12th launch ever."""
+    ec2 = server
+    vpc = ec2.create_vpc(CidrBlock="10.9.0.0/16")["Vpc"]["VpcId"]
+    subnet = ec2.create_subnet(VpcId=vpc, CidrBlock="10.9.0.0/28")["Subnet"]["SubnetId"]
+    tag = secrets.token_hex(4)
+    first = launch(ec2, tag, count=11, SubnetId=subnet)
+    ec2.terminate_instances(InstanceIds=first)
+    until(lambda: not tagged(ec2, tag))
+
+    second = launch(ec2, tag, count=11, SubnetId=subnet)
+
+    assert len(set(second) - set(first)) == 11
+    assert not ec2.describe_network_interfaces(
+        Filters=[{"Name": "attachment.instance-id", "Values": first}])["NetworkInterfaces"]
 
 
 def test_requests_during_housekeeping_all_succeed(server):

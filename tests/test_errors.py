@@ -1,0 +1,91 @@
+"""How a failed client call reaches Temporal: classified errors keep their cause, unrecognised ones
+pass through unchanged, and both convert to a Temporal failure (an error that is its own cause
+made the SDK's converter recurse until RecursionError, so the activity retried forever with
+"Failed building exception result")."""
+
+from __future__ import annotations
+
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import boto3
+import pytest
+from botocore.config import Config
+from temporalio.api.failure.v1 import Failure
+from temporalio.converter import DefaultFailureConverter, PayloadConverter
+from temporalio.exceptions import ApplicationError
+
+from activities.ec2 import call_ec2
+from activities.errors import call_in_thread
+
+
+class _HtmlErrorPage(BaseHTTPRequestHandler):
+    """What a crashed handler or a proxy in front of AWS answers: HTML, not AWS's XML."""
+
+    def do_POST(self) -> None:  # noqa: N802 - http.server's naming
+        body = b"<!doctype html>\n<title>500 Internal Server Error</title>\n<h1>Internal Server Error</h1>\n"
+        self.send_response(500)
+        self.send_header("Content-Type", "text/html")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args) -> None:
+        pass
+
+
+@pytest.fixture
+def html_500_url():
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _HtmlErrorPage)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+
+
+def to_failure(err: BaseException) -> Failure:
+    failure = Failure()
+    DefaultFailureConverter().to_failure(err, PayloadConverter.default, failure)
+    return failure
+
+
+def raise_it(err: Exception):
+    def call():
+        raise err
+    return call
+
+
+async def test_an_unrecognised_error_passes_through_unchanged_and_converts():
+    original = KeyError("no such thing")
+
+    with pytest.raises(KeyError) as raised:
+        await call_in_thread(lambda err: err, raise_it(original))
+
+    assert raised.value is original
+    assert raised.value.__cause__ is None
+    assert to_failure(raised.value).message == "'no such thing'"
+
+
+async def test_a_classified_error_keeps_the_original_as_its_cause():
+    original = ConnectionResetError("peer went away")
+
+    with pytest.raises(ApplicationError) as raised:
+        await call_in_thread(lambda err: ApplicationError("mapped", type="Mapped"), raise_it(original))
+
+    assert raised.value.__cause__ is original
+    failure = to_failure(raised.value)
+    assert failure.application_failure_info.type == "Mapped"
+    assert failure.cause.message == "peer went away"
+
+
+async def test_an_html_500_from_ec2_is_a_retryable_error(html_500_url):
+    client = boto3.client("ec2", region_name="us-east-1", endpoint_url=html_500_url,
+                          aws_access_key_id="testing", aws_secret_access_key="testing",
+                          config=Config(retries={"max_attempts": 1, "mode": "standard"}))
+
+    with pytest.raises(ApplicationError) as raised:
+        await call_ec2(client, "describe_instances")
+
+    assert raised.value.type == "AwsBadResponse"
+    assert not raised.value.non_retryable
+    assert "500 Internal Server Error" in raised.value.message
+    assert to_failure(raised.value).application_failure_info.type == "AwsBadResponse"
