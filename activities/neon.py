@@ -7,6 +7,7 @@ a thread, carry a timeout, and are classified here from the underlying response.
 from __future__ import annotations
 
 import asyncio
+import random
 from typing import Any, AsyncIterator, Callable
 
 import requests
@@ -20,6 +21,10 @@ from domain.models import NeonOperationsInput, TenantDatabase, TenantDatabaseInp
 from domain.settings import Settings
 
 _DONE = {"finished", "skipped"}
+# Neon runs one operation per project at a time and answers 423 meanwhile. Tenant branches share
+# the platform project, so retry soon, at a random point: backing off to the 30 s cap let an org
+# lose the lock to newer arrivals for minutes (an onboarding took 240 s in the 200-org soak).
+LOCKED_RETRY_SECONDS = (1.0, 3.0)
 _FAILED_FOR_GOOD = {"error", "cancelled"}
 
 
@@ -65,7 +70,8 @@ def classify(err: Exception) -> Exception:
     if status == 404:
         return NeonNotFound(text)
     if status == 423:
-        return transient("NeonLocked", f"Neon resource locked by a running operation: {text}")
+        return transient("NeonLocked", f"Neon resource locked by a running operation: {text}",
+                         retry_after=retry_after or random.uniform(*LOCKED_RETRY_SECONDS))
     if status == 429:
         return transient("NeonRateLimited", f"Neon rate limit: {text}", retry_after=retry_after)
     if status is None or status >= 500:

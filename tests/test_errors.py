@@ -5,18 +5,23 @@ made the SDK's converter recurse until RecursionError, so the activity retried f
 
 from __future__ import annotations
 
+import secrets
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import boto3
 import pytest
 from botocore.config import Config
+from neon_api import NeonAPI
 from temporalio.api.failure.v1 import Failure
 from temporalio.converter import DefaultFailureConverter, PayloadConverter
 from temporalio.exceptions import ApplicationError
 
 from activities.ec2 import call_ec2
 from activities.errors import call_in_thread
+from activities.neon import LOCKED_RETRY_SECONDS, call_neon
+from tests.conftest import NEON_PROJECT
+from tests.test_neon_server import BRANCHES_ROUTE
 
 
 class _HtmlErrorPage(BaseHTTPRequestHandler):
@@ -89,3 +94,32 @@ async def test_an_html_500_from_ec2_is_a_retryable_error(html_500_url):
     assert not raised.value.non_retryable
     assert "500 Internal Server Error" in raised.value.message
     assert to_failure(raised.value).application_failure_info.type == "AwsBadResponse"
+
+
+def neon_branch_create(neon_url):
+    client = NeonAPI(neon_url[1], base_url=f"{neon_url[0]}/api/v2/")
+    return call_neon(client.branch_create, NEON_PROJECT, branch={"name": f"tf-errors-{secrets.token_hex(4)}"})
+
+
+async def test_a_locked_neon_project_is_retried_soon_not_after_the_backoff(neon_url, neon_faults):
+    neon_faults(BRANCHES_ROUTE, 423, method="POST", count=5)
+
+    delays = []
+    for _ in range(5):
+        with pytest.raises(ApplicationError) as raised:
+            await neon_branch_create(neon_url)
+        assert raised.value.type == "NeonLocked" and not raised.value.non_retryable
+        delays.append(raised.value.next_retry_delay.total_seconds())
+
+    low, high = LOCKED_RETRY_SECONDS
+    assert all(low <= d <= high for d in delays), delays
+    assert len(set(delays)) > 1, "jittered, so waiting orgs do not retry in step"
+
+
+async def test_a_locked_answer_with_retry_after_is_retried_when_neon_says(neon_url, neon_faults):
+    neon_faults(BRANCHES_ROUTE, 423, method="POST", retry_after=7)
+
+    with pytest.raises(ApplicationError) as raised:
+        await neon_branch_create(neon_url)
+
+    assert raised.value.next_retry_delay.total_seconds() == 7
