@@ -1,7 +1,8 @@
 """Soak the local stack: orgs and workspaces through their whole lifecycle with faults switched on.
 
     .venv/bin/python -m tools.soak --orgs 20 --workspaces 50          # the CI size
-    .venv/bin/python -m tools.soak --orgs 200 --workspaces 500 --concurrency 8 --time-limit 3600  # full size
+    # the full size:
+    .venv/bin/python -m tools.soak --orgs 200 --workspaces 500 --concurrency 8 --registration-timeout 30 --time-limit 3600
 
 Starts the whole local stack (``devstack.stack.LocalStack``: Temporal dev server, Postgres, moto,
 the local Neon server, the boot emulator, the worker and the API) on free loopback ports in a
@@ -452,7 +453,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workspaces", type=int, default=50, help="in all, spread over the orgs")
     parser.add_argument("--concurrency", type=int, default=4, help="orgs driven at once")
     parser.add_argument("--never-boot-every", type=int, default=5, help="every Nth workspace never boots (0: none)")
-    parser.add_argument("--registration-timeout", type=float, default=15.0)
+    parser.add_argument("--registration-timeout", type=float, default=15.0,
+                        help="seconds an agent has to register; at concurrency 8 on 2 cores a real boot "
+                             "can take longer than 15 s (default %(default)s)")
     parser.add_argument("--no-faults", action="store_true")
     parser.add_argument("--time-limit", type=float, default=1800.0, help="seconds, for the whole run")
     parser.add_argument("--report", type=Path, default=None, help="write the JSON report here")
