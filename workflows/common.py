@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import timedelta
+from typing import Any, Callable
 
 from temporalio import workflow
 from temporalio.common import RetryPolicy
@@ -20,6 +21,20 @@ CALL_TIMEOUT = timedelta(seconds=60)
 STEP_DEADLINE = timedelta(minutes=10)
 # Cleanup must finish: it keeps retrying far longer than a forward step.
 CLEANUP_DEADLINE = timedelta(hours=1)
+# A waiting activity (instances, Neon operations, another workflow's cleanup) heartbeats while it
+# waits: each attempt may take a whole step, and a worker lost mid-wait is noticed in 30 s.
+WAITING: dict[str, Any] = {"start_to_close_timeout": STEP_DEADLINE, "heartbeat_timeout": CALL_TIMEOUT / 2}
+_NO_ARG = object()
+
+
+async def run_activity(method: Callable, arg: Any = _NO_ARG, summary: str = "", *,
+                       deadline: timedelta = STEP_DEADLINE, **options: Any) -> Any:
+    """An activity under the shared retry policy: by default one external call (``CALL_TIMEOUT``
+    per attempt), every attempt within ``deadline``; ``**WAITING`` for one that waits."""
+    options.setdefault("start_to_close_timeout", CALL_TIMEOUT)
+    args = () if arg is _NO_ARG else (arg,)
+    return await workflow.execute_activity_method(method, *args, summary=summary, retry_policy=RETRY,
+                                                  schedule_to_close_timeout=deadline, **options)
 
 
 class ProgressTracker:

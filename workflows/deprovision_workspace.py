@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Any, Callable
-
 from temporalio import workflow
 
 with workflow.unsafe.imports_passed_through():
@@ -11,7 +9,7 @@ with workflow.unsafe.imports_passed_through():
     from activities.workflow_control import WorkflowControlActivities
     from activities.workspace_store import WorkspaceStoreActivities
     from domain.models import DeprovisionWorkspaceInput, InstanceRef, Progress, WorkflowToStop, WorkspaceRef
-    from workflows.common import CALL_TIMEOUT, CLEANUP_DEADLINE, RETRY, STEP_DEADLINE, ProgressTracker
+    from workflows.common import CLEANUP_DEADLINE, WAITING, ProgressTracker, run_activity
 
 STEPS = ["mark_deleting", "stop_provisioning", "terminate_instance", "release"]
 
@@ -29,30 +27,25 @@ class DeprovisionWorkspaceWorkflow:
     def progress(self) -> Progress:
         return self._tracker.progress
 
-    async def _act(self, method: Callable, arg: Any, summary: str, **options: Any) -> Any:
-        options.setdefault("start_to_close_timeout", CALL_TIMEOUT)
-        return await workflow.execute_activity_method(method, arg, summary=summary, retry_policy=RETRY,
-                                                      schedule_to_close_timeout=CLEANUP_DEADLINE, **options)
-
     @workflow.run
     async def run(self, inp: DeprovisionWorkspaceInput) -> None:
         ws = WorkspaceRef(workspace_id=inp.workspace_id)
         self._tracker.enter("mark_deleting")
-        await self._act(WorkspaceStoreActivities.mark_workspace_deleting, ws, "mark workspace deleting")
+        await run_activity(WorkspaceStoreActivities.mark_workspace_deleting, ws, "mark workspace deleting",
+                           deadline=CLEANUP_DEADLINE)
 
         self._tracker.enter("stop_provisioning")
-        await self._act(WorkflowControlActivities.cancel_and_wait,
-                        WorkflowToStop(workflow_id=provision_workflow_id(inp.workspace_id)),
-                        "cancel provisioning and wait for its cleanup",
-                        start_to_close_timeout=STEP_DEADLINE, heartbeat_timeout=CALL_TIMEOUT / 2)
+        await run_activity(WorkflowControlActivities.cancel_and_wait,
+                           WorkflowToStop(workflow_id=provision_workflow_id(inp.workspace_id)),
+                           "cancel provisioning and wait for its cleanup", deadline=CLEANUP_DEADLINE, **WAITING)
 
         self._tracker.enter("terminate_instance")
-        await self._act(InstanceActivities.terminate_instances,
-                        InstanceRef(workspace_id=inp.workspace_id, org_id=inp.org_id, org_slug=inp.org_slug),
-                        "terminate and wait until terminated",
-                        start_to_close_timeout=STEP_DEADLINE, heartbeat_timeout=CALL_TIMEOUT / 2)
+        await run_activity(InstanceActivities.terminate_instances,
+                           InstanceRef(workspace_id=inp.workspace_id, org_id=inp.org_id, org_slug=inp.org_slug),
+                           "terminate and wait until terminated", deadline=CLEANUP_DEADLINE, **WAITING)
 
         self._tracker.enter("release")
-        await self._act(WorkspaceStoreActivities.mark_workspace_deleted, ws, "mark deleted, free slot")
+        await run_activity(WorkspaceStoreActivities.mark_workspace_deleted, ws, "mark deleted, free slot",
+                           deadline=CLEANUP_DEADLINE)
         self._tracker.finish("deleted")
         workflow.logger.info("workspace deleted", extra={"org_slug": inp.org_slug, "workspace_id": inp.workspace_id})

@@ -34,7 +34,7 @@ with workflow.unsafe.imports_passed_through():
         WorkspaceQuery,
         WorkspaceStatus,
     )
-    from workflows.common import CALL_TIMEOUT, RETRY, STEP_DEADLINE, OperatorGate, ProgressTracker
+    from workflows.common import WAITING, OperatorGate, ProgressTracker, run_activity
     from workflows.deprovision_workspace import provision_workflow_id
 
 STEPS = ["stop_new_work", "cancel_in_flight", "terminate_instances", "delete_security_group",
@@ -43,15 +43,6 @@ STEPS = ["stop_new_work", "cancel_in_flight", "terminate_instances", "delete_sec
 
 def delete_workflow_id(org_id: str) -> str:
     return f"org-delete:{org_id}"
-
-
-async def act(method: Callable, arg: Any, summary: str, **options: Any) -> Any:
-    options.setdefault("start_to_close_timeout", CALL_TIMEOUT)
-    options.setdefault("schedule_to_close_timeout", STEP_DEADLINE)
-    return await workflow.execute_activity_method(method, arg, summary=summary, retry_policy=RETRY, **options)
-
-
-LONG = {"start_to_close_timeout": STEP_DEADLINE, "heartbeat_timeout": CALL_TIMEOUT / 2}
 
 
 @workflow.defn
@@ -80,12 +71,12 @@ class HardDeleteOrgWorkflow:
         assert inp is not None
 
         async def on_parked(name: str, reason: str) -> None:
-            await act(OrgLifecycleActivities.audit_step, AuditEntry(
+            await run_activity(OrgLifecycleActivities.audit_step, AuditEntry(
                 org_id=inp.org_id, slug=inp.slug, action=f"org.delete.{name}", outcome="parked",
                 detail={"reason": reason}), "audit parked step")
 
         result = await self._gate.run_step(step, action, on_parked)
-        await act(OrgLifecycleActivities.audit_step, AuditEntry(
+        await run_activity(OrgLifecycleActivities.audit_step, AuditEntry(
             org_id=inp.org_id, slug=inp.slug, action=f"org.delete.{step}", outcome="ok",
             detail=detail(result) if detail else {}), f"audit {step}")
         return result
@@ -94,35 +85,36 @@ class HardDeleteOrgWorkflow:
     async def run(self, inp: HardDeleteOrgInput) -> PurgeReceipt:
         self._inp = inp
         org = OrgRef(org_id=inp.org_id, slug=inp.slug)
-        await self._audited("stop_new_work", lambda: act(OrgLifecycleActivities.set_org_status, OrgStatusChange(
-            org_id=inp.org_id, slug=inp.slug, status=OrgStatus.deleting.value), "mark org deleting"),
+        await self._audited("stop_new_work", lambda: run_activity(
+            OrgLifecycleActivities.set_org_status,
+            OrgStatusChange(org_id=inp.org_id, slug=inp.slug, status=OrgStatus.deleting.value), "mark org deleting"),
             lambda before: {"previous_status": before})
 
-        in_flight = await self._audited("cancel_in_flight", lambda: act(
+        in_flight = await self._audited("cancel_in_flight", lambda: run_activity(
             OrgLifecycleActivities.list_org_workspaces,
             WorkspaceQuery(org_id=inp.org_id, statuses=[WorkspaceStatus.provisioning.value]), "find in-flight"),
             lambda ids: {"workspaces": ids})
         for workspace_id in in_flight:
-            await self._gate.run_step("cancel_in_flight", lambda ws=workspace_id: act(
+            await self._gate.run_step("cancel_in_flight", lambda ws=workspace_id: run_activity(
                 WorkflowControlActivities.cancel_and_wait, WorkflowToStop(workflow_id=provision_workflow_id(ws)),
-                f"cancel provisioning of {ws}", **LONG))
+                f"cancel provisioning of {ws}", **WAITING))
 
-        await self._audited("terminate_instances", lambda: act(
-            InstanceActivities.terminate_org_instances, org, "terminate every instance and wait", **LONG),
+        await self._audited("terminate_instances", lambda: run_activity(
+            InstanceActivities.terminate_org_instances, org, "terminate every instance and wait", **WAITING),
             lambda ids: {"instance_ids": ids})
-        await self._audited("delete_security_group", lambda: act(
+        await self._audited("delete_security_group", lambda: run_activity(
             Ec2Activities.delete_security_group, SecurityGroupInput(org_id=inp.org_id, slug=inp.slug,
                                                                     vpc_id=inp.vpc_id), "delete security group"))
         db = TenantDatabaseInput(org_id=inp.org_id, slug=inp.slug, mode=inp.neon_mode)
-        ops = await self._audited("delete_database", lambda: act(
+        ops = await self._audited("delete_database", lambda: run_activity(
             NeonActivities.delete_tenant_database, db, f"delete Neon {inp.neon_mode}"))
         if ops.operation_ids:
-            await self._gate.run_step("delete_database", lambda: act(
-                NeonActivities.wait_for_neon_operations, ops, "wait for Neon deletion", **LONG))
-        await self._audited("revoke_credentials", lambda: act(
+            await self._gate.run_step("delete_database", lambda: run_activity(
+                NeonActivities.wait_for_neon_operations, ops, "wait for Neon deletion", **WAITING))
+        await self._audited("revoke_credentials", lambda: run_activity(
             OrgLifecycleActivities.revoke_org_credentials, org, "revoke keys and tokens"),
             lambda keys: {"keys_revoked": keys})
-        receipt = await self._audited("purge_records", lambda: act(
+        receipt = await self._audited("purge_records", lambda: run_activity(
             OrgLifecycleActivities.purge_org, org, "purge rows, write receipt"),
             lambda r: {"resources": len(r.resources), "workspaces": len(r.workspaces)})
         self._tracker.finish(OrgStatus.deleted.value)

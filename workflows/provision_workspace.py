@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 from datetime import timedelta
-from typing import Any, Callable
 
 from temporalio import workflow
 from temporalio.exceptions import ActivityError, ApplicationError
@@ -31,7 +30,7 @@ with workflow.unsafe.imports_passed_through():
         WorkspaceRef,
         WorkspaceStatus,
     )
-    from workflows.common import CALL_TIMEOUT, CLEANUP_DEADLINE, RETRY, STEP_DEADLINE, ProgressTracker, failure_reason
+    from workflows.common import CLEANUP_DEADLINE, WAITING, ProgressTracker, failure_reason, run_activity
 
 STEPS = ["take_slot", "launch_instance", "wait_running", "wait_registration", "check_agent", "activate"]
 
@@ -58,12 +57,6 @@ class ProvisionWorkspaceWorkflow:
         if self._registration is None:
             self._registration = registration
 
-    async def _act(self, method: Callable, arg: Any, summary: str, *, deadline: timedelta = STEP_DEADLINE,
-                   **options: Any) -> Any:
-        options.setdefault("start_to_close_timeout", CALL_TIMEOUT)
-        return await workflow.execute_activity_method(method, arg, summary=summary, schedule_to_close_timeout=deadline,
-                                                      retry_policy=RETRY, **options)
-
     @workflow.run
     async def run(self, inp: ProvisionWorkspaceInput) -> ProvisionWorkspaceResult:
         ws = WorkspaceRef(workspace_id=inp.workspace_id)
@@ -71,18 +64,18 @@ class ProvisionWorkspaceWorkflow:
         step = STEPS[0]
         try:
             self._tracker.enter(step := "take_slot")
-            await self._act(WorkspaceStoreActivities.confirm_workspace_slot, ws, "confirm quota slot")
+            await run_activity(WorkspaceStoreActivities.confirm_workspace_slot, ws, "confirm quota slot")
 
             self._tracker.enter(step := "launch_instance")
             # Waits for a cancelled launch to finish, so cleanup sees any instance it started.
-            launched = await self._act(InstanceActivities.launch_instance, inp,
-                                       f"launch {inp.instance_type} in {inp.subnet_id}",
-                                       cancellation_type=ActivityCancellationType.WAIT_CANCELLATION_COMPLETED)
+            launched = await run_activity(InstanceActivities.launch_instance, inp,
+                                          f"launch {inp.instance_type} in {inp.subnet_id}",
+                                          cancellation_type=ActivityCancellationType.WAIT_CANCELLATION_COMPLETED)
             result.instance_id = launched.instance_id
 
             self._tracker.enter(step := "wait_running")
-            await self._act(InstanceActivities.wait_instance_running, launched, f"wait for {launched.instance_id}",
-                            start_to_close_timeout=STEP_DEADLINE, heartbeat_timeout=CALL_TIMEOUT / 2)
+            await run_activity(InstanceActivities.wait_instance_running, launched, f"wait for {launched.instance_id}",
+                               **WAITING)
 
             self._tracker.enter(step := "wait_registration")
             timeout = inp.registration_timeout_seconds
@@ -95,14 +88,14 @@ class ProvisionWorkspaceWorkflow:
             result.agent_url = self._registration.agent_url
 
             self._tracker.enter(step := "check_agent")
-            await self._act(AgentActivities.check_agent_card,
-                            AgentCardCheck(workspace_id=inp.workspace_id, name=inp.name, agent_url=result.agent_url),
-                            "fetch and check the A2A agent card",
-                            deadline=timedelta(seconds=inp.agent_check_timeout_seconds),
-                            start_to_close_timeout=timedelta(seconds=15))
+            await run_activity(AgentActivities.check_agent_card,
+                               AgentCardCheck(workspace_id=inp.workspace_id, name=inp.name, agent_url=result.agent_url),
+                               "fetch and check the A2A agent card",
+                               deadline=timedelta(seconds=inp.agent_check_timeout_seconds),
+                               start_to_close_timeout=timedelta(seconds=15))
 
             self._tracker.enter(step := "activate")
-            await self._act(WorkspaceStoreActivities.mark_workspace_running, ws, "mark workspace running")
+            await run_activity(WorkspaceStoreActivities.mark_workspace_running, ws, "mark workspace running")
         except (ActivityError, _StepFailed) as err:
             reason = err.reason if isinstance(err, _StepFailed) else failure_reason(step, err)
             await self._clean_up(inp, result, reason, step)
@@ -126,10 +119,9 @@ class ProvisionWorkspaceWorkflow:
         result.status, result.failure_reason = WorkspaceStatus.failed, reason
         instance = InstanceRef(workspace_id=inp.workspace_id, org_id=inp.org_id, org_slug=inp.org_slug,
                                instance_id=result.instance_id)
-        await self._act(InstanceActivities.terminate_instances, instance, "terminate and wait",
-                        deadline=CLEANUP_DEADLINE, start_to_close_timeout=STEP_DEADLINE,
-                        heartbeat_timeout=CALL_TIMEOUT / 2)
-        await self._act(WorkspaceStoreActivities.mark_workspace_failed,
-                        WorkspaceFailure(workspace_id=inp.workspace_id, reason=reason),
-                        "mark failed, free slot", deadline=CLEANUP_DEADLINE)
+        await run_activity(InstanceActivities.terminate_instances, instance, "terminate and wait",
+                           deadline=CLEANUP_DEADLINE, **WAITING)
+        await run_activity(WorkspaceStoreActivities.mark_workspace_failed,
+                           WorkspaceFailure(workspace_id=inp.workspace_id, reason=reason),
+                           "mark failed, free slot", deadline=CLEANUP_DEADLINE)
         self._tracker.finish(WorkspaceStatus.failed.value, reason, step=step)

@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 from collections import Counter
 from datetime import datetime
-from typing import Any, Callable
 
 from temporalio import workflow
 from temporalio.exceptions import ActivityError
@@ -28,7 +27,7 @@ with workflow.unsafe.imports_passed_through():
         orphan_reason,
     )
     from domain.models import Progress
-    from workflows.common import CALL_TIMEOUT, CLEANUP_DEADLINE, RETRY, STEP_DEADLINE, ProgressTracker, failure_reason
+    from workflows.common import CLEANUP_DEADLINE, WAITING, ProgressTracker, failure_reason, run_activity
 
 STEPS = ["inventory", "read_records", "compare", "delete", "store_report"]
 # Instances first (they hold the security groups), Neon last. Each phase finishes before the next.
@@ -81,11 +80,6 @@ class ReconcileWorkflow:
         """The findings so far (None until the comparison is done)."""
         return self._report
 
-    async def _act(self, method: Callable, *args: Any, summary: str, **options: Any) -> Any:
-        options.setdefault("start_to_close_timeout", CALL_TIMEOUT)
-        options.setdefault("schedule_to_close_timeout", STEP_DEADLINE)
-        return await workflow.execute_activity_method(method, *args, summary=summary, retry_policy=RETRY, **options)
-
     @workflow.run
     async def run(self, inp: ReconcileInput) -> ReconcileReport:
         info = workflow.info()
@@ -94,14 +88,14 @@ class ReconcileWorkflow:
 
         self._enter("inventory")
         aws, neon = await asyncio.gather(
-            self._act(ReconcileActivities.inventory_aws, summary="list managed EC2 instances and security groups"),
-            self._act(ReconcileActivities.inventory_neon, summary="list tf- Neon branches and projects"),
+            run_activity(ReconcileActivities.inventory_aws, summary="list managed EC2 instances and security groups"),
+            run_activity(ReconcileActivities.inventory_neon, summary="list tf- Neon branches and projects"),
         )
         existing: list[CloudResource] = aws.resources + neon.resources
         candidates = [r for r in existing if scope is None or r.org_id in scope]
 
         self._enter("read_records")
-        records = await self._act(ReconcileActivities.read_records, RecordsRequest(
+        records = await run_activity(ReconcileActivities.read_records, RecordsRequest(
             business_keys=sorted({r.business_key for r in candidates if r.business_key}),
             org_ids=sorted({r.org_id for r in candidates if r.org_id}),
             workspace_ids=sorted({r.workspace_id for r in candidates if r.workspace_id}),
@@ -135,7 +129,7 @@ class ReconcileWorkflow:
 
         report.finished_at = workflow.now()
         self._enter("store_report")
-        report = self._report = await self._act(ReconcileActivities.save_report, report, summary="store the report")
+        report = self._report = await run_activity(ReconcileActivities.save_report, report, summary="store the report")
         self._tracker.finish("cap_exceeded" if report.cap_exceeded else "done")
         self._tracker.note(self._summary())
         workflow.logger.info("reconcile finished", extra={
@@ -147,11 +141,10 @@ class ReconcileWorkflow:
 
     async def _delete(self, orphan: Finding) -> Deletion:
         try:
-            return await self._act(
+            return await run_activity(
                 ReconcileActivities.delete_orphan, orphan,
                 summary=f"delete orphan {orphan.kind} {orphan.cloud_id} ({orphan.reason})",
-                start_to_close_timeout=STEP_DEADLINE, schedule_to_close_timeout=CLEANUP_DEADLINE,
-                heartbeat_timeout=CALL_TIMEOUT / 2,
+                deadline=CLEANUP_DEADLINE, **WAITING,
             )
         except ActivityError as err:
             reason = failure_reason(f"delete {orphan.kind}", err)

@@ -8,8 +8,6 @@ the operator then mints a new key.
 
 from __future__ import annotations
 
-from typing import Any, Callable
-
 from temporalio import workflow
 
 with workflow.unsafe.imports_passed_through():
@@ -29,17 +27,11 @@ with workflow.unsafe.imports_passed_through():
         WorkspaceQuery,
         WorkspaceStatus,
     )
-    from workflows.common import CALL_TIMEOUT, RETRY, STEP_DEADLINE, OperatorGate, ProgressTracker
+    from workflows.common import WAITING, OperatorGate, ProgressTracker, run_activity
     from workflows.deprovision_workspace import provision_workflow_id
 
 SUSPEND_STEPS = ["freeze", "revoke_keys", "cancel_provisioning", "stop_instances"]
 RESUME_STEPS = ["unfreeze", "start_instances"]
-
-
-async def act(method: Callable, arg: Any, summary: str, **options: Any) -> Any:
-    options.setdefault("start_to_close_timeout", CALL_TIMEOUT)
-    options.setdefault("schedule_to_close_timeout", STEP_DEADLINE)
-    return await workflow.execute_activity_method(method, arg, summary=summary, retry_policy=RETRY, **options)
 
 
 @workflow.defn
@@ -64,31 +56,31 @@ class SuspendOrgWorkflow:
     async def run(self, inp: SuspendOrgInput) -> None:
         org = OrgRef(org_id=inp.org_id, slug=inp.slug)
         step = self._gate.run_step
-        await step("freeze", lambda: act(OrgLifecycleActivities.set_org_status, OrgStatusChange(
+        await step("freeze", lambda: run_activity(OrgLifecycleActivities.set_org_status, OrgStatusChange(
             org_id=inp.org_id, slug=inp.slug, status=OrgStatus.suspended.value, reason=inp.reason,
             only_from=[OrgStatus.active.value, OrgStatus.suspended.value]), "freeze workspace creation"))
-        await step("revoke_keys", lambda: act(OrgLifecycleActivities.revoke_org_keys, org,
+        await step("revoke_keys", lambda: run_activity(OrgLifecycleActivities.revoke_org_keys, org,
                                               "revoke every org API key"))
-        in_flight = await step("cancel_provisioning", lambda: act(
+        in_flight = await step("cancel_provisioning", lambda: run_activity(
             OrgLifecycleActivities.list_org_workspaces,
             WorkspaceQuery(org_id=inp.org_id, statuses=[WorkspaceStatus.provisioning.value]), "find in-flight"))
         for workspace_id in in_flight:
-            await step("cancel_provisioning", lambda ws=workspace_id: act(
+            await step("cancel_provisioning", lambda ws=workspace_id: run_activity(
                 WorkflowControlActivities.cancel_and_wait, WorkflowToStop(workflow_id=provision_workflow_id(ws)),
-                f"cancel provisioning of {ws}", start_to_close_timeout=STEP_DEADLINE,
-                heartbeat_timeout=CALL_TIMEOUT / 2))
+                f"cancel provisioning of {ws}", **WAITING))
         if inp.stop_instances:
-            running = await step("stop_instances", lambda: act(
+            running = await step("stop_instances", lambda: run_activity(
                 OrgLifecycleActivities.list_org_workspaces,
                 WorkspaceQuery(org_id=inp.org_id, statuses=[WorkspaceStatus.running.value]), "find running"))
-            await step("stop_instances", lambda: act(
+            await step("stop_instances", lambda: run_activity(
                 InstanceActivities.stop_workspace_instances,
                 WorkspaceInstances(org_id=inp.org_id, org_slug=inp.slug, workspace_ids=running),
-                "stop instances and wait", start_to_close_timeout=STEP_DEADLINE, heartbeat_timeout=CALL_TIMEOUT / 2))
-            await step("stop_instances", lambda: act(OrgLifecycleActivities.set_workspaces_status, OrgStatusChange(
-                org_id=inp.org_id, slug=inp.slug, status=WorkspaceStatus.stopped.value,
-                only_from=[WorkspaceStatus.running.value]), "mark workspaces stopped"))
-        await act(OrgLifecycleActivities.audit_step, AuditEntry(
+                "stop instances and wait", **WAITING))
+            await step("stop_instances", lambda: run_activity(
+                OrgLifecycleActivities.set_workspaces_status,
+                OrgStatusChange(org_id=inp.org_id, slug=inp.slug, status=WorkspaceStatus.stopped.value,
+                                only_from=[WorkspaceStatus.running.value]), "mark workspaces stopped"))
+        await run_activity(OrgLifecycleActivities.audit_step, AuditEntry(
             org_id=inp.org_id, slug=inp.slug, action="org.suspend.done",
             detail={"cancelled": in_flight, "stopped_instances": inp.stop_instances}), "audit")
         self._tracker.finish(OrgStatus.suspended.value)
@@ -115,18 +107,19 @@ class ResumeOrgWorkflow:
     @workflow.run
     async def run(self, inp: ResumeOrgInput) -> None:
         step = self._gate.run_step
-        await step("unfreeze", lambda: act(OrgLifecycleActivities.set_org_status, OrgStatusChange(
+        await step("unfreeze", lambda: run_activity(OrgLifecycleActivities.set_org_status, OrgStatusChange(
             org_id=inp.org_id, slug=inp.slug, status=OrgStatus.active.value,
             only_from=[OrgStatus.suspended.value]), "unfreeze the org"))
-        stopped = await step("start_instances", lambda: act(
+        stopped = await step("start_instances", lambda: run_activity(
             OrgLifecycleActivities.list_org_workspaces,
             WorkspaceQuery(org_id=inp.org_id, statuses=[WorkspaceStatus.stopped.value]), "find stopped"))
         if stopped:
-            await step("start_instances", lambda: act(
+            await step("start_instances", lambda: run_activity(
                 InstanceActivities.start_workspace_instances,
                 WorkspaceInstances(org_id=inp.org_id, org_slug=inp.slug, workspace_ids=stopped),
-                "start instances and wait", start_to_close_timeout=STEP_DEADLINE, heartbeat_timeout=CALL_TIMEOUT / 2))
-            await step("start_instances", lambda: act(OrgLifecycleActivities.set_workspaces_status, OrgStatusChange(
-                org_id=inp.org_id, slug=inp.slug, status=WorkspaceStatus.running.value,
-                only_from=[WorkspaceStatus.stopped.value]), "mark workspaces running"))
+                "start instances and wait", **WAITING))
+            await step("start_instances", lambda: run_activity(
+                OrgLifecycleActivities.set_workspaces_status,
+                OrgStatusChange(org_id=inp.org_id, slug=inp.slug, status=WorkspaceStatus.running.value,
+                                only_from=[WorkspaceStatus.stopped.value]), "mark workspaces running"))
         self._tracker.finish(OrgStatus.active.value)
