@@ -21,11 +21,11 @@ from domain.models import NeonOperationsInput, TenantDatabase, TenantDatabaseInp
 from domain.settings import Settings
 
 _DONE = {"finished", "skipped"}
+_FAILED_FOR_GOOD = {"error", "cancelled"}
 # Neon runs one operation per project at a time and answers 423 meanwhile. Tenant branches share
 # the platform project, so retry soon, at a random point: backing off to the 30 s cap let an org
 # lose the lock to newer arrivals for minutes (an onboarding took 240 s in the 200-org soak).
 LOCKED_RETRY_SECONDS = (1.0, 3.0)
-_FAILED_FOR_GOOD = {"error", "cancelled"}
 
 
 class TimedNeonAPI(NeonAPI):

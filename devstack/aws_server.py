@@ -88,14 +88,12 @@ class TerminatedInstanceForgetter:
     interfaces (giving their private IPs back to the subnet), their tags, and the tags of the
     volumes terminating deleted (moto keeps tags of deleted resources)."""
 
-    def __init__(self, after_seconds: float, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, after_seconds: float) -> None:
         self._after = after_seconds
-        self._clock = clock
         self._terminated_since: dict[str, float] = {}
 
-    def sweep(self, backends: Iterable[Any]) -> list[str]:
-        now = self._clock()
-        forgotten: list[str] = []
+    def sweep(self, backends: Iterable[Any]) -> None:
+        now = time.monotonic()
         for backend in backends:
             for reservation_id, reservation in list(backend.reservations.items()):
                 kept = []
@@ -105,14 +103,12 @@ class TerminatedInstanceForgetter:
                     elif now - self._terminated_since.setdefault(instance.id, now) < self._after:
                         kept.append(instance)
                     else:
-                        forgotten.append(instance.id)
                         self._forget(backend, instance)
                 reservation.instances = kept
                 if not kept:
                     del backend.reservations[reservation_id]
             for resource_id in [r for r in backend.tags if r.startswith("vol-") and r not in backend.volumes]:
                 del backend.tags[resource_id]
-        return forgotten
 
     def _forget(self, backend: Any, instance: Any) -> None:
         # moto keeps a terminated instance's network interface, and with it its private IP, so

@@ -33,8 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import boto3
-
+from devstack.moto_client import moto_ec2_client
 from devstack.procs import free_port, spawn, stop
 
 log = logging.getLogger("devstack.boot_emulator")
@@ -105,8 +104,7 @@ class BootEmulator:
                  tag_filters: dict[str, str] | None = None):
         """``tag_filters`` narrows the instances it boots further (e.g. ``{"tenantflow:org-id": ...}``), so
         tests sharing one moto server each see only their own instances."""
-        self._ec2 = boto3.client("ec2", region_name=region, endpoint_url=ec2_endpoint_url,
-                                 aws_access_key_id="testing", aws_secret_access_key="testing")
+        self._ec2 = moto_ec2_client(ec2_endpoint_url, region)
         self.log_dir = Path(log_dir)
         self.poll_interval = poll_interval
         self.python = python

@@ -9,9 +9,8 @@ import time
 from pathlib import Path
 from typing import TextIO
 
-import boto3
-
 from agent.client import ask
+from devstack.moto_client import moto_ec2_client
 from devstack.stack import save_secret
 from starter import ApiError, OperatorClient, TenantClient, follow_org, follow_workspace
 
@@ -20,8 +19,7 @@ DEMO_VPC_TAG = "tenantflow-demo-vpc"
 
 def ensure_demo_network(endpoint_url: str, region: str) -> tuple[str, list[str]]:
     """A VPC with two subnets, found by tag so that a restarted stack reuses it."""
-    ec2 = boto3.client("ec2", region_name=region, endpoint_url=endpoint_url,
-                       aws_access_key_id="testing", aws_secret_access_key="testing")
+    ec2 = moto_ec2_client(endpoint_url, region)
     found = ec2.describe_vpcs(Filters=[{"Name": "tag:Name", "Values": [DEMO_VPC_TAG]}])["Vpcs"]
     if found:
         vpc_id = found[0]["VpcId"]

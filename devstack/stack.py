@@ -18,13 +18,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from devstack.postgres import PostgresServer, ensure_database, start_postgres
+from devstack.moto_client import MOTO_CREDENTIALS
 from devstack.procs import spawn, stop, wait_for_port
 from domain.settings import Settings
 from domain.temporal import SEARCH_ATTRIBUTES
 
 NEON_PLATFORM_PROJECT = "tenantflow-platform"
-# Fake credentials: moto accepts any, and they keep boto3 from looking for real ones.
-MOTO_CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"}
 
 
 def save_secret(state_dir: Path, name: str, value: str) -> None:

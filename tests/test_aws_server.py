@@ -11,9 +11,9 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import boto3
 import pytest
 
+from devstack.moto_client import moto_ec2_client
 from devstack.procs import free_port, spawn, stop, wait_for_port
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -29,8 +29,7 @@ def start_server(tmp_path: Path, port: int, forget_after: float):
 
 
 def client(port: int):
-    return boto3.client("ec2", region_name="us-east-1", endpoint_url=f"http://127.0.0.1:{port}",
-                        aws_access_key_id="testing", aws_secret_access_key="testing")
+    return moto_ec2_client(f"http://127.0.0.1:{port}")
 
 
 @pytest.fixture

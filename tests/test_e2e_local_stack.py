@@ -11,7 +11,6 @@ import time
 import urllib.request
 from pathlib import Path
 
-import boto3
 import psutil
 import psycopg
 import pytest
@@ -20,6 +19,7 @@ from temporalio.client import Client
 
 import starter
 from devstack.demo import ensure_demo_network
+from devstack.moto_client import moto_ec2_client
 from devstack.procs import free_port
 
 pytestmark = pytest.mark.e2e
@@ -112,8 +112,7 @@ def test_run_command_onboards_and_restarts_with_saved_state(tmp_path):
             assert conn.execute("SELECT current_database()").fetchone()[0]
 
         # Its security group admits exactly one thing: TCP 443 from the platform CIDR.
-        ec2 = boto3.client("ec2", region_name="us-east-1", endpoint_url=f"http://127.0.0.1:{stack.ports['MOTO_PORT']}",
-                           aws_access_key_id="testing", aws_secret_access_key="testing")
+        ec2 = moto_ec2_client(f"http://127.0.0.1:{stack.ports['MOTO_PORT']}")
         group = ec2.describe_security_groups(GroupIds=[org["security_group_id"]])["SecurityGroups"][0]
         rules = [(p["IpProtocol"], p["FromPort"], p["ToPort"], r["CidrIp"])
                  for p in group["IpPermissions"] for r in p["IpRanges"]]

@@ -9,15 +9,13 @@ import secrets
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-import boto3
 import pytest
-from botocore.config import Config
 from neon_api import NeonAPI
 from temporalio.api.failure.v1 import Failure
 from temporalio.converter import DefaultFailureConverter, PayloadConverter
 from temporalio.exceptions import ApplicationError
 
-from activities.ec2 import call_ec2
+from activities.ec2 import call_ec2, make_ec2_client
 from activities.errors import call_in_thread
 from activities.neon import LOCKED_RETRY_SECONDS, call_neon
 from tests.conftest import NEON_PROJECT
@@ -82,10 +80,8 @@ async def test_a_classified_error_keeps_the_original_as_its_cause():
     assert failure.cause.message == "peer went away"
 
 
-async def test_an_html_500_from_ec2_is_a_retryable_error(html_500_url):
-    client = boto3.client("ec2", region_name="us-east-1", endpoint_url=html_500_url,
-                          aws_access_key_id="testing", aws_secret_access_key="testing",
-                          config=Config(retries={"max_attempts": 1, "mode": "standard"}))
+async def test_an_html_500_from_ec2_is_a_retryable_error(html_500_url, settings):
+    client = make_ec2_client(settings.model_copy(update={"aws_endpoint_url": html_500_url}))
 
     with pytest.raises(ApplicationError) as raised:
         await call_ec2(client, "describe_instances")

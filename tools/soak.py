@@ -40,10 +40,10 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-import boto3  # noqa: E402
 import psycopg  # noqa: E402
 from psycopg.rows import dict_row  # noqa: E402
 
+from devstack.moto_client import moto_ec2_client  # noqa: E402
 from devstack.procs import free_port, spawn, wait_for_port  # noqa: E402
 from devstack.stack import LocalStack, load_or_create_secrets, wait_http_ok  # noqa: E402
 from domain.settings import Settings  # noqa: E402
@@ -103,8 +103,7 @@ class StackHarness:
         return self.stack.postgres.url("tenantflow")
 
     def ec2(self):
-        return boto3.client("ec2", region_name=self.settings.aws_region, endpoint_url=self.stack.aws_endpoint,
-                            aws_access_key_id="testing", aws_secret_access_key="testing")
+        return moto_ec2_client(self.stack.aws_endpoint, self.settings.aws_region)
 
     async def temporal(self):
         from temporalio.client import Client
