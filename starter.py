@@ -4,6 +4,7 @@
         --vpc-id vpc-0a1b2c3d --subnet-ids subnet-abc123,subnet-def456
     python starter.py status acme
     python starter.py watch acme
+    python starter.py orgs [--status suspended,deleting] [--prefix ac]   # every org, its operation
     python starter.py quota acme --max-workspaces 10 --max-tier 3 --billing-plan pro
     python starter.py mint-key acme --name ci            # prints the org API key once
     python starter.py workspace create --name agent-1 --role "Inference worker" --runtime hermes \\
@@ -14,7 +15,7 @@
     python starter.py resume acme
     python starter.py delete acme --confirm acme [--delete-workspaces]   # follows the cascade
     python starter.py teardowns                          # deletions under way; which wait for you
-    python starter.py retry acme | abandon acme           # decide on a parked teardown
+    python starter.py retry acme | abandon acme           # decide on a parked step (or retry a failed onboarding)
     python starter.py audit acme                         # the trail, and whether the chain verifies
 
 The API URL comes from TENANTFLOW_API_URL (default http://127.0.0.1:8080), the operator secret
@@ -31,12 +32,15 @@ import os
 import sys
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from pathlib import Path
 from typing import Any, Callable, TextIO
 
 TERMINAL_OK = {"active"}
 TERMINAL_FAILED = {"failed"}
+# Where an org settles when the operation in progress succeeds.
+SETTLES_AS = {"onboard": {"active"}, "suspend": {"suspended"}, "resume": {"active"}, "delete": {"deleted"}}
 
 
 class ApiError(Exception):
@@ -75,6 +79,11 @@ class OperatorClient(ApiClient):
     def org(self, slug: str) -> dict:
         return self.request("GET", f"/api/v1/orgs/{slug}")[1]
 
+    def orgs(self, *, status: str = "", prefix: str = "", limit: int = 100, cursor: str | None = None) -> dict:
+        query = urllib.parse.urlencode({k: v for k, v in (("status", status), ("prefix", prefix), ("limit", limit),
+                                                          ("cursor", cursor)) if v})
+        return self.request("GET", f"/api/v1/orgs?{query}")[1]
+
     def set_quota(self, slug: str, **body: Any) -> dict:
         return self.request("PATCH", f"/api/v1/orgs/{slug}", body)[1]
 
@@ -95,7 +104,7 @@ class OperatorClient(ApiClient):
         return self.request("GET", "/api/v1/teardowns")[1]["teardowns"]
 
     def decide(self, slug: str, decision: str) -> dict:
-        return self.request("POST", f"/api/v1/orgs/{slug}/teardown/{decision}", {})[1]
+        return self.request("POST", f"/api/v1/orgs/{slug}/{decision}", {})[1]
 
     def audit(self, slug: str) -> dict:
         return self.request("GET", f"/api/v1/orgs/{slug}/audit")[1]
@@ -222,6 +231,9 @@ def _parser() -> argparse.ArgumentParser:
     onboard.add_argument("--no-wait", action="store_true")
     for name, text in (("status", "show an org"), ("watch", "follow an org until it settles")):
         sub.add_parser(name, help=text).add_argument("slug")
+    orgs = sub.add_parser("orgs", help="list orgs with their status and the operation in progress")
+    orgs.add_argument("--status", default="", help="only these statuses, comma-separated (e.g. suspended,deleting)")
+    orgs.add_argument("--prefix", default="", help="only slugs starting with this")
     quota = sub.add_parser("quota", help="set an org's quotas")
     quota.add_argument("slug")
     quota.add_argument("--max-workspaces", type=int)
@@ -240,8 +252,8 @@ def _parser() -> argparse.ArgumentParser:
     delete.add_argument("--confirm", required=True, help="must equal the slug")
     delete.add_argument("--delete-workspaces", action="store_true")
     sub.add_parser("teardowns", help="deletions under way, and which wait for an operator")
-    for name in ("retry", "abandon"):
-        sub.add_parser(name, help=f"{name} a parked teardown").add_argument("slug")
+    sub.add_parser("retry", help="run a parked step again, or a failed onboarding again").add_argument("slug")
+    sub.add_parser("abandon", help="stop the operation in progress on its parked step").add_argument("slug")
     sub.add_parser("audit", help="an org's audit trail and the chain's verification").add_argument("slug")
     ws = sub.add_parser("workspace", help="tenant workspace operations (TENANTFLOW_ORG_KEY)")
     ws_sub = ws.add_subparsers(dest="ws_command", required=True)
@@ -309,19 +321,35 @@ def _operator_command(args: argparse.Namespace, out: TextIO) -> int:
         return _report(follow_org(client, args.slug, out, ok={"active"}), out, ORG_KEYS)
     if args.command in ("delete", "retry", "abandon"):
         if args.command == "delete":
-            client.delete(args.slug, args.confirm, args.delete_workspaces)
+            accepted = client.delete(args.slug, args.confirm, args.delete_workspaces)
         else:
-            client.decide(args.slug, args.command)
+            accepted = client.decide(args.slug, args.command)
         if args.command == "abandon":
-            out.write(f"abandoned: the teardown of {args.slug} stops on its parked step\n")
+            out.write(f"abandoned: {accepted.get('operation') or 'the operation'} of {args.slug} stops on its "
+                      "parked step\n")
             return 0
-        final = follow_org(client, args.slug, out, ok={"deleted"}, parked_is_final=True)
+        final = follow_org(client, args.slug, out, ok=SETTLES_AS.get(accepted.get("operation"), {"deleted"}),
+                           parked_is_final=True)
         if final["status"] == "deleted":
             receipt = final["receipt"]
             out.write(f"deleted {args.slug}: {len(receipt['resources'])} resources, "
                       f"{len(receipt['workspaces'])} workspaces (receipt at GET /cp/orgs/{args.slug})\n")
             return 0
         return _report(final, out, ORG_KEYS)
+    if args.command == "orgs":
+        page: dict = {"next_cursor": None}
+        listed = 0
+        while True:
+            page = client.orgs(status=args.status, prefix=args.prefix, cursor=page["next_cursor"])
+            for o in page["orgs"]:
+                operation = f"{o['operation']} ({o['workflow_id']})" if o["operation"] else "-"
+                out.write(f"{o['slug']:<24} {o['status']:<13} {operation:<44} {o['failure_reason'] or ''}\n")
+                listed += 1
+            if not page["next_cursor"]:
+                break
+        if not listed:
+            out.write("no orgs match\n")
+        return 0
     if args.command == "teardowns":
         for t in client.teardowns():
             p = t["progress"] or {}

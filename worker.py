@@ -38,11 +38,12 @@ from domain.temporal import connect_temporal
 from workflows.deprovision_workspace import DeprovisionWorkspaceWorkflow
 from workflows.hard_delete_org import HardDeleteOrgWorkflow
 from workflows.onboard_org import OnboardOrgWorkflow
+from workflows.org import OrgWorkflow
 from workflows.provision_workspace import ProvisionWorkspaceWorkflow
 from workflows.reconcile import ReconcileWorkflow
 from workflows.suspend_org import ResumeOrgWorkflow, SuspendOrgWorkflow
 
-WORKFLOWS = [OnboardOrgWorkflow, ProvisionWorkspaceWorkflow, DeprovisionWorkspaceWorkflow, SuspendOrgWorkflow,
+WORKFLOWS = [OrgWorkflow, OnboardOrgWorkflow, ProvisionWorkspaceWorkflow, DeprovisionWorkspaceWorkflow, SuspendOrgWorkflow,
              ResumeOrgWorkflow, HardDeleteOrgWorkflow, ReconcileWorkflow]
 
 
@@ -68,8 +69,8 @@ def build_activities(settings: Settings, pool: AsyncConnectionPool, client: Clie
         AgentActivities().check_agent_card,
         ws_store.confirm_workspace_slot, ws_store.mark_workspace_running, ws_store.mark_workspace_failed,
         ws_store.mark_workspace_deleting, ws_store.mark_workspace_deleted,
-        control.cancel_and_wait,
-        lifecycle.set_org_status, lifecycle.revoke_org_keys, lifecycle.revoke_org_credentials,
+        control.cancel_and_wait, control.wait_until_closed,
+        lifecycle.set_org_status, lifecycle.transition_org, lifecycle.set_org_quota, lifecycle.read_org_status, lifecycle.revoke_org_keys, lifecycle.revoke_org_credentials,
         lifecycle.list_org_workspaces, lifecycle.set_workspaces_status, lifecycle.audit_step, lifecycle.purge_org,
         reconcile.inventory_aws, reconcile.inventory_neon, reconcile.read_records, reconcile.delete_orphan,
         reconcile.save_report,

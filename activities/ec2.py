@@ -1,19 +1,25 @@
-"""AWS EC2: network validation and the per-org security group (TCP 443 from the platform only).
+"""AWS EC2: network validation and the per-org security group (the agent port from the platform
+only).
 
-boto3 is blocking, so calls run in a thread. Lookups go by name and tag, never by ClientToken,
-so that a retried activity finds what an earlier attempt created (moto ignores ClientToken).
+boto3 is blocking, so calls run in a thread. The group is found by name, else by the id the
+ledger recorded, so that a retried activity finds what an earlier attempt created. EC2 is
+eventually consistent: right after CreateSecurityGroup, lookups by name miss the group and calls
+by id answer ``InvalidGroup.NotFound``; such a NotFound means "not visible yet" until the last
+create attempt is older than ``ec2_consistency_window_seconds``.
 """
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any, Awaitable, Callable
 
 import boto3
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError, EndpointConnectionError
 from botocore.parsers import ResponseParserError
 from temporalio import activity
+from temporalio.exceptions import ApplicationError
 
+from activities.consistency import settle
 from activities.errors import actor, call_in_thread, permanent, transient
 from db.ledger import Ledger
 from domain.models import NetworkCheckInput, SecurityGroup, SecurityGroupInput, resource_name
@@ -53,13 +59,24 @@ async def call_ec2(client: Any, method: str, **kwargs: Any) -> dict:
     return await call_in_thread(classify, getattr(client, method), **kwargs)
 
 
+async def call_ec2_if_found(client: Any, not_found_code: str, method: str, **kwargs: Any) -> dict | None:
+    """The call's answer, or None when EC2 answers ``not_found_code``."""
+    try:
+        return await call_ec2(client, method, **kwargs)
+    except ApplicationError as err:
+        if err.type != not_found_code:
+            raise
+        return None
+
+
 def make_ec2_client(settings: Settings) -> Any:
     return boto3.client(
         "ec2",
         region_name=settings.aws_region,
         endpoint_url=settings.aws_endpoint_url,
         # Temporal owns retries; botocore's own would hide throttling from the workflow history.
-        config=Config(retries={"max_attempts": 1, "mode": "standard"}, connect_timeout=5, read_timeout=30),
+        config=Config(retries={"max_attempts": 1, "mode": "standard"}, connect_timeout=5,
+                      read_timeout=settings.aws_read_timeout_seconds),
     )
 
 
@@ -97,50 +114,63 @@ class Ec2Activities:
         ]))["SecurityGroups"]
         return groups[0] if groups else None
 
+    async def _settle(self, check: Callable[[], Awaitable[Any]], key: str, what: str) -> Any:
+        async def may_be_invisible() -> bool:
+            return await self._ledger.may_be_invisible(key, self._settings.ec2_consistency_window_seconds)
+        return await settle(check, may_be_invisible, what)
+
+    async def _if_found(self, code: str, method: str, **kwargs: Any) -> dict | None:
+        return await call_ec2_if_found(self._ec2, code, method, **kwargs)
+
     @activity.defn
     async def ensure_security_group(self, req: SecurityGroupInput) -> SecurityGroup:
-        """Find or create the org's group, then make its ingress exactly TCP 443 from the platform."""
+        """Find or create the org's group, then make its ingress exactly the agent port from the
+        platform."""
         name = resource_name(req.slug, req.org_id)
         key = f"security_group:{name}"
-        await self._ledger.reserve(org_id=req.org_id, org_slug=req.slug, kind="security_group",
-                                   business_key=key, actor=actor())
+        row = await self._ledger.reserve(org_id=req.org_id, org_slug=req.slug, kind="security_group",
+                                         business_key=key, actor=actor())
         group = await self._find_group(name, req.vpc_id)
-        if group is None:
+        group_id = group["GroupId"] if group else row["cloud_id"]
+        if group_id is None:
+            await self._ledger.attempting_create(key)
             try:
                 group_id = (await self._call(
                     "create_security_group",
                     GroupName=name,
-                    Description=f"tenantflow org {req.slug}: TCP 443 from the platform only",
+                    Description=f"tenantflow org {req.slug}: TCP {self._settings.agent_port} from the platform only",
                     VpcId=req.vpc_id,
                     TagSpecifications=[{"ResourceType": "security-group",
                                         "Tags": org_tags(req.org_id, req.slug, name)}],
                 ))["GroupId"]
-            except Exception as err:
-                # A concurrent or earlier attempt created it between our lookup and create.
-                if getattr(err, "type", None) != "InvalidGroup.Duplicate":
+            except ApplicationError as err:
+                if err.type != "InvalidGroup.Duplicate":
                     raise
-                group = await self._find_group(name, req.vpc_id)
+                # An earlier attempt created it (its answer lost); lookups may not show it yet.
+                group = await self._settle(lambda: self._find_group(name, req.vpc_id), key, f"group {name}")
                 if group is None:
                     raise
                 group_id = group["GroupId"]
-        else:
-            group_id = group["GroupId"]
         # Recorded before the rules are touched, so a failure below still leaves the id on file.
         await self._ledger.mark_created(key, group_id, actor=actor(), detail={"vpc_id": req.vpc_id})
-        await self._enforce_ingress(group_id)
+        found = await self._settle(lambda: self._if_found("InvalidGroup.NotFound", "describe_security_groups",
+                                                          GroupIds=[group_id]), key, f"group {group_id}")
+        if found is None:
+            raise permanent("SecurityGroupGone", f"security group {group_id} of {req.slug} no longer exists")
+        await self._enforce_ingress(group_id, found["SecurityGroups"][0])
         activity.logger.info("security group ready", extra={"org_slug": req.slug, "security_group_id": group_id})
         return SecurityGroup(group_id=group_id, name=name)
 
-    async def _enforce_ingress(self, group_id: str) -> None:
-        wanted = {"IpProtocol": "tcp", "FromPort": 443, "ToPort": 443,
+    async def _enforce_ingress(self, group_id: str, group: dict) -> None:
+        port = self._settings.agent_port
+        wanted = {"IpProtocol": "tcp", "FromPort": port, "ToPort": port,
                   "IpRanges": [{"CidrIp": self._settings.platform_cidr, "Description": "tenantflow platform"}]}
-        group = (await self._call("describe_security_groups", GroupIds=[group_id]))["SecurityGroups"][0]
         present = False
         extra = []
         for perm in group.get("IpPermissions", []):
-            is_https = perm.get("IpProtocol") == "tcp" and perm.get("FromPort") == 443 and perm.get("ToPort") == 443
+            is_agent_port = perm.get("IpProtocol") == "tcp" and perm.get("FromPort") == port and perm.get("ToPort") == port
             for ip_range in perm.get("IpRanges", []):
-                if is_https and ip_range["CidrIp"] == self._settings.platform_cidr:
+                if is_agent_port and ip_range["CidrIp"] == self._settings.platform_cidr:
                     present = True
                 else:
                     extra.append({**{k: perm[k] for k in ("IpProtocol", "FromPort", "ToPort") if k in perm},
@@ -154,22 +184,30 @@ class Ec2Activities:
         if not present:
             try:
                 await self._call("authorize_security_group_ingress", GroupId=group_id, IpPermissions=[wanted])
-            except Exception as err:
-                if getattr(err, "type", None) != "InvalidPermission.Duplicate":
+            except ApplicationError as err:
+                if err.type != "InvalidPermission.Duplicate":
                     raise
 
     @activity.defn
     async def delete_security_group(self, req: SecurityGroupInput) -> None:
-        """Delete the org's group; already gone counts as deleted. Retries while instances drain."""
+        """Delete the org's group; gone counts as deleted once EC2's answer can be believed.
+        Retries while instances drain (DependencyViolation)."""
         name = resource_name(req.slug, req.org_id)
         key = f"security_group:{name}"
+        row = await self._ledger.get(key)
         group = await self._find_group(name, req.vpc_id)
-        if group is not None:
+        # Not visible by name: the id on file, unless the ledger records it deleted already.
+        group_id = group["GroupId"] if group else (row["cloud_id"] if row and row["status"] != "deleted" else None)
+        if group_id is not None:
             await self._ledger.mark_deleting(key, actor=actor())
-            try:
-                await self._call("delete_security_group", GroupId=group["GroupId"])
-            except Exception as err:
-                if getattr(err, "type", None) != "InvalidGroup.NotFound":
-                    raise
-        await self._ledger.mark_deleted(key, actor=actor())
+            await self._settle(lambda: self._if_found("InvalidGroup.NotFound", "delete_security_group",
+                                                      GroupId=group_id), key, f"group {group_id}")
+        elif row and row["status"] == "pending":
+            # A create was attempted and nothing is on file: it may yet appear under its name.
+            late = await self._settle(lambda: self._find_group(name, req.vpc_id), key, f"group {name}")
+            if late is not None:
+                await self._ledger.mark_deleting(key, actor=actor())
+                await self._call("delete_security_group", GroupId=late["GroupId"])
+        if row:
+            await self._ledger.mark_deleted(key, actor=actor())
         activity.logger.info("security group deleted", extra={"org_slug": req.slug})

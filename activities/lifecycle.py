@@ -11,7 +11,8 @@ from db.keys import OrgKeyRepo
 from db.orgs import OrgRepo
 from db.purge import purge_org
 from db.workspaces import WorkspaceRepo
-from domain.models import AuditEntry, OrgRef, OrgStatusChange, PurgeReceipt, WorkspaceQuery
+from domain.models import AuditEntry, OrgRef, OrgStatusChange, OrgTransition, PurgeReceipt, WorkspaceQuery
+from domain.org_entity import QuotaChange
 
 
 class OrgLifecycleActivities:
@@ -23,17 +24,44 @@ class OrgLifecycleActivities:
 
     @activity.defn
     async def set_org_status(self, change: OrgStatusChange) -> str | None:
-        """Returns the status before the change; None when the org row no longer exists."""
+        """Returns the status before the change; None when the org row no longer exists. With
+        ``only_from``, a compare-and-set: another status is left as it is."""
         row = await self._orgs.get(change.org_id)
         if row is None:
             return None
-        if change.only_from and row["status"] not in change.only_from:
-            return row["status"]
         await self._orgs.update(change.org_id, actor=actor(), action=f"org.{change.status}",
                                 detail={"reason": change.reason, "from": row["status"]},
                                 status=change.status, status_reason=change.reason,
-                                clear=() if change.reason else ("status_reason",))
+                                clear=() if change.reason else ("status_reason",),
+                                only_from=change.only_from or None)
         return row["status"]
+
+    @activity.defn
+    async def transition_org(self, change: OrgTransition) -> str | None:
+        """The org entity's status change, as a compare-and-set; returns the status the row has
+        afterwards (None when the row is gone)."""
+        row = await self._orgs.update(
+            change.org_id, actor=change.actor, action=f"org.{change.status.value}",
+            detail={"operation": change.operation, "reason": change.failure_reason or change.status_reason},
+            only_from=[s.value for s in change.only_from], status=change.status.value,
+            operation=change.operation, workflow_id=change.workflow_id, failure_reason=change.failure_reason,
+            status_reason=change.status_reason,
+            clear=tuple(column for column, value in (("operation", change.operation),
+                                                     ("failure_reason", change.failure_reason),
+                                                     ("status_reason", change.status_reason)) if value is None))
+        if row is None:
+            row = await self._orgs.get(change.org_id)
+        return row["status"] if row else None
+
+    @activity.defn
+    async def set_org_quota(self, change: QuotaChange) -> None:
+        fields = change.model_dump(exclude_none=True, exclude={"org_id", "actor"})
+        await self._orgs.update(change.org_id, actor=change.actor, action="org.quota", detail=fields, **fields)
+
+    @activity.defn
+    async def read_org_status(self, org: OrgRef) -> str | None:
+        row = await self._orgs.get(org.org_id)
+        return row["status"] if row else None
 
     @activity.defn
     async def revoke_org_keys(self, org: OrgRef) -> int:

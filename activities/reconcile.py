@@ -21,7 +21,7 @@ from temporalio.exceptions import ApplicationError
 from activities.ec2 import MANAGED_TAG, ORG_ID_TAG, ORG_SLUG_TAG, call_ec2, classify, make_ec2_client
 from activities.errors import call_in_thread, permanent
 from activities.instances import WORKSPACE_TAG, instance_key
-from activities.neon import NeonNotFound, TimedNeonAPI, call_neon, project_pages
+from activities.neon import NeonNotFound, TimedNeonAPI, branch_pages, neon_json, project_pages, wait_operations
 from db.reconcile import ReconcileRepo
 from domain.settings import Settings
 
@@ -237,11 +237,11 @@ class ReconcileActivities:
         resources: list[CloudResource] = []
         if platform:
             try:
-                branches = (await call_neon(client.branches, platform)).branches
+                async for branches in branch_pages(client, platform):
+                    resources += [self._neon_resource("neon_branch", b["id"], b["name"], platform)
+                                  for b in branches if b["name"].startswith(NAME_PREFIX)]
             except NeonNotFound as err:
                 raise permanent("NeonProjectNotFound", f"Neon project {platform} not found") from err
-            resources += [self._neon_resource("neon_branch", b.id, b.name, platform)
-                          for b in branches if b.name.startswith(NAME_PREFIX)]
         async for projects in project_pages(client):
             resources += [self._neon_resource("neon_project", p["id"], p["name"], p["id"])
                           for p in projects if p["name"].startswith(NAME_PREFIX) and p["id"] != platform]
@@ -336,36 +336,17 @@ class ReconcileActivities:
         client = self._neon_factory()
         project_id = resource.project_id or self._settings.neon_project_id
         try:
-            result = await call_neon(client.branch_delete, project_id, resource.cloud_id)
+            result = await neon_json(client, "DELETE", f"projects/{project_id}/branches/{resource.cloud_id}")
         except NeonNotFound:
             return True
         # Neon locks the project until the deletion's operations finish: wait, so that the next
         # deletion is not refused with 423 and "deleted" means deleted.
-        pending = [op.id for op in result.operations]
-        delay = 0.2
-        while pending:
-            still = []
-            for op_id in pending:
-                try:
-                    op = (await call_neon(client.operation, project_id, op_id)).operation
-                except NeonNotFound:
-                    continue
-                status = getattr(op.status, "value", op.status)
-                if status in ("error", "cancelled"):
-                    raise permanent("NeonOperationFailed", f"Neon operation {op_id} ended {status}")
-                if status not in ("finished", "skipped"):
-                    still.append(op_id)
-            pending = still
-            activity.heartbeat({"pending": pending})
-            if pending:
-                await asyncio.sleep(delay)
-                delay = min(delay * 1.5, 5.0)
+        await wait_operations(client, project_id, [op["id"] for op in result.get("operations") or []])
         return False
 
     async def _delete_neon_project(self, resource: CloudResource) -> bool:
-        client = self._neon_factory()
         try:
-            await call_neon(client.project_delete, resource.cloud_id)
+            await neon_json(self._neon_factory(), "DELETE", f"projects/{resource.cloud_id}")
         except NeonNotFound:
             return True
         return False

@@ -1,11 +1,12 @@
-"""Stopping another workflow and waiting until it has closed (its cleanup included)."""
+"""Stopping another workflow, or waiting for it, until it has closed (its cleanup included)."""
 
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 from temporalio import activity
-from temporalio.client import Client, WorkflowFailureError
+from temporalio.client import Client, WorkflowExecutionDescription, WorkflowFailureError
 from temporalio.service import RPCError, RPCStatusCode
 
 from domain.models import WorkflowToStop
@@ -15,19 +16,35 @@ class WorkflowControlActivities:
     def __init__(self, client: Client):
         self._client = client
 
+    async def _describe(self, handle: Any) -> WorkflowExecutionDescription | None:
+        try:
+            return await handle.describe()
+        except RPCError as err:
+            if err.status == RPCStatusCode.NOT_FOUND:
+                return None
+            raise
+
     @activity.defn
     async def cancel_and_wait(self, target: WorkflowToStop) -> str:
         """Request cancellation and wait until the workflow closes; returns how it ended."""
         handle = self._client.get_workflow_handle(target.workflow_id)
-        try:
-            description = await handle.describe()
-        except RPCError as err:
-            if err.status == RPCStatusCode.NOT_FOUND:
-                return "not_found"
-            raise
+        description = await self._describe(handle)
+        if description is None:
+            return "not_found"
         if description.status is not None and description.status.name != "RUNNING":
             return description.status.name.lower()
         await handle.cancel()
+        return await self._closed(handle)
+
+    @activity.defn
+    async def wait_until_closed(self, target: WorkflowToStop) -> str:
+        """Wait, without interfering, until the workflow closes; returns how it ended."""
+        handle = self._client.get_workflow_handle(target.workflow_id)
+        if await self._describe(handle) is None:
+            return "not_found"
+        return await self._closed(handle)
+
+    async def _closed(self, handle: Any) -> str:
         while True:
             try:
                 await asyncio.wait_for(handle.result(), timeout=5)

@@ -19,7 +19,7 @@ class BootConfig:
     model: str = ""
     tier: int = 0
     listen_host: str = "0.0.0.0"
-    listen_port: int = 8000
+    listen_port: int = 443
     heartbeat_interval_seconds: float = 15.0
 
     @classmethod

@@ -1,7 +1,8 @@
 """The agent process: an A2A server (JSON-RPC over HTTP) that registers with the platform, then
 sends heartbeats until it is stopped.
 
-    python -m agent --config /etc/tenantflow/agent.json [--host H] [--port N] [--public-url URL]
+The platform derives the agent's URL from the instance's private address itself, so neither the
+registration nor the heartbeats carry one.
 """
 
 from __future__ import annotations
@@ -84,11 +85,11 @@ def build_app(config: BootConfig, public_url: str, stats: Stats) -> tuple[Starle
     return Starlette(routes=routes), handler
 
 
-async def register(client: httpx.AsyncClient, config: BootConfig, public_url: str, *,
+async def register(client: httpx.AsyncClient, config: BootConfig, *,
                    deadline_seconds: float = REGISTER_DEADLINE_SECONDS) -> dict:
     """Exchange the one-time registration token for a workspace token; retries only transient failures."""
     url = f"{config.platform_url.rstrip('/')}/api/v1/registry/register"
-    body = {"workspace_id": config.workspace_id, "agent_url": public_url}
+    body = {"workspace_id": config.workspace_id}
     headers = {"Authorization": f"Bearer {config.registration_token}"}
     deadline = time.monotonic() + deadline_seconds
     delay = 0.5
@@ -124,15 +125,13 @@ async def register(client: httpx.AsyncClient, config: BootConfig, public_url: st
 
 
 async def heartbeat_loop(client: httpx.AsyncClient, config: BootConfig, workspace_token: str,
-                         interval: float, stats: Stats, public_url: str | None = None) -> None:
+                         interval: float, stats: Stats) -> None:
     """Heartbeat every ``interval`` seconds until the platform answers 401 (token revoked)."""
     url = f"{config.platform_url.rstrip('/')}/api/v1/registry/heartbeat"
     headers = {"Authorization": f"Bearer {workspace_token}"}
     while True:
         body = {"workspace_id": config.workspace_id, "tasks_handled": stats.tasks_handled,
                 "avg_response_time_ms": round(stats.avg_response_time_ms, 3)}
-        if public_url:
-            body["agent_url"] = public_url  # an instance that was stopped and started has a new address
         try:
             resp = await client.post(url, json=body, headers=headers)
         except httpx.HTTPError as exc:
@@ -168,23 +167,23 @@ def _load_token(path: Path | None) -> str | None:
 def _save_token(path: Path | None, token: str) -> None:
     if path is None:
         return
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as f:
         f.write(token)
 
 
-async def _register_and_heartbeat(config: BootConfig, public_url: str, stats: Stats,
-                                  token_path: Path | None = None) -> bool:
+async def _register_and_heartbeat(config: BootConfig, stats: Stats, token_path: Path | None = None) -> bool:
     """False if the agent should exit (registration refused or given up)."""
     async with httpx.AsyncClient(timeout=10.0) as client:
         saved = _load_token(token_path)
         if saved is not None:
             add_secret(saved)
             log.info("resuming", workspace_id=config.workspace_id, detail="saved workspace token; not registering again")
-            await heartbeat_loop(client, config, saved, config.heartbeat_interval_seconds, stats, public_url)
+            await heartbeat_loop(client, config, saved, config.heartbeat_interval_seconds, stats)
             return True
         try:
-            answer = await register(client, config, public_url)
+            answer = await register(client, config)
             token = answer["workspace_token"]
             add_secret(token)
             interval = max(0.1, float(answer.get("heartbeat_interval_seconds") or config.heartbeat_interval_seconds))
@@ -196,7 +195,7 @@ async def _register_and_heartbeat(config: BootConfig, public_url: str, stats: St
             return False
         _save_token(token_path, token)
         log.info("registered", workspace_id=config.workspace_id, heartbeat_interval_seconds=interval)
-        await heartbeat_loop(client, config, token, interval, stats, public_url)
+        await heartbeat_loop(client, config, token, interval, stats)
         return True
 
 
@@ -224,7 +223,7 @@ async def run(config: BootConfig, *, host: str, port: int, public_url: str, toke
         return 1
     log.info("serving", workspace_id=config.workspace_id, host=host, port=port, public_url=public_url)
 
-    lifecycle = asyncio.create_task(_register_and_heartbeat(config, public_url, stats, token_path))
+    lifecycle = asyncio.create_task(_register_and_heartbeat(config, stats, token_path))
     exit_code = 0
     done, _ = await asyncio.wait({serving, lifecycle}, return_when=asyncio.FIRST_COMPLETED)
     if lifecycle in done and not lifecycle.result():

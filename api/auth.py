@@ -41,5 +41,10 @@ async def require_org_key(request: web.Request) -> dict:
     routed = request.headers.get(ORG_ROUTING_HEADER)
     if routed is not None and routed != org["slug"]:
         raise ApiError(403, "ORG_MISMATCH", f"{ORG_ROUTING_HEADER} does not match the org of this key")
+    if org["status"] != "active":
+        # Refused from the moment a suspension or deletion is accepted, whether or not its
+        # workflow has reached the step that revokes the keys.
+        reason = f" ({org['status_reason']})" if org.get("status_reason") else ""
+        raise ApiError(403, "ORG_NOT_ACTIVE", f"org is {org['status']}{reason}: its keys are refused")
     request[TENANT_ORG] = org
     return org

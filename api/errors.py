@@ -22,9 +22,11 @@ _REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 
 
 class ApiError(Exception):
-    def __init__(self, status: int, code: str, message: str, **extra: Any):
+    def __init__(self, status: int, code: str, message: str, *, headers: dict[str, str] | None = None,
+                 **extra: Any):
         super().__init__(message)
         self.status, self.code, self.message, self.extra = status, code, message, extra
+        self.headers = headers or {}
 
 
 def error_response(request: web.Request, status: int, code: str, message: str, **extra: Any) -> web.Response:
@@ -56,6 +58,7 @@ async def error_middleware(request: web.Request, handler) -> web.StreamResponse:
         response = await handler(request)
     except ApiError as err:
         response = error_response(request, err.status, err.code, err.message, **err.extra)
+        response.headers.update(err.headers)
     except ValidationError as err:
         response = error_response(request, 400, "VALIDATION_FAILED", describe_validation_error(err))
     except web.HTTPException as err:

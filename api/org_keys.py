@@ -11,6 +11,7 @@ from api.auth import require_org_key
 from api.errors import ApiError, read_json
 from api.orgs import org_or_404
 from api.state import ORG_KEYS
+from db.keys import OrgNotActive
 from domain.models import KeyCreateRequest
 
 routes = web.RouteTableDef()
@@ -31,9 +32,10 @@ def key_view(row: dict) -> dict:
 
 async def _mint(request: web.Request, org: dict, actor: str) -> web.Response:
     req = KeyCreateRequest.model_validate(await read_json(request))
-    if org["status"] in ("deleting", "deleted"):
-        raise ApiError(409, "ORG_DELETING", f"org is {org['status']}: no keys can be minted")
-    row, secret = await request.app[ORG_KEYS].mint(org, req.name, actor=actor)
+    try:
+        row, secret = await request.app[ORG_KEYS].mint(org, req.name, actor=actor)
+    except OrgNotActive as refused:
+        raise ApiError(409, "ORG_NOT_ACTIVE", f"{refused}: keys are minted only for an active org") from None
     return web.json_response({**key_view(row), "key": secret}, status=201,
                              headers={"Cache-Control": "no-store"})
 

@@ -1,33 +1,31 @@
-"""Operator routes for orgs: ``POST /cp/orgs`` starts onboarding, ``GET /cp/orgs/{slug}`` reports it."""
+"""Operator routes for orgs: create (starts the org's entity workflow, which onboards it), list,
+show with live progress, and quota changes."""
 
 from __future__ import annotations
 
+import base64
 import re
 import secrets
 
 import structlog
 from aiohttp import web
-from temporalio.client import Client
-from temporalio.common import SearchAttributePair, TypedSearchAttributes, WorkflowIDConflictPolicy, WorkflowIDReusePolicy
-from temporalio.exceptions import WorkflowAlreadyStartedError
 
 from api.auth import require_operator
+from api.commands import send_command, start_entity
 from api.errors import ApiError, read_json
-from api.versioning import v1
 from api.state import ORGS, POOL, PROGRESS, SETTINGS, TEMPORAL
+from api.versioning import v1
 from db.purge import latest_receipt
-from domain.models import OnboardOrgInput, OrgCreateRequest, OrgQuotaUpdate, OrgStatus, Progress
-from domain.temporal import OPERATION, ORG_SLUG
-from workflows.hard_delete_org import HardDeleteOrgWorkflow, delete_workflow_id
-from workflows.onboard_org import OnboardOrgWorkflow
+from domain.models import OrgCreateRequest, OrgQuotaUpdate, OrgStatus, Progress
+from domain.org_entity import Operation, QuotaCommand, operation_workflow_id, org_workflow_id
+from workflows.org import OrgWorkflow
 
 routes = web.RouteTableDef()
 log = structlog.get_logger("tenantflow.api")
 _SLUG = re.compile(r"^[a-z][a-z0-9-]{1,38}[a-z0-9]$")
-
-
-def onboard_workflow_id(org_id: str) -> str:
-    return f"org-onboard:{org_id}"
+_SLUG_PREFIX = re.compile(r"^[a-z0-9-]{1,40}$")
+MAX_PAGE = 200
+_TRANSITIONAL = {OrgStatus.provisioning, OrgStatus.suspending, OrgStatus.resuming, OrgStatus.deleting}
 
 
 def org_view(row: dict, progress: Progress | None = None) -> dict:
@@ -38,6 +36,7 @@ def org_view(row: dict, progress: Progress | None = None) -> dict:
         "slug": row["slug"],
         "plan": row["plan"],
         "status": row["status"],
+        "operation": row.get("operation"),
         "vpc_id": row["vpc_id"],
         "subnet_ids": row["subnet_ids"],
         "neon_project_id": row["neon_project_id"],
@@ -45,6 +44,7 @@ def org_view(row: dict, progress: Progress | None = None) -> dict:
         "security_group_id": row["security_group_id"],
         "failure_reason": row["failure_reason"],
         "status_reason": row.get("status_reason"),
+        "cost_warning": row.get("cost_warning"),
         "workflow_id": row["workflow_id"],
         "max_workspaces": row["max_workspaces"],
         "max_tier": row["max_tier"],
@@ -57,41 +57,26 @@ def org_view(row: dict, progress: Progress | None = None) -> dict:
 
 def slug_param(request: web.Request) -> str:
     slug = request.match_info["slug"]
-    if not _SLUG.match(slug):
+    if not _SLUG.fullmatch(slug):
         raise ApiError(400, "INVALID_SLUG", "slug must be 3-40 characters of a-z, 0-9 and '-', starting with a letter")
     return slug
 
 
-async def start_onboarding(client: Client, row: dict, task_queue: str) -> None:
-    """Start the org's onboarding workflow, or attach to the one already started for it."""
-    inp = OnboardOrgInput(org_id=row["id"], slug=row["slug"], name=row["name"], plan=row["plan"],
-                          vpc_id=row["vpc_id"], subnet_ids=row["subnet_ids"], neon_mode=row["neon_mode"])
-    try:
-        await client.start_workflow(
-            OnboardOrgWorkflow.run, inp,
-            id=onboard_workflow_id(row["id"]),
-            task_queue=task_queue,
-            # A repeated POST attaches to the running workflow and never starts a second one.
-            id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
-            id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
-            static_summary=f"Onboard org {row['slug']} ({row['plan']})",
-            search_attributes=TypedSearchAttributes([SearchAttributePair(ORG_SLUG, row["slug"]),
-                                                     SearchAttributePair(OPERATION, "onboard")]),
-        )
-    except WorkflowAlreadyStartedError:
-        pass  # It already ran to completion: the org row tells its outcome.
+def running_operation_id(row: dict) -> str | None:
+    """The workflow of the operation in progress (runs from before the org entity existed
+    recorded none, and are found from the status)."""
+    if row["status"] not in _TRANSITIONAL:
+        return None  # settled (an operation that just ended may not have cleared its column yet)
+    if row.get("operation"):
+        return row["workflow_id"]
+    legacy = {OrgStatus.provisioning: Operation.onboard, OrgStatus.deleting: Operation.delete}.get(row["status"])
+    return operation_workflow_id(legacy, row["id"]) if legacy else None
 
 
-async def live_progress(request: web.Request, row: dict) -> Progress | None:
-    """The running workflow's progress query (onboarding, or the hard delete); None when none
-    runs or it cannot answer quickly."""
-    if row["status"] == OrgStatus.provisioning and row["workflow_id"]:
-        workflow_id, query = row["workflow_id"], OnboardOrgWorkflow.progress
-    elif row["status"] == OrgStatus.deleting:
-        workflow_id, query = delete_workflow_id(row["id"]), HardDeleteOrgWorkflow.progress
-    else:
-        return None
-    return await request.app[PROGRESS].get(workflow_id, query)
+async def org_progress(request: web.Request, row: dict) -> Progress | None:
+    """The running operation's progress query; None when none runs or it cannot answer quickly."""
+    workflow_id = running_operation_id(row)
+    return await request.app[PROGRESS].get(workflow_id) if workflow_id else None
 
 
 @routes.post("/cp/orgs")
@@ -115,14 +100,57 @@ async def create_org(request: web.Request) -> web.Response:
         raise ApiError(409, "ORG_EXISTS", f"org '{req.slug}' already exists with a different request "
                                           f"(status {row['status']}); choose another slug")
     if row["status"] == OrgStatus.provisioning:
-        await start_onboarding(request.app[TEMPORAL], row, settings.task_queue)
-        if row["workflow_id"] is None:
-            await repo.set_workflow(row["id"], onboard_workflow_id(row["id"]), None)
+        # Created now, or a repeated POST: the org's entity starts once and onboards it; a repeat
+        # attaches (or, after a crash between the insert and the start, adopts the org).
+        await start_entity(request.app[TEMPORAL], row, settings.task_queue, new=created)
     log.info("org onboarding requested", org_slug=req.slug, org_id=row["id"], created=created,
-             workflow_id=onboard_workflow_id(row["id"]))
+             workflow_id=org_workflow_id(row["id"]))
     body = {k: org_view(row)[k] for k in ("id", "name", "slug", "plan", "neon_branch_id", "security_group_id", "status")}
     return web.json_response(body, status=202,
                              headers={"Location": v1(f"/cp/orgs/{req.slug}"), "Retry-After": "2"})
+
+
+def _decode_cursor(raw: str) -> str:
+    try:
+        slug = base64.urlsafe_b64decode(raw.encode() + b"==").decode()
+    except (ValueError, UnicodeDecodeError):
+        slug = ""
+    if not _SLUG.fullmatch(slug):
+        raise ApiError(400, "INVALID_CURSOR", "cursor is not one this API returned")
+    return slug
+
+
+def _encode_cursor(slug: str) -> str:
+    return base64.urlsafe_b64encode(slug.encode()).decode().rstrip("=")
+
+
+@routes.get("/cp/orgs")
+async def list_orgs(request: web.Request) -> web.Response:
+    """Every org, by slug: ``?status=a,b`` filters, ``?prefix=`` searches slugs, ``?limit=`` and
+    ``?cursor=`` page (the answer's ``next_cursor``)."""
+    require_operator(request)
+    q = request.query
+    statuses = [s for s in q.get("status", "").split(",") if s]
+    unknown = sorted(set(statuses) - {s.value for s in OrgStatus} - {"deleted"})
+    if unknown or "deleted" in statuses:
+        raise ApiError(400, "VALIDATION_FAILED", f"status must be among {', '.join(s.value for s in OrgStatus if s != OrgStatus.deleted)}"
+                                                 " (deleted orgs answer GET /api/v1/orgs/{slug} with their receipt)")
+    prefix = q.get("prefix", "")
+    if prefix and not _SLUG_PREFIX.fullmatch(prefix):
+        raise ApiError(400, "VALIDATION_FAILED", "prefix must be 1-40 characters of a-z, 0-9 and '-'")
+    raw_limit = q.get("limit", "50")
+    if not (raw_limit.isascii() and raw_limit.isdigit() and 1 <= int(raw_limit) <= MAX_PAGE):
+        raise ApiError(400, "VALIDATION_FAILED", f"limit must be an integer from 1 to {MAX_PAGE}")
+    after = _decode_cursor(q["cursor"]) if q.get("cursor") else None
+    rows = await request.app[ORGS].page(statuses=statuses, prefix=prefix, after=after, limit=int(raw_limit) + 1)
+    more = len(rows) > int(raw_limit)
+    rows = rows[:int(raw_limit)]
+    keys = ("id", "slug", "name", "plan", "status", "operation", "workflow_id", "failure_reason", "status_reason",
+            "created_at", "updated_at")
+    return web.json_response({
+        "orgs": [{k: org_view(r)[k] for k in keys} for r in rows],
+        "next_cursor": _encode_cursor(rows[-1]["slug"]) if more and rows else None,
+    })
 
 
 async def org_or_404(request: web.Request) -> dict:
@@ -147,16 +175,17 @@ async def get_org(request: web.Request) -> web.Response:
             raise ApiError(404, "ORG_NOT_FOUND", f"no org '{slug}'")
         return web.json_response({"id": receipt["org_id"], "slug": slug, "status": OrgStatus.deleted.value,
                                   "deleted_at": receipt["deleted_at"], "receipt": receipt})
-    return web.json_response(org_view(row, await live_progress(request, row)))
+    return web.json_response(org_view(row, await org_progress(request, row)))
 
 
 @routes.patch("/cp/orgs/{slug}")
 async def update_quota(request: web.Request) -> web.Response:
-    """Quota and billing controls: max_workspaces, max_tier, billing_plan."""
+    """Quota and billing controls: max_workspaces, max_tier, billing_plan (through the org's
+    workflow, so they never interleave with a deletion)."""
     row = await org_or_404(request)
     update = OrgQuotaUpdate.model_validate(await read_json(request))
     fields = update.model_dump(exclude_none=True)
     if not fields:
         raise ApiError(400, "VALIDATION_FAILED", "give at least one of max_workspaces, max_tier, billing_plan")
-    row = await request.app[ORGS].update(row["id"], actor="operator", action="org.quota", detail=fields, **fields)
-    return web.json_response(org_view(row))
+    await send_command(request, row, OrgWorkflow.set_quota, QuotaCommand(actor="operator", **fields))
+    return web.json_response(org_view(await request.app[ORGS].get(row["id"]) or row))

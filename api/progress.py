@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 from datetime import timedelta
 from functools import partial
-from typing import Any
 
 import structlog
 from prometheus_client import Counter
@@ -32,12 +31,13 @@ class ProgressQueries:
         self._polls = polls
         self._in_flight: dict[str, asyncio.Task[Progress]] = {}
 
-    async def get(self, workflow_id: str, query: Any) -> Progress | None:
-        """The workflow's answer to ``query``; None when it cannot answer within the timeout
-        (no worker, closed run, ...): the database record is then the caller's answer."""
+    async def get(self, workflow_id: str) -> Progress | None:
+        """The workflow's answer to its ``progress`` query (every tenantflow operation has one);
+        None when it cannot answer within the timeout (no worker, closed run, ...): the database
+        record is then the caller's answer."""
         task = self._in_flight.get(workflow_id)
         if task is None:
-            task = asyncio.create_task(self._query(workflow_id, query))
+            task = asyncio.create_task(self._query(workflow_id))
             self._in_flight[workflow_id] = task
             task.add_done_callback(partial(self._forget, workflow_id))
             self._polls.labels("sent").inc()
@@ -51,9 +51,9 @@ class ProgressQueries:
             self._polls.labels("unavailable").inc()
             return None
 
-    async def _query(self, workflow_id: str, query: Any) -> Progress:
+    async def _query(self, workflow_id: str) -> Progress:
         handle = self._client.get_workflow_handle(workflow_id)
-        return await handle.query(query, rpc_timeout=timedelta(seconds=self._timeout))
+        return await handle.query("progress", result_type=Progress, rpc_timeout=timedelta(seconds=self._timeout))
 
     def _forget(self, workflow_id: str, task: asyncio.Task) -> None:
         if self._in_flight.get(workflow_id) is task:

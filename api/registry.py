@@ -19,23 +19,24 @@ log = structlog.get_logger("tenantflow.api")
 
 @routes.post("/registry/register")
 async def register(request: web.Request) -> web.Response:
+    """Spend the one-time token for a workspace token. The agent's address is never taken from
+    here: the platform dials the instance's private IP on the agent port."""
     token = bearer_token(request)
     if token is None:
         raise ApiError(401, "UNAUTHORIZED", "registration needs Authorization: Bearer <registration token>")
     req = AgentRegisterRequest.model_validate(await read_json(request))
-    temporal = request.app[TEMPORAL]
-
-    async def wake_workflow(ws: dict) -> None:
-        await temporal.get_workflow_handle(provision_workflow_id(ws["id"])).signal(
-            ProvisionWorkspaceWorkflow.agent_registered, AgentRegistration(agent_url=req.agent_url))
-
+    workspaces = request.app[WORKSPACES]
     try:
-        ws, workspace_token = await request.app[WORKSPACES].redeem_registration_token(
-            token, req.workspace_id, req.agent_url, wake_workflow)
+        # Checked, then the workflow woken, then spent: no database lock is held across the
+        # Temporal call, and a failed signal leaves the token unspent for the agent's retry.
+        ws = await workspaces.check_registration_token(token, req.workspace_id)
+        await request.app[TEMPORAL].get_workflow_handle(provision_workflow_id(ws["id"])).signal(
+            ProvisionWorkspaceWorkflow.agent_registered, AgentRegistration())
+        ws, workspace_token = await workspaces.redeem_registration_token(token, req.workspace_id)
     except TokenRefused as refused:
         log.warning("registration refused", workspace_id=req.workspace_id, reason=str(refused))
         raise ApiError(401, "REGISTRATION_REFUSED", "registration token invalid, expired, used or not for this workspace") from None
-    log.info("agent registered", workspace_id=ws["id"], agent_url=req.agent_url)
+    log.info("agent registered", workspace_id=ws["id"])
     return web.json_response({
         "workspace_id": ws["id"],
         "workspace_token": workspace_token,
@@ -52,6 +53,5 @@ async def heartbeat(request: web.Request) -> web.Response:
     req = AgentHeartbeatRequest.model_validate(await read_json(request))
     if req.workspace_id != ws["id"]:
         raise ApiError(403, "WORKSPACE_MISMATCH", "this token belongs to another workspace")
-    await request.app[WORKSPACES].record_heartbeat(ws["id"], req.tasks_handled, req.avg_response_time_ms,
-                                                    req.agent_url)
+    await request.app[WORKSPACES].record_heartbeat(ws["id"], req.tasks_handled, req.avg_response_time_ms)
     return web.json_response({"ok": True})

@@ -86,12 +86,12 @@ async def start_provisioning(client: Client, settings: Settings, org: dict, ws: 
     )
 
 
-async def live_progress(request: web.Request, row: dict) -> Progress | None:
-    if row["status"] not in (WorkspaceStatus.provisioning, WorkspaceStatus.deleting):
-        return None
+async def workspace_progress(request: web.Request, row: dict) -> Progress | None:
     if row["status"] == WorkspaceStatus.provisioning:
-        return await request.app[PROGRESS].get(provision_workflow_id(row["id"]), ProvisionWorkspaceWorkflow.progress)
-    return await request.app[PROGRESS].get(deprovision_workflow_id(row["id"]), DeprovisionWorkspaceWorkflow.progress)
+        return await request.app[PROGRESS].get(provision_workflow_id(row["id"]))
+    if row["status"] == WorkspaceStatus.deleting:
+        return await request.app[PROGRESS].get(deprovision_workflow_id(row["id"]))
+    return None
 
 
 def deprovision_workflow_id(workspace_id: str) -> str:
@@ -147,7 +147,7 @@ async def list_workspaces(request: web.Request) -> web.Response:
 @routes.get("/workspaces/{workspace_id}")
 async def get_workspace(request: web.Request) -> web.Response:
     _, row = await tenant_workspace(request)
-    return web.json_response(workspace_view(row, await live_progress(request, row)))
+    return web.json_response(workspace_view(row, await workspace_progress(request, row)))
 
 
 @routes.delete("/workspaces/{workspace_id}")

@@ -10,14 +10,28 @@ from domain import credentials
 _PUBLIC = "id, org_id, name, created_by, created_at, last_used_at, revoked_at"
 
 
+class OrgNotActive(Exception):
+    """Keys are minted only for an active org."""
+
+    def __init__(self, status: str):
+        super().__init__(f"org is {status}")
+        self.status = status
+
+
 class OrgKeyRepo:
     def __init__(self, pool: AsyncConnectionPool):
         self._pool = pool
 
     async def mint(self, org: dict, name: str, *, actor: str) -> tuple[dict, str]:
-        """A new key for the org; returns its public record and the secret, which is never stored."""
+        """A new key for an active org; returns its public record and the secret, which is never
+        stored. The org row is share-locked while the key is written, so a suspension either
+        commits first (and the key is refused) or waits until the key exists (and is revoked)."""
         minted = credentials.mint(credentials.ORG_KEY)
         async with self._pool.connection() as conn, conn.transaction():
+            current = await (await conn.execute(
+                "SELECT status FROM orgs WHERE id = %s FOR SHARE", (org["id"],))).fetchone()
+            if current is None or current["status"] != "active":
+                raise OrgNotActive(current["status"] if current else "deleted")
             row = await (await conn.execute(
                 f"""INSERT INTO org_api_keys (id, org_id, name, key_hash, created_by)
                     VALUES (%s, %s, %s, %s, %s) RETURNING {_PUBLIC}""",
@@ -28,7 +42,8 @@ class OrgKeyRepo:
         return row, minted.secret
 
     async def authenticate(self, secret: str) -> dict | None:
-        """The org a live key belongs to, or None. Touches ``last_used_at``."""
+        """The org a live key belongs to (whatever the org's status: the caller refuses an org
+        that is not active, with the reason), or None. Touches ``last_used_at``."""
         key_id = credentials.parse(secret, credentials.ORG_KEY)
         if key_id is None:
             return None

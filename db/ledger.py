@@ -18,8 +18,8 @@ class Ledger:
         """Record intent to create; idempotent. Returns the row (which may already carry a cloud id)."""
         async with self._pool.connection() as conn, conn.transaction():
             row = await (await conn.execute(
-                """INSERT INTO resources (org_id, org_slug, kind, business_key, status)
-                   VALUES (%s, %s, %s, %s, 'pending')
+                """INSERT INTO resources (org_id, org_slug, kind, business_key, status, create_attempted_at)
+                   VALUES (%s, %s, %s, %s, 'pending', now())
                    ON CONFLICT (business_key) DO UPDATE
                        SET status = CASE WHEN resources.status = 'deleted' THEN 'pending' ELSE resources.status END,
                            updated_at = now()
@@ -54,6 +54,22 @@ class Ledger:
                 await audit.append(conn, actor=actor, action=f"{row['kind']}.{status}", outcome="ok",
                                    org_id=row["org_id"], org_slug=row["org_slug"],
                                    resource_ids={row["kind"]: row["cloud_id"] or business_key})
+
+    async def attempting_create(self, business_key: str) -> None:
+        """Called right before each create call: until the consistency window has passed, a lookup
+        that finds nothing does not prove the resource absent."""
+        async with self._pool.connection() as conn:
+            await conn.execute("UPDATE resources SET create_attempted_at = now() WHERE business_key = %s",
+                               (business_key,))
+
+    async def may_be_invisible(self, business_key: str, window_seconds: float) -> bool:
+        """Whether a create of this resource was attempted so recently that the cloud may not show
+        it yet: a NotFound (or an empty lookup) then does not prove it is gone."""
+        async with self._pool.connection() as conn:
+            row = await (await conn.execute(
+                """SELECT create_attempted_at > now() - make_interval(secs => %s) AS recent
+                   FROM resources WHERE business_key = %s""", (window_seconds, business_key))).fetchone()
+        return bool(row and row["recent"])
 
     async def get(self, business_key: str) -> dict | None:
         async with self._pool.connection() as conn:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Sequence
 
 from psycopg_pool import AsyncConnectionPool
 
@@ -35,6 +35,18 @@ class OrgRepo:
         async with self._pool.connection() as conn:
             return await (await conn.execute("SELECT * FROM orgs WHERE slug = %s", (slug,))).fetchone()
 
+    async def page(self, *, statuses: Sequence[str] = (), prefix: str = "", after: str | None = None,
+                   limit: int = 50) -> list[dict]:
+        """Orgs by slug, optionally of some statuses and with a slug prefix, after a slug."""
+        async with self._pool.connection() as conn:
+            return await (await conn.execute(
+                """SELECT * FROM orgs
+                   WHERE (cardinality(%(statuses)s::text[]) = 0 OR status = ANY(%(statuses)s::text[]))
+                     AND slug LIKE %(pattern)s AND (%(after)s::text IS NULL OR slug > %(after)s::text)
+                   ORDER BY slug LIMIT %(limit)s""",
+                {"statuses": list(statuses), "pattern": prefix.replace("%", "").replace("_", "") + "%",
+                 "after": after, "limit": limit})).fetchall()
+
     async def get(self, org_id: str) -> dict | None:
         async with self._pool.connection() as conn:
             return await (await conn.execute("SELECT * FROM orgs WHERE id = %s", (org_id,))).fetchone()
@@ -47,16 +59,19 @@ class OrgRepo:
             )
 
     async def update(self, org_id: str, *, actor: str, action: str | None = None, outcome: str = "ok",
-                     detail: dict[str, Any] | None = None, clear: tuple[str, ...] = (), **fields: Any) -> dict | None:
+                     detail: dict[str, Any] | None = None, clear: tuple[str, ...] = (),
+                     only_from: Sequence[str] | None = None, **fields: Any) -> dict | None:
         """Set the given columns (None leaves a column as it is; ``clear`` names columns to null)
-        and audit the change. Column names come from code, never from input."""
+        and audit the change. ``only_from``: a compare-and-set, applied only while the status is
+        one of these (None is returned otherwise). Column names come from code, never from input."""
         fields = {k: v for k, v in fields.items() if v is not None}
+        guard = "" if only_from is None else " AND status = ANY(%(only_from)s)"
         async with self._pool.connection() as conn, conn.transaction():
             assignments = [f"{k} = %({k})s" for k in fields] + [f"{k} = NULL" for k in clear]
             sets = ", ".join([*assignments, "updated_at = now()"])
             row = await (await conn.execute(
-                f"UPDATE orgs SET {sets} WHERE id = %(org_id)s RETURNING *",
-                {**fields, "org_id": org_id},
+                f"UPDATE orgs SET {sets} WHERE id = %(org_id)s{guard} RETURNING *",
+                {**fields, "org_id": org_id, "only_from": list(only_from or [])},
             )).fetchone()
             if row is not None and action:
                 await audit.append(conn, actor=actor, action=action, outcome=outcome, org_id=org_id,

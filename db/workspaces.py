@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import timedelta
-from typing import Any, Awaitable, Callable
+from typing import Any
 
 import psycopg
 from psycopg_pool import AsyncConnectionPool
@@ -39,7 +39,7 @@ class WorkspaceRepo:
             org = await (await conn.execute("SELECT * FROM orgs WHERE id = %s FOR UPDATE", (org_id,))).fetchone()
             if org is None:
                 raise WorkspaceRefused("ORG_NOT_FOUND", "org not found")
-            if org["status"] == "suspended":
+            if org["status"] in ("suspending", "suspended", "resuming"):
                 raise WorkspaceRefused("ORG_SUSPENDED", "org suspended: workspace creation is frozen")
             if org["status"] != "active":
                 raise WorkspaceRefused("ORG_NOT_ACTIVE", f"org is {org['status']}, not active")
@@ -95,60 +95,74 @@ class WorkspaceRepo:
 
     # -- tokens -------------------------------------------------------------------------------
 
-    async def mint_registration_token(self, workspace_id: str, ttl: timedelta) -> str:
-        """A new one-time token; any earlier unused one dies, so only the latest boot can register."""
-        minted = credentials.mint(credentials.REGISTRATION_TOKEN)
+    async def record_registration_token(self, workspace_id: str, minted: credentials.Minted, ttl: timedelta) -> None:
+        """Store a launch's one-time token (its hash) unless it is stored already: a retried launch
+        derives the same token. Any other unused token of the workspace dies, so only the latest
+        launch can register."""
         async with self._pool.connection() as conn, conn.transaction():
             await conn.execute(
                 """UPDATE workspace_tokens SET revoked_at = now()
-                   WHERE workspace_id = %s AND kind = 'registration' AND revoked_at IS NULL AND used_at IS NULL""",
-                (workspace_id,))
+                   WHERE workspace_id = %s AND kind = 'registration' AND id <> %s
+                     AND revoked_at IS NULL AND used_at IS NULL""",
+                (workspace_id, minted.id))
             await conn.execute(
                 """INSERT INTO workspace_tokens (id, workspace_id, kind, token_hash, expires_at)
-                   VALUES (%s, %s, 'registration', %s, now() + %s)""",
+                   VALUES (%s, %s, 'registration', %s, now() + %s) ON CONFLICT (id) DO NOTHING""",
                 (minted.id, workspace_id, minted.hash, ttl))
-        return minted.secret
 
-    async def redeem_registration_token(self, secret: str, workspace_id: str, agent_url: str,
-                                        on_redeemed: Callable[[dict], Awaitable[None]]) -> tuple[dict, str]:
+    async def check_registration_token(self, secret: str, workspace_id: str) -> dict:
+        """The workspace a live registration token may register, or ``TokenRefused``. Reads only."""
+        token_id = credentials.parse(secret, credentials.REGISTRATION_TOKEN)
+        if token_id is None:
+            raise TokenRefused("not a registration token")
+        async with self._pool.connection() as conn:
+            row = await (await conn.execute(
+                """SELECT t.token_hash, t.used_at, t.revoked_at, t.workspace_id AS token_workspace,
+                          now() < t.expires_at AS alive, w.*
+                   FROM workspace_tokens t JOIN workspaces w ON w.id = t.workspace_id
+                   WHERE t.id = %s AND t.kind = 'registration'""", (token_id,))).fetchone()
+        if row is None or not credentials.matches(secret, row["token_hash"]):
+            raise TokenRefused("unknown registration token")
+        if row["used_at"] is not None or row["revoked_at"] is not None:
+            raise TokenRefused("registration token already used or revoked")
+        if not row["alive"]:
+            raise TokenRefused("registration token expired")
+        if row["token_workspace"] != workspace_id:
+            raise TokenRefused("registration token belongs to another workspace")
+        if row["status"] != "provisioning":
+            raise TokenRefused("workspace is not waiting for registration")
+        return {k: v for k, v in row.items() if k not in ("token_hash", "used_at", "revoked_at", "token_workspace", "alive")}
+
+    async def redeem_registration_token(self, secret: str, workspace_id: str) -> tuple[dict, str]:
         """Spend a registration token for exactly its workspace and issue a workspace token.
 
-        ``on_redeemed`` (waking the workflow) runs before the commit: if it fails, the token is
-        not spent and the agent may retry.
-        """
+        The spend is a compare-and-set on a token that is unused, unrevoked, unexpired and whose
+        workspace still provisions, so a concurrent redeem, a revocation or a failed workspace
+        that commits first wins, and no lock is held while the caller talks to Temporal."""
         token_id = credentials.parse(secret, credentials.REGISTRATION_TOKEN)
         if token_id is None:
             raise TokenRefused("not a registration token")
         async with self._pool.connection() as conn, conn.transaction():
-            token = await (await conn.execute(
-                "SELECT * FROM workspace_tokens WHERE id = %s AND kind = 'registration' FOR UPDATE", (token_id,))).fetchone()
-            if token is None or not credentials.matches(secret, token["token_hash"]):
-                raise TokenRefused("unknown registration token")
-            if token["used_at"] is not None or token["revoked_at"] is not None:
-                raise TokenRefused("registration token already used or revoked")
-            alive = (await (await conn.execute("SELECT now() < %s AS alive", (token["expires_at"],))).fetchone())["alive"]
-            if not alive:
-                raise TokenRefused("registration token expired")
-            if token["workspace_id"] != workspace_id:
-                raise TokenRefused("registration token belongs to another workspace")
-            ws = await (await conn.execute(
-                "SELECT * FROM workspaces WHERE id = %s FOR UPDATE", (workspace_id,))).fetchone()
-            if ws is None or ws["status"] != "provisioning":
-                raise TokenRefused("workspace is not waiting for registration")
-            await conn.execute("UPDATE workspace_tokens SET used_at = now() WHERE id = %s", (token_id,))
+            spent = await (await conn.execute(
+                """UPDATE workspace_tokens t SET used_at = now()
+                   FROM workspaces w
+                   WHERE t.id = %s AND t.kind = 'registration' AND t.workspace_id = %s AND w.id = t.workspace_id
+                     AND t.used_at IS NULL AND t.revoked_at IS NULL AND now() < t.expires_at
+                     AND w.status = 'provisioning'
+                   RETURNING t.token_hash""", (token_id, workspace_id))).fetchone()
+            if spent is None or not credentials.matches(secret, spent["token_hash"]):
+                raise TokenRefused("registration token no longer valid")
             minted = credentials.mint(credentials.WORKSPACE_TOKEN)
             await conn.execute(
                 "INSERT INTO workspace_tokens (id, workspace_id, kind, token_hash) VALUES (%s, %s, 'workspace', %s)",
                 (minted.id, workspace_id, minted.hash))
             ws = await (await conn.execute(
-                """UPDATE workspaces SET agent_url = %s, registered_at = now(), last_seen = now(), updated_at = now()
-                   WHERE id = %s RETURNING *""", (agent_url, workspace_id))).fetchone()
+                """UPDATE workspaces SET registered_at = now(), last_seen = now(), updated_at = now()
+                   WHERE id = %s RETURNING *""", (workspace_id,))).fetchone()
             org = await (await conn.execute("SELECT slug FROM orgs WHERE id = %s", (ws["org_id"],))).fetchone()
             await audit.append(conn, actor=f"agent:{workspace_id}", action="workspace.register", outcome="ok",
                                org_id=ws["org_id"], org_slug=org["slug"],
-                               resource_ids={"workspace": workspace_id, "instance": ws["instance_id"]},
-                               detail={"agent_url": agent_url})
-            await on_redeemed(ws)
+                               resource_ids={"workspace": workspace_id, "instance": ws["instance_id"]})
             return ws, minted.secret
 
     async def authenticate_workspace_token(self, secret: str) -> dict | None:
@@ -163,14 +177,12 @@ class WorkspaceRepo:
             return None
         return row
 
-    async def record_heartbeat(self, workspace_id: str, tasks_handled: int, avg_response_time_ms: float | None,
-                               agent_url: str | None = None) -> None:
+    async def record_heartbeat(self, workspace_id: str, tasks_handled: int, avg_response_time_ms: float | None) -> None:
         async with self._pool.connection() as conn:
             await conn.execute(
                 """UPDATE workspaces SET last_seen = now(), tasks_handled = %s,
-                       avg_response_time_ms = COALESCE(%s, avg_response_time_ms),
-                       agent_url = COALESCE(%s, agent_url)
-                   WHERE id = %s""", (tasks_handled, avg_response_time_ms, agent_url, workspace_id))
+                       avg_response_time_ms = COALESCE(%s, avg_response_time_ms)
+                   WHERE id = %s""", (tasks_handled, avg_response_time_ms, workspace_id))
 
     async def revoke_tokens(self, workspace_id: str) -> None:
         async with self._pool.connection() as conn:

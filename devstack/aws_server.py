@@ -1,8 +1,13 @@
-"""moto's EC2 server, with its state saved to a file so a restarted local stack keeps its VPCs,
-security groups and instances (moto itself keeps everything in memory), and terminated
-instances forgotten a while after they terminate, as EC2 forgets them after about an hour.
+"""moto's EC2 server, as strict as real EC2 where it matters (``devstack.ec2_strict``: ClientToken
+idempotency, slow state changes, eventual consistency, security groups held by draining network
+interfaces), with injectable faults and request stats (``devstack.ec2_devtools``, admin API under
+``/__devstack/ec2/``), its state saved to a file so a restarted local stack keeps its VPCs,
+security groups, instances and client tokens (moto itself keeps everything in memory), and
+terminated instances forgotten a while after they terminate, as EC2 forgets them after about an
+hour.
 
     python -m devstack.aws_server --port 5055 --state-file .tenantflow/aws/moto-ec2.pickle
+    python -m devstack.aws_server --lenient     # plain moto (instant, forgiving): demos only
 
 Forgetting matters for long runs: moto keeps every instance ever launched, and its tag filters
 scan every tag of every resource once per instance, so a ``describe_instances`` by tag grows with
@@ -19,14 +24,18 @@ import pickle
 import signal
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
+from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
 from moto.backends import get_backend
 from moto.moto_server.werkzeug_app import DomainDispatcherApplication, MotoRequestHandler, create_backend_app
 from werkzeug.serving import make_server
+
+from devstack.ec2_devtools import Ec2Frontend
+from devstack.ec2_strict import StrictConfig, StrictEC2, StrictState
 
 _HOUSEKEEPING_EVERY_SECONDS = 5.0
 _DEFAULT_FORGET_AFTER_SECONDS = 300.0
@@ -68,19 +77,6 @@ class SharedExclusiveLock:
             with self._cond:
                 self._exclusive = False
                 self._cond.notify_all()
-
-
-class LockedApp:
-    """The WSGI app, each request under the shared lock (moto builds the whole response body
-    inside the call, so nothing touches the backend after it returns)."""
-
-    def __init__(self, app: Callable[..., Iterable[bytes]], lock: SharedExclusiveLock) -> None:
-        self._app = app
-        self._lock = lock
-
-    def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
-        with self._lock.shared():
-            return self._app(environ, start_response)
 
 
 class TerminatedInstanceForgetter:
@@ -125,44 +121,74 @@ def ec2_backends() -> list[Any]:
     return [backend for _account, _region, backend in get_backend("ec2").iter_backends()]
 
 
-def load_state(path: Path) -> bool:
+def load_state(path: Path) -> StrictState | None:
+    """Loads moto's EC2 backend from the file; returns the strict layer's state saved with it."""
     if not path.exists():
-        return False
+        return None
     with open(path, "rb") as f:
         saved = pickle.load(f)  # our own file, written by save_state below
+    if type(saved) is dict and "ec2" in saved:
+        saved, strict = saved["ec2"], saved["strict"]
+    else:
+        strict = None  # a file from before the strict layer: moto's backend alone
     get_backend("ec2").update(saved)
-    return True
+    return strict
 
 
-def save_state(path: Path) -> None:
+def save_state(path: Path, strict: StrictState) -> None:
     tmp = path.with_suffix(".tmp")
-    tmp.write_bytes(pickle.dumps(get_backend("ec2")))
+    tmp.write_bytes(pickle.dumps({"ec2": get_backend("ec2"), "strict": strict}))
     os.replace(tmp, path)
 
 
-def main() -> None:
+def strict_config(args: argparse.Namespace) -> StrictConfig:
+    timings = {f.name: getattr(args, f.name) for f in fields(StrictConfig) if f.name != "strict"}
+    return StrictConfig(strict=not args.lenient, **timings)
+
+
+def parse_args() -> argparse.Namespace:
+    defaults = StrictConfig()
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=5055)
     parser.add_argument("--state-file", type=Path, default=None)
     parser.add_argument("--forget-terminated-after", type=float, default=_DEFAULT_FORGET_AFTER_SECONDS,
                         metavar="SECONDS", help="how long a terminated instance stays visible (default %(default)s)")
-    args = parser.parse_args()
+    parser.add_argument("--lenient", action="store_true",
+                        help="plain moto: no token checks, instant state changes, no lag, no drain (demos only)")
+    timings = {
+        "--pending-seconds": "how long RunInstances/StartInstances leave an instance pending",
+        "--stopping-seconds": "how long StopInstances leaves an instance stopping",
+        "--shutting-down-seconds": "how long TerminateInstances leaves an instance shutting-down",
+        "--visibility-lag-seconds": "how long a new instance or security group is not found by id",
+        "--eni-drain-seconds": "how long a terminated instance still holds its security groups",
+        "--token-retention-hours": "how long a ClientToken is remembered after its instance terminated",
+    }
+    for option, help_text in timings.items():
+        default = getattr(defaults, option.removeprefix("--").replace("-", "_"))
+        parser.add_argument(option, type=float, default=default, metavar="N", help=f"{help_text} (default %(default)s)")
+    return parser.parse_args()
 
+
+def main() -> None:
+    args = parse_args()
+    saved = None
     if args.state_file:
         args.state_file.parent.mkdir(parents=True, exist_ok=True)
-        load_state(args.state_file)
+        saved = load_state(args.state_file)
     lock = SharedExclusiveLock()
-    app = LockedApp(DomainDispatcherApplication(create_backend_app), lock)
+    strict = StrictEC2(strict_config(args), saved)
+    app = Ec2Frontend(DomainDispatcherApplication(create_backend_app), lock, strict)
     server = make_server(args.host, args.port, app, threaded=True, request_handler=MotoRequestHandler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     forgetter = TerminatedInstanceForgetter(args.forget_terminated_after)
 
     def housekeeping() -> None:
         with lock.exclusive():
+            strict.housekeeping()
             forgetter.sweep(ec2_backends())
             if args.state_file:
-                save_state(args.state_file)
+                save_state(args.state_file, strict.state)
 
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())

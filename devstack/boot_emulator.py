@@ -1,16 +1,24 @@
-"""Plays the part of a workspace instance's OS on the local stack.
+"""Plays each workspace instance's hypervisor, network and OS on the local stack, strictly.
 
-moto records EC2 instances but runs nothing. The emulator polls moto for managed instances and, for
-each one that is ``running``, does what its boot script would: reads the agent's boot config out of
-the user data and starts ``python -m agent`` as a local process on a free loopback port. When the
-instance stops or terminates, its agent is stopped; a stopped instance started again boots again.
+moto records EC2 instances but runs nothing. The emulator polls moto for managed instances and
+gives every ``running`` one what EC2 would: network and mount namespaces with a disk that survives
+a stop (overlays over /etc, /var, /opt), the project's virtualenv as its "AMI" at
+/opt/tenantflow/venv, an IMDSv2 metadata service, cloud-init that runs the user data unchanged on
+the first boot only, a service manager that starts what the disk has enabled on every boot, the
+security groups on the way in and only the configured destinations on the way out. It never does
+the product's work: it does not tell the agent its address or port, restart what the product
+failed to install, or forgive a port the security group closes. See devstack/instance_host.py.
 
-    python -m devstack.boot_emulator --ec2-endpoint URL --region R --log-dir DIR --admin-port N
+Instances must have a private IP in 127.0.0.0/8 (a VPC with a 127.x CIDR): any such address can be
+bound on the host without configuration, so the platform dials the instance's real private IP.
+
+    python -m devstack.boot_emulator --ec2-endpoint URL --region R --log-dir DIR --admin-port N \\
+        [--tag-filter K=V]... [--egress HOST:PORT]... [--ami-venv PATH]
 
 Admin endpoint (127.0.0.1 only), for tests and demos of failure modes:
-    POST /never-boot {"workspace_id": ...}   instances of that workspace never start their agent
-    POST /crash {"instance_id": ...}         SIGKILL that instance's agent, and never restart it
-    GET  /agents                             [{"instance_id", "workspace_id", "pid", "port", ...}]
+    POST /never-boot {"workspace_id": ...}   instances of that workspace never boot
+    POST /crash {"instance_id": ...}         SIGKILL that instance's units; they stay failed (a broken agent)
+    GET  /agents                             per instance: ids, private ip, units, boots, user data ran
 """
 
 from __future__ import annotations
@@ -20,243 +28,312 @@ import asyncio
 import base64
 import contextlib
 import gzip
+import ipaddress
 import json
 import logging
 import os
 import shutil
 import signal
-import subprocess
 import sys
-import tempfile
 import threading
-from dataclasses import dataclass
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from botocore.exceptions import ClientError
+
+from devstack import sg_proxy
+from devstack.imds import InstanceMetadata
+from devstack.instance_host import LOOPBACK, InstanceHost
 from devstack.moto_client import moto_ec2_client
-from devstack.procs import free_port, spawn, stop
+from devstack.netns import OVERLAID
 
 log = logging.getLogger("devstack.boot_emulator")
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-CONFIG_DELIMITER = "TENANTFLOW_AGENT_CONFIG"
-_HEREDOC_OPEN = f"<<'{CONFIG_DELIMITER}'"
+WORKSPACE_TAG = "tenantflow:workspace-id"
+REQUIRED_TOOLS = ("unshare", "nsenter", "ip", "setpriv", "mount")
 _HALTED_STATES = {"stopping", "stopped", "shutting-down", "terminated"}
-_AGENT_STOP_TIMEOUT = 5.0
+_TERMINAL_STATES = {"shutting-down", "terminated"}
+_BOOT_RETRY_SECONDS = 5.0
+_TICK_SECONDS = 0.1
 
 
-def extract_boot_config(user_data: str) -> dict:
-    """The agent's boot config: the JSON inside the ``<<'TENANTFLOW_AGENT_CONFIG'`` heredoc."""
-    lines = user_data.splitlines()
-    for start, line in enumerate(lines):
-        if line.rstrip().endswith(_HEREDOC_OPEN):
-            break
-    else:
-        raise ValueError("user data has no TENANTFLOW_AGENT_CONFIG heredoc")
-    for end in range(start + 1, len(lines)):
-        if lines[end].rstrip("\r") == CONFIG_DELIMITER:
-            break
-    else:
-        raise ValueError("TENANTFLOW_AGENT_CONFIG heredoc is not terminated")
-    try:
-        config = json.loads("\n".join(lines[start + 1:end]))
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"boot config is not valid JSON: {exc.msg}") from None  # the text holds a token
-    if not isinstance(config, dict):
-        raise ValueError("boot config is not a JSON object")
-    return config
+class EmulatorUnavailable(RuntimeError):
+    """This machine cannot run the emulator (not root, tools missing, unusable log dir)."""
 
 
-def _decode_user_data(value: str) -> str:
+def check_host(log_dir: Path, ami: Path) -> None:
+    problems = []
+    if os.geteuid() != 0:
+        problems.append("it must run as root (it creates network and mount namespaces)")
+    problems += [f"{tool} is not on PATH (util-linux / iproute2)" for tool in REQUIRED_TOOLS if not shutil.which(tool)]
+    resolved = log_dir.resolve()
+    if any(resolved.is_relative_to(f"/{d}") for d in OVERLAID):
+        problems.append(f"the log dir {resolved} must not be under /etc, /var or /opt (instances overlay them)")
+    if any(c in str(resolved) for c in ",:\\ "):
+        problems.append(f"the log dir {resolved} must not contain ',', ':', '\\' or spaces (overlayfs options)")
+    if not (ami / "bin" / "python").exists():
+        problems.append(f"the AMI virtualenv {ami} has no bin/python")
+    if problems:
+        raise EmulatorUnavailable("the boot emulator cannot run: " + "; ".join(problems))
+
+
+def decode_user_data(value: str) -> bytes | None:
+    """What cloud-init runs: the base64-decoded user data, gunzipped if it was gzipped."""
+    if not value:
+        return None
     raw = base64.b64decode(value)
-    if raw[:2] == b"\x1f\x8b":  # cloud-init accepts gzipped user data
-        raw = gzip.decompress(raw)
-    return raw.decode("utf-8", errors="replace")
+    return gzip.decompress(raw) if raw[:2] == b"\x1f\x8b" else raw
+
+
+def parse_endpoint(value: str) -> tuple[str, int]:
+    host, _, port = value.rpartition(":")
+    ipaddress.IPv4Address(host)
+    return host, int(port)
 
 
 @dataclass
-class AgentProcess:
-    instance_id: str
-    workspace_id: str
-    port: int
-    public_url: str
-    proc: subprocess.Popen
-    config_path: Path
-    log_path: Path
-
-    @property
-    def pid(self) -> int:
-        return self.proc.pid
-
-    @property
-    def running(self) -> bool:
-        return self.proc.poll() is None
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"instance_id": self.instance_id, "workspace_id": self.workspace_id, "pid": self.pid,
-                "port": self.port, "public_url": self.public_url, "running": self.running,
-                "returncode": self.proc.returncode, "log_path": str(self.log_path)}
+class Ec2View:
+    instances: list[dict]
+    permissions: dict[str, list[dict]] = field(default_factory=dict)  # group id -> IpPermissions
+    members: dict[str, list[str]] = field(default_factory=dict)  # group id -> private IPs of its running instances
 
 
 class BootEmulator:
     def __init__(self, ec2_endpoint_url: str, region: str = "us-east-1", *, log_dir: Path,
-                 poll_interval: float = 0.3, python: str = sys.executable, agent_host: str = "127.0.0.1",
-                 tag_filters: dict[str, str] | None = None):
+                 poll_interval: float = 0.3, tag_filters: dict[str, str] | None = None,
+                 egress: list[tuple[str, int]] | None = None, ami_venv: Path | str = sys.prefix,
+                 stop_timeout: float = 10.0):
         """``tag_filters`` narrows the instances it boots further (e.g. ``{"tenantflow:org-id": ...}``), so
-        tests sharing one moto server each see only their own instances."""
+        tests sharing one moto server each see only their own instances. ``egress`` lists the only
+        destinations instances can reach (the platform API). ``stop_timeout``: SIGTERM to SIGKILL."""
         self._ec2 = moto_ec2_client(ec2_endpoint_url, region)
         self.log_dir = Path(log_dir)
         self.poll_interval = poll_interval
-        self.python = python
-        self.agent_host = agent_host
+        self.egress = list(egress or [])
+        self.ami = Path(ami_venv)
+        self.stop_timeout = stop_timeout
         self._filters = [{"Name": f"tag:{k}", "Values": [v]}
                          for k, v in {"tenantflow:managed": "true", **(tag_filters or {})}.items()]
-        self._lock = threading.Lock()
-        self._agents: dict[str, AgentProcess] = {}
-        self._booted: set[str] = set()  # booted during the instance's current run (reset when it stops)
+        self._hosts: dict[str, InstanceHost] = {}
         self._never_boot: set[str] = set()  # workspace ids
         self._crashed: set[str] = set()  # instance ids
-        self._reported: set[str] = set()  # instance ids already logged as skipped or exited
-        self._stop = threading.Event()
+        self._warned: set[str] = set()
+        self._lock = threading.Lock()
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
+        self._tasks: list[asyncio.Task] = []
+        self._ec2_thread: ThreadPoolExecutor | None = None
 
-    # -- public API ---------------------------------------------------------------------------
+    # -- public API (any thread) ------------------------------------------------------------------
 
     def start(self) -> None:
-        self.log_dir.mkdir(parents=True, exist_ok=True)
-        self._stop.clear()
-        self._thread = threading.Thread(target=self._run, name="boot-emulator", daemon=True)
+        check_host(self.log_dir, self.ami)
+        (self.log_dir / "instances").mkdir(mode=0o700, parents=True, exist_ok=True)
+        self._ec2_thread = ThreadPoolExecutor(1, thread_name_prefix="boot-emulator-ec2")
+        self._loop = asyncio.new_event_loop()
+        # Every process is spawned from this one thread, which lives as long as the emulator: the
+        # parent-death signal fires when the spawning thread ends.
+        self._thread = threading.Thread(target=self._loop.run_forever, name="boot-emulator", daemon=True)
         self._thread.start()
+        self._call(self._begin())
 
     def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(30)
-            self._thread = None
-        with self._lock:
-            agents = list(self._agents.values())
-        for agent in agents:
-            self._stop_agent(agent)
+        if self._loop is None:
+            return
+        self._call(self._end(), timeout=max(120.0, 3 * self.stop_timeout))
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(30)
+        self._loop.close()
+        self._ec2_thread.shutdown(wait=True)
+        self._loop = self._thread = self._ec2_thread = None
 
     def never_boot(self, workspace_id: str) -> None:
-        """Instances of this workspace never start their agent (agents already running are left alone)."""
+        """Instances of this workspace never boot (instances already running are left alone)."""
         with self._lock:
             self._never_boot.add(workspace_id)
 
     def crash(self, instance_id: str) -> None:
-        """SIGKILL this instance's agent now (if any), and never boot it again."""
+        """SIGKILL this instance's units now, and never start them again: a broken agent."""
         with self._lock:
             self._crashed.add(instance_id)
-            agent = self._agents.get(instance_id)
-        if agent is not None and agent.running:
-            log.info("crashing agent of %s (pid %s)", instance_id, agent.pid)
-            stop(agent.proc, sig=signal.SIGKILL, timeout=_AGENT_STOP_TIMEOUT)
+        if self._loop is not None:
+            self._call(self._crash(instance_id))
 
-    def agents(self) -> dict[str, AgentProcess]:
-        with self._lock:
-            return dict(self._agents)
+    def agents(self) -> dict[str, dict[str, Any]]:
+        """Per instance id: workspace, private ip, whether it runs, boots, user data, units (pids, states)."""
+        if self._loop is None:
+            return {}
+        return self._call(self._describe())
 
-    # -- polling ------------------------------------------------------------------------------
+    # -- the event loop's side --------------------------------------------------------------------
 
-    def _run(self) -> None:
-        while not self._stop.is_set():
+    def _call(self, coro, timeout: float = 60.0):
+        return asyncio.run_coroutine_threadsafe(coro, self._loop).result(timeout)
+
+    def _warn_once(self, message: str) -> None:
+        if message not in self._warned:
+            self._warned.add(message)
+            log.warning("%s", message)
+
+    async def _begin(self) -> None:
+        self._tasks = [asyncio.create_task(self._poll_forever()), asyncio.create_task(self._tick_forever())]
+
+    async def _end(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await asyncio.gather(*(h.shutdown() for h in self._hosts.values() if h.running))
+
+    async def _crash(self, instance_id: str) -> None:
+        host = self._hosts.get(instance_id)
+        if host is None:
+            return
+        host.supervisor.broken = True
+        for pid in host.crash():
+            log.info("crashed a unit of %s (pid %s)", instance_id, pid)
+        while any(s.proc is not None for s in host.supervisor.services.values()):
+            host.tick()
+            await asyncio.sleep(0.02)
+
+    async def _describe(self) -> dict[str, dict[str, Any]]:
+        return {iid: host.describe() for iid, host in self._hosts.items() if not host.terminated}
+
+    async def _tick_forever(self) -> None:
+        while True:
+            for host in list(self._hosts.values()):
+                if host.running:
+                    host.tick()
+            await asyncio.sleep(_TICK_SECONDS)
+
+    async def _poll_forever(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
             try:
-                self.poll_once()
+                view = await loop.run_in_executor(self._ec2_thread, self._read_ec2)
+                await self._apply(view)
+            except asyncio.CancelledError:
+                raise
             except Exception as exc:  # moto restarting, a transient error: try again next round
                 log.warning("polling EC2 failed: %s: %s", type(exc).__name__, exc)
-            self._stop.wait(self.poll_interval)
+            await asyncio.sleep(self.poll_interval)
 
-    def poll_once(self) -> None:
-        seen: dict[str, tuple[str, dict[str, str]]] = {}
-        pages = self._ec2.get_paginator("describe_instances").paginate(Filters=self._filters)
-        for page in pages:
-            for reservation in page["Reservations"]:
-                for inst in reservation["Instances"]:
-                    tags = {t["Key"]: t["Value"] for t in inst.get("Tags", [])}
-                    seen[inst["InstanceId"]] = (inst["State"]["Name"], tags)
+    # -- reading EC2 (on the EC2 thread: boto3 blocks) --------------------------------------------
 
-        for instance_id, (state, tags) in seen.items():
-            if self._stop.is_set():
-                return
-            if state == "running":
-                self._maybe_boot(instance_id, tags)
-            elif state in _HALTED_STATES:
-                self._halt(instance_id, state)
-        for instance_id in set(self.agents()) - seen.keys():
-            self._halt(instance_id, "gone")
-        self._report_exited_agents()
+    def _instances(self, filters: list[dict]) -> list[dict]:
+        pages = self._ec2.get_paginator("describe_instances").paginate(Filters=filters)
+        return [i for page in pages for r in page["Reservations"] for i in r["Instances"]]
 
-    def _maybe_boot(self, instance_id: str, tags: dict[str, str]) -> None:
-        workspace_id = tags.get("tenantflow:workspace-id", "")
-        with self._lock:
-            if instance_id in self._booted or instance_id in self._crashed:
-                return
-            if workspace_id in self._never_boot:
-                self._report_once(instance_id, "not booting %s: workspace %s is marked never-boot",
-                                  instance_id, workspace_id)
-                return
-        attr = self._ec2.describe_instance_attribute(InstanceId=instance_id, Attribute="userData")
+    def _permissions(self, group_ids: set[str]) -> dict[str, list[dict]]:
+        if not group_ids:
+            return {}
         try:
-            config = extract_boot_config(_decode_user_data(attr.get("UserData", {}).get("Value", "")))
-        except ValueError as exc:
-            with self._lock:
-                self._report_once(instance_id, "ignoring %s: %s", instance_id, exc)
+            groups = self._ec2.describe_security_groups(GroupIds=sorted(group_ids))["SecurityGroups"]
+        except ClientError as err:
+            if err.response["Error"]["Code"] != "InvalidGroup.NotFound":
+                raise
+            groups = []  # one of them is gone (or not visible yet): ask one by one
+            for group_id in sorted(group_ids):
+                with contextlib.suppress(ClientError):
+                    groups += self._ec2.describe_security_groups(GroupIds=[group_id])["SecurityGroups"]
+        return {g["GroupId"]: g.get("IpPermissions", []) for g in groups}
+
+    def _read_ec2(self) -> Ec2View:
+        view = Ec2View(self._instances(self._filters))
+        groups = {g["GroupId"] for i in view.instances if i["State"]["Name"] == "running"
+                  for g in i.get("SecurityGroups", [])}
+        view.permissions = self._permissions(groups)
+        referenced = {pair["GroupId"] for perms in view.permissions.values() for perm in perms
+                      for pair in perm.get("UserIdGroupPairs", []) if pair.get("GroupId")}
+        if referenced:
+            for inst in self._instances([{"Name": "instance.group-id", "Values": sorted(referenced)},
+                                         {"Name": "instance-state-name", "Values": ["running"]}]):
+                for group in inst.get("SecurityGroups", []):
+                    if group["GroupId"] in referenced and inst.get("PrivateIpAddress"):
+                        view.members.setdefault(group["GroupId"], []).append(inst["PrivateIpAddress"])
+        return view
+
+    def _user_data(self, instance_id: str) -> str:
+        attr = self._ec2.describe_instance_attribute(InstanceId=instance_id, Attribute="userData")
+        return attr.get("UserData", {}).get("Value", "")
+
+    # -- acting on it (on the loop) ---------------------------------------------------------------
+
+    async def _apply(self, view: Ec2View) -> None:
+        seen = {inst["InstanceId"] for inst in view.instances}
+        work = [self._reconcile(inst, view) for inst in view.instances]
+        work += [self._halt(self._hosts[iid], "gone") for iid in set(self._hosts) - seen]
+        for result in await asyncio.gather(*work, return_exceptions=True):
+            if isinstance(result, Exception):
+                log.warning("reconciling an instance failed: %s: %s", type(result).__name__, result)
+
+    async def _reconcile(self, inst: dict, view: Ec2View) -> None:
+        iid, state = inst["InstanceId"], inst["State"]["Name"]
+        host = self._hosts.get(iid)
+        if host is None:
+            host = self._hosts[iid] = InstanceHost(iid, self.log_dir / "instances", ami=self.ami, egress=self.egress,
+                                                   stop_timeout=self.stop_timeout, warn_once=self._warn_once)
+        tags = {t["Key"]: t["Value"] for t in inst.get("Tags", [])}
+        host.workspace_id = tags.get(WORKSPACE_TAG, "")
+        host.private_ip = inst.get("PrivateIpAddress") or ""
+        if state in _HALTED_STATES:
+            await self._halt(host, state)
             return
+        if state != "running":
+            return
+        if not host.running and not await self._boot(host, inst):
+            return
+        permissions = [p for g in inst.get("SecurityGroups", []) for p in view.permissions.get(g["GroupId"], [])]
+        await host.reconcile_ingress(sg_proxy.ingress_rules(permissions, view.members, self._warn_once))
+
+    def _may_boot(self, host: InstanceHost) -> bool:
         with self._lock:
-            if instance_id in self._crashed or workspace_id in self._never_boot:
-                return  # marked while we read the user data
-            agent = self._launch(instance_id, config.get("workspace_id") or workspace_id, config)
-            self._booted.add(instance_id)
-            self._reported.discard(instance_id)
-            self._agents[instance_id] = agent
-        log.info("booted %s: agent pid %s at %s (log %s)", instance_id, agent.pid, agent.public_url, agent.log_path)
+            never = host.workspace_id in self._never_boot
+            host.supervisor.broken = host.instance_id in self._crashed
+        if never:
+            self._warn_once(f"not booting {host.instance_id}: workspace {host.workspace_id} is marked never-boot")
+            return False
+        try:
+            inside = ipaddress.IPv4Address(host.private_ip) in LOOPBACK
+        except ValueError:
+            inside = False
+        if not inside:
+            self._warn_once(f"not booting {host.instance_id}: its private IP {host.private_ip or '(none)'} is not "
+                            f"in 127.0.0.0/8; launch it in a subnet of a VPC with a 127.x CIDR")
+            return False
+        twin = next((h.instance_id for h in self._hosts.values()
+                     if h.running and h.private_ip == host.private_ip), None)
+        if twin is not None:
+            self._warn_once(f"not booting {host.instance_id} yet: {twin} already has its private IP {host.private_ip} "
+                            f"(overlapping VPCs: give each a distinct 127.x CIDR)")
+            return False
+        return time.monotonic() >= host.retry_at
 
-    def _launch(self, instance_id: str, workspace_id: str, config: dict) -> AgentProcess:
-        # The instance's private disk: the config carries the registration token, and the agent
-        # keeps its workspace token beside it across a stop/start; removed when terminated.
-        disk = self._disk(instance_id)
-        disk.mkdir(mode=0o700, parents=True, exist_ok=True)
-        name = str(disk / "agent.json")
-        fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as f:
-            json.dump(config, f)
-        port = free_port()
-        public_url = f"http://{self.agent_host}:{port}"
-        log_path = self.log_dir / f"agent-{instance_id}.log"
-        proc = spawn([self.python, "-m", "agent", "--config", name, "--host", self.agent_host,
-                      "--port", str(port), "--public-url", public_url], log_path=log_path, cwd=REPO_ROOT)
-        return AgentProcess(instance_id, workspace_id, port, public_url, proc, Path(name), log_path)
+    async def _boot(self, host: InstanceHost, inst: dict) -> bool:
+        if not self._may_boot(host):
+            return False
+        try:
+            raw = await asyncio.get_running_loop().run_in_executor(self._ec2_thread, self._user_data, host.instance_id)
+            options = inst.get("MetadataOptions", {})
+            meta = InstanceMetadata(host.instance_id, host.private_ip, base64.b64decode(raw) if raw else None,
+                                    http_tokens=options.get("HttpTokens", "optional"),
+                                    http_endpoint=options.get("HttpEndpoint", "enabled"))
+            await host.boot(meta, decode_user_data(raw))
+        except Exception as exc:  # noqa: BLE001 - report, retry a little later
+            host.retry_at = time.monotonic() + _BOOT_RETRY_SECONDS
+            self._warn_once(f"booting {host.instance_id} failed: {type(exc).__name__}: {exc}")
+            return False
+        return True
 
-    def _disk(self, instance_id: str) -> Path:
-        return self.log_dir / "instances" / instance_id
-
-    def _halt(self, instance_id: str, state: str) -> None:
-        with self._lock:
-            self._booted.discard(instance_id)
-            agent = self._agents.get(instance_id)
-        if agent is not None and agent.running:
-            log.info("instance %s is %s: stopping its agent (pid %s)", instance_id, state, agent.pid)
-            self._stop_agent(agent)
-        if state in ("terminated", "gone"):
-            shutil.rmtree(self._disk(instance_id), ignore_errors=True)
-
-    def _stop_agent(self, agent: AgentProcess) -> None:
-        stop(agent.proc, timeout=_AGENT_STOP_TIMEOUT)
-        # Stopping keeps the instance's disk, including saved tokens.
-        if agent.config_path.parent != self._disk(agent.instance_id):
-            agent.config_path.unlink(missing_ok=True)
-
-    def _report_exited_agents(self) -> None:
-        with self._lock:
-            for instance_id, agent in self._agents.items():
-                if instance_id in self._booted and not agent.running:
-                    self._report_once(instance_id, "agent of %s exited with %s (see %s)",
-                                      instance_id, agent.proc.returncode, agent.log_path)
-
-    def _report_once(self, instance_id: str, msg: str, *args: object) -> None:
-        if instance_id not in self._reported:
-            self._reported.add(instance_id)
-            log.warning(msg, *args)
+    async def _halt(self, host: InstanceHost, state: str) -> None:
+        if host.running:
+            log.info("instance %s is %s: powering it off", host.instance_id, state)
+            await host.shutdown()
+        if (state in _TERMINAL_STATES or state == "gone") and not host.terminated:
+            host.terminated = True
+            host.destroy_disk()
 
 
 # -- command line and admin endpoint ----------------------------------------------------------
@@ -283,7 +360,7 @@ async def _serve_admin(emulator: BootEmulator, port: int) -> None:
         return web.json_response({"instance_id": instance_id, "crashed": True})
 
     async def agents(_request: web.Request) -> web.Response:
-        return web.json_response([a.to_dict() for a in emulator.agents().values()])
+        return web.json_response(list((await asyncio.to_thread(emulator.agents)).values()))
 
     app = web.Application()
     app.router.add_post("/never-boot", never_boot)
@@ -308,19 +385,29 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--ec2-endpoint", required=True, help="moto's EC2 endpoint URL")
     parser.add_argument("--region", default="us-east-1")
-    parser.add_argument("--log-dir", type=Path, required=True, help="agent logs and boot configs go here")
+    parser.add_argument("--log-dir", type=Path, required=True, help="instance disks, consoles and journals go here")
     parser.add_argument("--admin-port", type=int, required=True)
     parser.add_argument("--poll-interval", type=float, default=0.3)
     parser.add_argument("--tag-filter", action="append", default=[], metavar="KEY=VALUE",
                         help="boot only instances with this tag too (repeatable)")
+    parser.add_argument("--egress", action="append", default=[], type=parse_endpoint, metavar="HOST:PORT",
+                        help="a destination instances may reach, e.g. the platform API (repeatable)")
+    parser.add_argument("--ami-venv", type=Path, default=Path(sys.prefix),
+                        help="the virtualenv mounted at /opt/tenantflow/venv in every instance (default: this one)")
+    parser.add_argument("--stop-timeout", type=float, default=10.0, help="seconds from SIGTERM to SIGKILL")
     args = parser.parse_args()
     tag_filters = dict(item.split("=", 1) for item in args.tag_filter)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("botocore").setLevel(logging.WARNING)
 
     emulator = BootEmulator(args.ec2_endpoint, args.region, log_dir=args.log_dir, poll_interval=args.poll_interval,
-                            tag_filters=tag_filters)
-    emulator.start()
+                            tag_filters=tag_filters, egress=args.egress, ami_venv=args.ami_venv,
+                            stop_timeout=args.stop_timeout)
+    try:
+        emulator.start()
+    except EmulatorUnavailable as exc:
+        print(exc, file=sys.stderr)
+        sys.exit(2)
     try:
         asyncio.run(_serve_admin(emulator, args.admin_port))
     finally:

@@ -17,19 +17,27 @@ from starter import ApiError, OperatorClient, TenantClient, follow_org, follow_w
 DEMO_VPC_TAG = "tenantflow-demo-vpc"
 
 
+# Loopback, so that every instance's private IP is an address its agent really listens on (the
+# boot emulator refuses instances outside 127/8).
+DEMO_VPC_CIDR = "127.42.0.0/16"
+
+
 def ensure_demo_network(endpoint_url: str, region: str) -> tuple[str, list[str]]:
-    """A VPC with two subnets, found by tag so that a restarted stack reuses it."""
+    """A VPC with two subnets in two zones, all tagged, found by tag so a restarted stack reuses them."""
     ec2 = moto_ec2_client(endpoint_url, region)
-    found = ec2.describe_vpcs(Filters=[{"Name": "tag:Name", "Values": [DEMO_VPC_TAG]}])["Vpcs"]
+    tags = [{"Key": "Name", "Value": DEMO_VPC_TAG}]
+    found = ec2.describe_vpcs(Filters=[{"Name": "tag:Name", "Values": [DEMO_VPC_TAG]},
+                                       {"Name": "cidr", "Values": [DEMO_VPC_CIDR]}])["Vpcs"]
     if found:
         vpc_id = found[0]["VpcId"]
     else:
-        vpc_id = ec2.create_vpc(CidrBlock="10.42.0.0/16", TagSpecifications=[
-            {"ResourceType": "vpc", "Tags": [{"Key": "Name", "Value": DEMO_VPC_TAG}]}])["Vpc"]["VpcId"]
+        vpc_id = ec2.create_vpc(CidrBlock=DEMO_VPC_CIDR, TagSpecifications=[
+            {"ResourceType": "vpc", "Tags": tags}])["Vpc"]["VpcId"]
     subnets = ec2.describe_subnets(Filters=[{"Name": "vpc-id", "Values": [vpc_id]}])["Subnets"]
     if not subnets:
         for i, zone in enumerate((f"{region}a", f"{region}b")):
-            ec2.create_subnet(VpcId=vpc_id, CidrBlock=f"10.42.{i}.0/24", AvailabilityZone=zone)
+            ec2.create_subnet(VpcId=vpc_id, CidrBlock=f"127.42.{i}.0/24", AvailabilityZone=zone,
+                              TagSpecifications=[{"ResourceType": "subnet", "Tags": tags}])
         subnets = ec2.describe_subnets(Filters=[{"Name": "vpc-id", "Values": [vpc_id]}])["Subnets"]
     return vpc_id, sorted(s["SubnetId"] for s in subnets)
 
@@ -84,8 +92,8 @@ def run_demo_workspace(tenant: TenantClient, name: str, out: TextIO = sys.stdout
 
 
 def ask_when_reachable(tenant: TenantClient, workspace_id: str, text: str, timeout: float = 60.0) -> tuple[dict, str]:
-    """After a restart the agent comes back on a new address, which its first heartbeat reports:
-    re-read the workspace until the agent answers."""
+    """After a restart of the stack the instance boots again (on the same private address, as on
+    EC2): ask until its agent answers."""
     deadline = time.monotonic() + timeout
     while True:
         ws = tenant.workspace(workspace_id)

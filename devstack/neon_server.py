@@ -7,8 +7,28 @@ operations that move scheduling -> running -> finished over time, and while any 
 further mutations of the project get 423 Locked, as on Neon. State lives in the ``neon_control``
 database, so it survives restarts. ``/__devstack/`` routes inject faults and report request stats.
 
+It is as strict as Neon by default (``devstack/neon/strict.py``): plan caps, rate limits, paged
+lists, operations that fail and are retried, Neon's own background operations; ``--schema-drift``
+adds answers a newer Neon would give. Every setting can be changed at runtime through
+``PATCH /__devstack/config``; ``--lenient`` starts without throttling, default pages or randomness.
+
     python -m devstack.neon_server --port 4444 --pg-admin-url URL --api-key-file PATH \\
-        [--pg-host 127.0.0.1] [--pg-port N] [--seed-project-id ID] [--seed-project-name NAME]
+        [--pg-host 127.0.0.1] [--pg-port N] [--seed-project-id ID] [--seed-project-name NAME] \\
+        [--plan free|launch|scale|business] [--lenient] [--no-rate-limit] [--rate-limit-per-minute N] \\
+        [--rate-limit-burst N] [--rate-limit-retry-after] [--branch-page-size N] \\
+        [--operation-failure-share F] [--operation-failures K] [--operation-cancel-share F] \\
+        [--operation-retry-seconds S] [--background-operation-share F] [--background-operation-seconds S] \\
+        [--schema-drift]
+
+Admin API (unauthenticated, loopback only; the bodies are JSON):
+
+    GET|PATCH /__devstack/config                   the strictness settings (devstack/neon/strict.py)
+    POST|GET|DELETE /__devstack/faults             {"route", "status", "method"?, "count"?, "retry_after"?,
+                                                    "message"?, "code"?}: answer the next requests so
+    POST|GET|DELETE /__devstack/operation-outcomes {"count"?, "failures"?, "outcome"?, "action"?}: the
+                                                    next operations fail K times / end cancelled
+    POST /__devstack/background-operations         {"project_id", "action"?, "seconds"?}: Neon locks it now
+    GET /__devstack/stats, POST /__devstack/reset-stats
 """
 
 from __future__ import annotations
@@ -21,6 +41,9 @@ import signal
 from pathlib import Path
 
 from devstack.neon.app import NeonServerConfig, create_app, serve
+from devstack.neon.devtools import ApiError
+from devstack.neon.strict import Strictness, patched
+from domain.neon_plans import PLANS
 
 __all__ = ["NeonServerConfig", "create_app", "serve", "main"]
 
@@ -39,10 +62,15 @@ def _parse_args(argv: list[str] | None) -> NeonServerConfig:
     parser.add_argument("--seed-project-name", default="tenantflow-platform")
     parser.add_argument("--scheduling-seconds", type=float, default=0.2)
     parser.add_argument("--running-seconds", type=float, default=0.5)
+    _add_strictness_args(parser)
     args = parser.parse_args(argv)
     api_key = args.api_key_file.read_text().strip() if args.api_key_file else os.environ.get("NEON_API_KEY", "")
     if not api_key:
         parser.error("an API key is required: --api-key-file PATH or $NEON_API_KEY")
+    try:
+        strict = _strictness(args)
+    except ApiError as err:
+        parser.error(err.message)
     return NeonServerConfig(
         pg_admin_url=args.pg_admin_url,
         api_key=api_key,
@@ -54,7 +82,45 @@ def _parse_args(argv: list[str] | None) -> NeonServerConfig:
         seed_project_name=args.seed_project_name,
         scheduling_seconds=args.scheduling_seconds,
         running_seconds=args.running_seconds,
+        strict=strict,
     )
+
+
+# One flag per setting of ``Strictness``: (flag, section, setting, argparse options).
+_STRICTNESS_FLAGS = [
+    ("--plan", None, "plan", {"choices": sorted(PLANS)}),
+    ("--no-rate-limit", "rate_limit", "enabled", {"action": "store_false"}),
+    ("--rate-limit-per-minute", "rate_limit", "per_minute", {"type": int}),
+    ("--rate-limit-burst", "rate_limit", "burst_per_route", {"type": int, "help": "requests a second per route"}),
+    ("--rate-limit-retry-after", "rate_limit", "retry_after",
+     {"action": "store_true", "help": "send Retry-After with 429 (Neon does not always)"}),
+    ("--branch-page-size", "pagination", "branch_page_size",
+     {"type": int, "help": "page of list branches without a limit (0: all)"}),
+    ("--operation-failure-share", "operations", "failure_share", {"type": float}),
+    ("--operation-failures", "operations", "failures", {"type": int, "help": "failures before it finishes"}),
+    ("--operation-cancel-share", "operations", "cancel_share", {"type": float}),
+    ("--operation-retry-seconds", "operations", "retry_seconds", {"type": float}),
+    ("--background-operation-share", "background", "share", {"type": float, "help": "share of mutations locked"}),
+    ("--background-operation-seconds", "background", "seconds", {"type": float}),
+    ("--schema-drift", None, "schema_drift", {"action": "store_true"}),
+]
+
+
+def _add_strictness_args(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("strictness (defaults: as strict as Neon; see devstack/neon/strict.py)")
+    group.add_argument("--lenient", action="store_true", help="no rate limit, default page, random failures or locks")
+    for flag, section, setting, options in _STRICTNESS_FLAGS:
+        group.add_argument(flag, dest=f"{section}.{setting}", default=None, **options)
+
+
+def _strictness(args: argparse.Namespace) -> Strictness:
+    """The strict (or lenient) defaults with the flags that were given."""
+    patch: dict = {}
+    for _, section, setting, _options in _STRICTNESS_FLAGS:
+        value = getattr(args, f"{section}.{setting}")
+        if value is not None:
+            (patch.setdefault(section, {}) if section else patch)[setting] = value
+    return patched(Strictness.lenient() if args.lenient else Strictness(), patch)
 
 
 async def _run(config: NeonServerConfig) -> None:

@@ -37,10 +37,15 @@ def save_secret(state_dir: Path, name: str, value: str) -> None:
 def load_or_create_secrets(state_dir: Path) -> dict[str, str]:
     path = state_dir / "secrets.json"
     if path.exists():
-        return json.loads(path.read_text())
+        values = json.loads(path.read_text())
+        if "token_signing_key" not in values:  # a state directory from before derived tokens
+            save_secret(state_dir, "token_signing_key", secrets.token_urlsafe(32))
+            values = json.loads(path.read_text())
+        return values
     values = {
         "provision_secret": f"tfp_{secrets.token_urlsafe(32)}",
         "neon_api_key": f"neon_local_{secrets.token_urlsafe(24)}",
+        "token_signing_key": secrets.token_urlsafe(32),
     }
     path.write_text(json.dumps(values))
     os.chmod(path, 0o600)
@@ -104,7 +109,9 @@ class LocalStack:
             "TENANTFLOW_PUBLIC_URL": self.api_url,
             "TENANTFLOW_AWS_ENDPOINT_URL": self.aws_endpoint,
             "TENANTFLOW_AWS_REGION": s.aws_region,
-            "TENANTFLOW_PLATFORM_CIDR": s.platform_cidr,
+            # The worker dials agents from 127.0.0.1: the only source the security groups admit.
+            "TENANTFLOW_PLATFORM_CIDR": "127.0.0.1/32",
+            "TENANTFLOW_TOKEN_SIGNING_KEY": creds["token_signing_key"],
             "TENANTFLOW_NEON_API_KEY": creds["neon_api_key"],
             "TENANTFLOW_NEON_BASE_URL": f"http://127.0.0.1:{s.neon_port}/api/v2/",
             "TENANTFLOW_NEON_PROJECT_ID": NEON_PLATFORM_PROJECT,
@@ -138,9 +145,11 @@ class LocalStack:
         self._start("aws", [sys.executable, "-m", "devstack.aws_server", "--port", str(s.moto_port),
                             "--state-file", str(self.state_dir / "aws" / "moto-ec2.pickle")], s.moto_port)
 
+        # Instances reach the platform API, and nothing else (a VPC route to the platform only).
         self._start("boot", [sys.executable, "-m", "devstack.boot_emulator", "--ec2-endpoint", self.aws_endpoint,
                              "--region", s.aws_region, "--log-dir", str(self.state_dir / "boot"),
-                             "--admin-port", str(s.boot_emulator_port)], s.boot_emulator_port)
+                             "--admin-port", str(s.boot_emulator_port), "--egress", f"127.0.0.1:{s.api_port}"],
+                    s.boot_emulator_port)
 
         key_file = self.state_dir / "neon-api-key"
         key_file.write_text(creds["neon_api_key"])

@@ -8,6 +8,7 @@ so a fast hash is enough). Comparison is constant time.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import hmac
 import re
@@ -34,6 +35,20 @@ def digest(secret: str) -> str:
 def mint(prefix: str) -> Minted:
     ident = secrets.token_hex(6)
     secret = f"{prefix}_{ident}_{secrets.token_urlsafe(32)}"
+    return Minted(id=ident, secret=secret, hash=digest(secret))
+
+
+def derive(prefix: str, key: str, context: str) -> Minted:
+    """The same secret every time for one (key, context): a retried launch renders byte-identical
+    user data. Unguessable without the key (HMAC-SHA256), and only its hash is stored."""
+    if not key:
+        raise ValueError("a signing key is required to derive secrets")
+
+    def mac(label: str) -> bytes:
+        return hmac.new(key.encode(), f"{prefix}:{label}:{context}".encode(), hashlib.sha256).digest()
+
+    ident = mac("id").hex()[:12]
+    secret = f"{prefix}_{ident}_{base64.urlsafe_b64encode(mac('secret')).decode().rstrip('=')}"
     return Minted(id=ident, secret=secret, hash=digest(secret))
 
 

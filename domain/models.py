@@ -47,7 +47,9 @@ class OrgStatus(StrEnum):
     provisioning = "provisioning"
     active = "active"
     failed = "failed"
+    suspending = "suspending"
     suspended = "suspended"
+    resuming = "resuming"
     deleting = "deleting"
     deleted = "deleted"
 
@@ -85,6 +87,8 @@ class OnboardOrgResult(BaseModel):
     neon_branch_id: str | None = None
     security_group_id: str | None = None
     failure_reason: str | None = None
+    # The tenant database costs extra on the Neon plan (a branch beyond the plan's included ones).
+    cost_warning: str | None = None
 
 
 # --- activity inputs and results -------------------------------------------------------------
@@ -114,6 +118,8 @@ class TenantDatabase(BaseModel):
     branch_id: str | None = None
     # Operations still to wait for; empty when the database already existed.
     operation_ids: list[str] = []
+    # Set when the branch is beyond the Neon plan's included branches and is billed as an extra.
+    cost_warning: str | None = None
 
 
 class NeonOperationsInput(BaseModel):
@@ -138,6 +144,7 @@ class OrgResources(BaseModel):
     neon_project_id: str | None = None
     neon_branch_id: str | None = None
     security_group_id: str | None = None
+    cost_warning: str | None = None
 
 
 class OrgFailure(BaseModel):
@@ -182,9 +189,15 @@ class KeyCreateRequest(Strict):
     name: KeyName
 
 
+# Older agents still send the URL they believe they serve on; it is accepted and ignored, because
+# the platform dials the instance's private IP on the agent port (an agent-chosen URL made the
+# worker fetch any host a token holder named).
+IgnoredAgentUrl = Annotated[str, StringConstraints(max_length=500)] | None
+
+
 class AgentRegisterRequest(Strict):
     workspace_id: Annotated[str, StringConstraints(pattern=r"^ws_[0-9a-f]{12}$")]
-    agent_url: Annotated[str, StringConstraints(pattern=r"^https?://[^\s\x00-\x1f\x7f/$.?#][^\s\x00-\x1f\x7f]{0,500}$")]
+    agent_url: IgnoredAgentUrl = None
 
 
 class AgentHeartbeatRequest(Strict):
@@ -192,8 +205,7 @@ class AgentHeartbeatRequest(Strict):
     # Bounded so that sums over a fleet stay inside Postgres bigint / double precision.
     tasks_handled: Annotated[int, Field(strict=True, ge=0, le=2**40)]
     avg_response_time_ms: Annotated[float, Field(ge=0, le=86_400_000)] | None = None
-    # Sent by an agent whose instance came back with a new address after a stop/start.
-    agent_url: Annotated[str, StringConstraints(pattern=r"^https?://[^\s\x00-\x1f\x7f/$.?#][^\s\x00-\x1f\x7f]{0,500}$")] | None = None
+    agent_url: IgnoredAgentUrl = None
 
 
 class WorkspaceStatus(StrEnum):
@@ -232,7 +244,8 @@ class ProvisionWorkspaceResult(BaseModel):
 
 
 class AgentRegistration(BaseModel):
-    agent_url: str
+    # Histories recorded before the platform derived agent URLs carry the agent's own.
+    agent_url: str | None = None
 
 
 class InstanceRef(BaseModel):
@@ -255,6 +268,8 @@ class WorkspaceRef(BaseModel):
 class WorkspaceInstance(BaseModel):
     workspace_id: str
     instance_id: str
+    # http://<private IP>:<agent port>, derived by the platform (None in histories from before).
+    agent_url: str | None = None
 
 
 class WorkspaceFailure(BaseModel):
@@ -313,6 +328,20 @@ class OrgStatusChange(BaseModel):
     reason: str | None = None
     # Only change the status when it is currently one of these (empty: any).
     only_from: list[str] = []
+
+
+class OrgTransition(BaseModel):
+    """A status change of the org entity: applied only while the status is one of ``only_from``.
+    ``operation``, ``failure_reason`` and ``status_reason`` are written as given (None clears them)."""
+
+    org_id: str
+    status: OrgStatus
+    only_from: list[OrgStatus]
+    actor: str
+    operation: str | None = None
+    workflow_id: str | None = None
+    failure_reason: str | None = None
+    status_reason: str | None = None
 
 
 class WorkspaceQuery(BaseModel):

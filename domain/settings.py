@@ -44,6 +44,8 @@ class Settings(BaseSettings):
     worker_health_host: str = "127.0.0.1"
     worker_health_port: int = 9091
     worker_sdk_metrics_port: int = 9464
+    # How long a command (suspend, resume, delete, ...) waits for the org's workflow to accept it.
+    command_timeout_seconds: float = 15.0
     # How long the status endpoint waits for a live progress query before answering from the
     # database record instead.
     progress_query_timeout_seconds: float = 2.0
@@ -51,8 +53,13 @@ class Settings(BaseSettings):
     # AWS. Credentials come from boto3's standard chain; the endpoint is only set for moto.
     aws_region: str = "us-east-1"
     aws_endpoint_url: str | None = None
-    # Security groups admit TCP 443 from this CIDR only (the platform's egress range).
+    # Security groups admit TCP agent_port from this CIDR only (the platform's egress range).
     platform_cidr: str = "10.0.0.0/16"
+    # How long after creating an EC2 resource a NotFound is read as "not visible yet" rather than
+    # "gone": EC2 is eventually consistent, and a NotFound right after a create proves nothing.
+    ec2_consistency_window_seconds: float = 120.0
+    # Read timeout of one EC2 call (Temporal retries; a lost answer is recovered by ClientToken).
+    aws_read_timeout_seconds: float = 30.0
 
     # Neon.
     neon_api_key: SecretStr = SecretStr("")
@@ -64,6 +71,9 @@ class Settings(BaseSettings):
     neon_parent_branch_id: str | None = None
     neon_request_timeout_seconds: float = 30.0
     neon_region_id: str = "aws-us-east-1"
+    # The Neon account's plan (domain/neon_plans.py): branch mode refuses a tenant branch beyond
+    # the plan's per-project cap and reports a cost warning for branches billed as extras.
+    neon_plan: Literal["free", "launch", "scale", "business"] = "launch"
 
     # Workspaces.
     # How long a launched agent has to register before its instance is terminated.
@@ -71,6 +81,13 @@ class Settings(BaseSettings):
     # How long the platform keeps trying to fetch a registered agent's A2A card.
     agent_check_timeout_seconds: float = 120.0
     agent_ami_id: str = "ami-12c6146b"
+    # The port agents serve A2A on; the org's security group admits it from platform_cidr only,
+    # and the platform dials http://<instance private IP>:<agent_port> (never a URL an agent reports).
+    agent_port: int = 443
+    # Derives each launch's one-time registration token (HMAC), so a retried RunInstances renders
+    # byte-identical user data and EC2's ClientToken idempotency returns the first instance. Only
+    # the worker needs it; the API checks tokens against their stored hashes.
+    token_signing_key: SecretStr = SecretStr("")
     agent_heartbeat_interval_seconds: float = 15.0
     # An agent counts as active when its last heartbeat is this recent.
     active_agent_window_seconds: float = 90.0

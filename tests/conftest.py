@@ -4,7 +4,9 @@ Neon API, the Temporal dev server and Temporal's time-skipping test server."""
 from __future__ import annotations
 
 import asyncio
+import itertools
 import os
+import random
 import secrets
 import shutil
 import threading
@@ -15,14 +17,15 @@ import boto3
 import pytest
 import pytest_asyncio
 import requests
-from moto.server import ThreadedMotoServer
+from temporalio.api.enums.v1 import IndexedValueType
+from temporalio.api.operatorservice.v1 import AddSearchAttributesRequest
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 
 from db.pool import open_pool
 from devstack.neon_server import NeonServerConfig, serve
 from devstack.postgres import ensure_database, start_postgres
-from devstack.procs import free_port
+from devstack.procs import free_port, spawn, stop, wait_for_port
 from domain.settings import Settings
 from domain.temporal import SEARCH_ATTRIBUTES
 
@@ -51,13 +54,43 @@ def database_url(pg) -> str:
     return ensure_database(pg, "tenantflow_test")
 
 
+# The local EC2 server's strict timings for tests: short, but every transition, lag and drain
+# still happens (the product must wait through each of them).
+STRICT_EC2_TIMINGS = {"--pending-seconds": 0.5, "--stopping-seconds": 0.3, "--shutting-down-seconds": 0.5,
+                      "--visibility-lag-seconds": 0.5, "--eni-drain-seconds": 1.0}
+
+
 @pytest.fixture(scope="session")
-def moto_url():
+def moto_url(tmp_path_factory):
+    """The local stack's EC2 server (moto behind the strict layer), as a real process."""
     port = free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
+    options = [str(part) for pair in STRICT_EC2_TIMINGS.items() for part in pair]
+    proc = spawn([os.sys.executable, "-m", "devstack.aws_server", "--port", str(port), *options],
+                 log_path=tmp_path_factory.mktemp("ec2") / "aws.log", cwd=Path(__file__).resolve().parent.parent)
+    wait_for_port("127.0.0.1", port, proc=proc)
     yield f"http://127.0.0.1:{port}"
-    server.stop()
+    stop(proc)
+
+
+@pytest.fixture
+def ec2_faults(moto_url):
+    """Inject EC2 faults (``devstack.ec2_devtools``); cleared after the test."""
+    admin = f"{moto_url}/__devstack/ec2"
+
+    def inject(action: str, code: str | None = None, *, count: int = 1, when: str = "before",
+               delay_seconds: float | None = None, status: int | None = None) -> None:
+        body = {"action": action, "code": code, "count": count, "when": when, "delay_seconds": delay_seconds}
+        if status is not None:
+            body["status"] = status
+        requests.post(f"{admin}/faults", json=body, timeout=5).raise_for_status()
+
+    requests.post(f"{admin}/reset-stats", timeout=5).raise_for_status()
+    yield inject
+    requests.delete(f"{admin}/faults", timeout=5).raise_for_status()
+
+
+def ec2_stats(moto_url) -> dict:
+    return requests.get(f"{moto_url}/__devstack/ec2/stats", timeout=5).json()
 
 
 @pytest.fixture(scope="session")
@@ -103,7 +136,10 @@ def settings(database_url, moto_url, neon_url) -> Settings:
         provision_secret=f"tfp_test_{secrets.token_urlsafe(16)}",
         aws_endpoint_url=moto_url,
         aws_region="us-east-1",
-        platform_cidr="10.0.0.0/16",
+        # The worker dials agents from 127.0.0.1; instances live in 127.x VPCs (see ``network``).
+        platform_cidr="127.0.0.1/32",
+        ec2_consistency_window_seconds=15,
+        token_signing_key=secrets.token_urlsafe(32),
         neon_api_key=neon_url[1],
         neon_base_url=f"{neon_url[0]}/api/v2/",
         neon_project_id=NEON_PROJECT,
@@ -124,12 +160,24 @@ def ec2(moto_url):
     return boto3.client("ec2", region_name="us-east-1", endpoint_url=moto_url)
 
 
+_VPCS = itertools.count(random.randrange(0, 40_000))
+
+
+def loopback_vpc(ec2) -> tuple[str, list[str]]:
+    """A fresh VPC with two subnets in its own 127.x.y.0/24: every instance's private IP is a
+    loopback address its agent can really listen on (see devstack.boot_emulator)."""
+    n = next(_VPCS)
+    base = f"127.{20 + n // 256 % 230}.{n % 256}"
+    vpc_id = ec2.create_vpc(CidrBlock=f"{base}.0/24")["Vpc"]["VpcId"]
+    subnets = [ec2.create_subnet(VpcId=vpc_id, CidrBlock=f"{base}.{half}/25", AvailabilityZone=zone)["Subnet"]["SubnetId"]
+               for half, zone in ((0, "us-east-1a"), (128, "us-east-1b"))]
+    return vpc_id, subnets
+
+
 @pytest.fixture
 def network(ec2):
-    """A fresh VPC with two subnets for one test."""
-    vpc_id = ec2.create_vpc(CidrBlock="10.50.0.0/16")["Vpc"]["VpcId"]
-    subnets = [ec2.create_subnet(VpcId=vpc_id, CidrBlock=f"10.50.{i}.0/24")["Subnet"]["SubnetId"] for i in (1, 2)]
-    return vpc_id, subnets
+    """A fresh VPC with two subnets (in two zones) for one test."""
+    return loopback_vpc(ec2)
 
 
 @pytest_asyncio.fixture(scope="session")
@@ -153,6 +201,10 @@ async def skip_env():
         data_converter=pydantic_data_converter,
         test_server_existing_path=server_binary("temporal-test-server"),
     )
+    # Unknown search attributes make this server hang child workflow starts: register ours.
+    await env.client.operator_service.add_search_attributes(AddSearchAttributesRequest(
+        namespace=env.client.namespace,
+        search_attributes={name: IndexedValueType.INDEXED_VALUE_TYPE_KEYWORD for name in SEARCH_ATTRIBUTES}))
     yield env
     await env.shutdown()
 

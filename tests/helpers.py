@@ -12,6 +12,7 @@ from db.orgs import OrgRepo
 from domain.models import OnboardOrgInput, OrgCreateRequest, resource_name
 from domain.settings import Settings
 from tests.conftest import new_org_id
+from tools.soak import neon_list
 
 
 async def seed_org(pool, slug: str, vpc_id: str, subnet_ids: list[str], *, mode: str = "branch") -> OnboardOrgInput:
@@ -27,13 +28,15 @@ def neon_client(settings: Settings) -> NeonAPI:
     return NeonAPI(settings.neon_api_key.get_secret_value(), base_url=settings.neon_base_url)
 
 
-def neon_branches_named(settings: Settings, name: str) -> list[Any]:
-    branches = neon_client(settings).branches(settings.neon_project_id).branches
-    return [b for b in branches if b.name == name]
+def neon_branches_named(settings: Settings, name: str) -> list[dict]:
+    branches = neon_list(settings.neon_base_url, settings.neon_api_key.get_secret_value(),
+                         f"projects/{settings.neon_project_id}/branches", "branches")
+    return [b for b in branches if b["name"] == name]
 
 
-def neon_projects_named(settings: Settings, name: str) -> list[Any]:
-    return [p for p in neon_client(settings).projects(limit=400).projects if p.name == name]
+def neon_projects_named(settings: Settings, name: str) -> list[dict]:
+    projects = neon_list(settings.neon_base_url, settings.neon_api_key.get_secret_value(), "projects", "projects")
+    return [p for p in projects if p["name"] == name]
 
 
 def groups_named(ec2, inp: OnboardOrgInput) -> list[dict]:

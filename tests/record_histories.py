@@ -4,7 +4,9 @@
 
 Starts the whole local stack (Temporal dev server, Postgres, moto, local Neon, boot emulator, worker
 and API) on free ports in a temporary directory, runs every workflow type through its happy path
-and its failure paths, and saves each history as JSON. Regenerate only on purpose: after a change
+and its failure paths, and saves each history as JSON (the case names say what era of the code
+recorded them; the files recorded before the org entity workflow keep their plain names). Regenerate
+only on purpose: after a change
 that is *meant* to alter histories (behind ``workflow.patched`` or a new workflow type), add new
 files next to the old ones rather than overwriting them, so that the old histories keep proving
 that running workflows still replay. See docs/reliability.md.
@@ -70,17 +72,17 @@ async def record(out_dir: Path) -> list[Path]:
                 return wait_for(lambda: op.org(slug), lambda o: o["status"] in ("active", "failed"), 120, slug)
 
             tag = uuid.uuid4().hex[:6]
-            # 1. Onboarding, happy path.
+            # 1. Onboarding, happy path (a child of the org's entity workflow).
             org = onboard(f"rh{tag}")
             assert org["status"] == "active", org
-            await save("OnboardOrgWorkflow", "happy", org["workflow_id"])
+            await save("OnboardOrgWorkflow", "child-happy", org["workflow_id"])
 
             # 2. Onboarding with a permanent Neon fault: compensation, org failed.
             h.neon_fault("/projects/{project_id}/branches", 403, method="POST", count=-1)
             bad = onboard(f"rf{tag}")
             h.clear_neon_faults()
             assert bad["status"] == "failed", bad
-            await save("OnboardOrgWorkflow", "neon-permanent-fault-compensates", bad["workflow_id"],
+            await save("OnboardOrgWorkflow", "child-neon-permanent-fault-compensates", bad["workflow_id"],
                        expect_failure=True)
 
             # 3. Provisioning, happy path: the boot emulator boots the agent, it registers, answers.
@@ -90,7 +92,7 @@ async def record(out_dir: Path) -> list[Path]:
             running = wait_for(lambda: tenant.workspace(ws["id"]), lambda w: w["status"] in ("running", "failed"),
                                180, ws["id"])
             assert running["status"] == "running", running
-            await save("ProvisionWorkspaceWorkflow", "happy", f"ws-provision:{ws['id']}")
+            await save("ProvisionWorkspaceWorkflow", "derived-agent-url", f"ws-provision:{ws['id']}")
 
             # 4. Provisioning whose agent never registers, with a short timeout: cleanup.
             pool = AsyncConnectionPool(h.database_url, kwargs={"row_factory": dict_row}, open=False)
@@ -110,27 +112,27 @@ async def record(out_dir: Path) -> list[Path]:
             inp = inp.model_copy(update={"registration_timeout_seconds": 3})
             await client.start_workflow(ProvisionWorkspaceWorkflow.run, inp, id=f"ws-provision:{ws_id}",
                                         task_queue=h.settings.task_queue)
-            await save("ProvisionWorkspaceWorkflow", "registration-timeout", f"ws-provision:{ws_id}",
+            await save("ProvisionWorkspaceWorkflow", "registration-timeout-derived-token", f"ws-provision:{ws_id}",
                        expect_failure=True)
 
             # 5. Deleting the running workspace.
             tenant.delete_workspace(ws["id"])
-            await save("DeprovisionWorkspaceWorkflow", "happy", f"ws-deprovision:{ws['id']}")
+            await save("DeprovisionWorkspaceWorkflow", "strict-ec2", f"ws-deprovision:{ws['id']}")
 
             # 6. Suspend (stopping instances) and resume, with one running workspace.
             ws2 = tenant.create_workspace(name="agent-two", **WS)
             wait_for(lambda: tenant.workspace(ws2["id"]), lambda w: w["status"] == "running", 180, ws2["id"])
             op.suspend(org["slug"], reason="replay", stop_instances=True)
-            await save("SuspendOrgWorkflow", "stop-instances", f"org-suspend:{org['id']}")
+            await save("SuspendOrgWorkflow", "child-stop-instances", f"org-suspend:{org['id']}")
             op.resume(org["slug"])
-            await save("ResumeOrgWorkflow", "start-instances", f"org-resume:{org['id']}")
+            await save("ResumeOrgWorkflow", "child-start-instances", f"org-resume:{org['id']}")
 
             # 7. A reconcile dry run, limited to this org.
             from activities.reconcile import ReconcileInput
             from workflows.reconcile import ReconcileWorkflow
             await client.start_workflow(ReconcileWorkflow.run, ReconcileInput(org_ids=[org["id"]]),
                                         id=f"reconcile-replay-{tag}", task_queue=h.settings.task_queue)
-            await save("ReconcileWorkflow", "dry-run", f"reconcile-replay-{tag}")
+            await save("ReconcileWorkflow", "dry-run-paged-neon", f"reconcile-replay-{tag}")
 
             # 8. Hard delete parked on a Neon fault, then retried by the operator.
             h.neon_fault("/projects/{project_id}/branches/{branch_id}", 403, method="DELETE", count=-1)
@@ -139,8 +141,21 @@ async def record(out_dir: Path) -> list[Path]:
                      120, "parked delete")
             h.clear_neon_faults()
             op.decide(org["slug"], "retry")
-            await save("HardDeleteOrgWorkflow", "parked-then-retry", f"org-delete:{org['id']}")
+            await save("HardDeleteOrgWorkflow", "child-parked-then-retry", f"org-delete:{org['id']}")
             assert op.org(org["slug"])["status"] == "deleted"
+            # The org's entity over its whole life: onboard, suspend, resume, delete (parked, retried).
+            await save("OrgWorkflow", "lifecycle", f"org:{org['id']}")
+
+            # 9. A delete that preempts onboarding (held by Neon's lock on the branch create).
+            h.neon_fault("/projects/{project_id}/branches", 423, method="POST", count=-1)
+            early = f"rp{tag}"
+            op.onboard(name=f"Replay {early}", slug=early, plan="pro", vpc_id=vpc_id, subnet_ids=subnets)
+            pending = wait_for(lambda: op.org(early), lambda o: (o.get("progress") or {}).get("step") == "create_database",
+                               120, "onboarding in create_database")
+            op.delete(early, confirm=early, delete_workspaces=True)
+            h.clear_neon_faults()
+            await save("OrgWorkflow", "delete-preempts-onboarding", f"org:{pending['id']}")
+            assert op.org(early)["status"] == "deleted"
         finally:
             h.stop()
     return written

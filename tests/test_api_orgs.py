@@ -42,7 +42,7 @@ async def org_count(pool) -> int:
 
 
 async def workflows_for(dev_env, org_id: str) -> list:
-    return [w async for w in dev_env.client.list_workflows(f"WorkflowId = 'org-onboard:{org_id}'")]
+    return [w async for w in dev_env.client.list_workflows(f"WorkflowId = 'org:{org_id}'")]
 
 
 async def poll_until(api, slug_: str, statuses: set[str], timeout: float = 60, seen: list | None = None) -> dict:

@@ -97,10 +97,18 @@ async def test_bad_credentials(api, app_settings, org_and_key):
     assert (await api.get("/cp/orgs/acme", headers=bearer(key))).status == 401
 
 
-async def test_quota_race_admits_exactly_the_limit(api, app_settings, org_and_key):
+async def set_quota(api, app_settings, dev_env, pool, task_queue, slug: str, **quota) -> dict:
+    """Quotas change through the org's entity workflow: a worker must run to accept the change."""
+    async with build_worker(dev_env.client, app_settings, pool, task_queue=task_queue):
+        resp = await api.patch(f"/cp/orgs/{slug}", json=quota, headers=operator(app_settings))
+    assert resp.status == 200
+    return await resp.json()
+
+
+async def test_quota_race_admits_exactly_the_limit(api, app_settings, dev_env, pool, task_queue, org_and_key):
     org, key = org_and_key
-    resp = await api.patch(f"/cp/orgs/{org['slug']}", json={"max_workspaces": 3}, headers=operator(app_settings))
-    assert resp.status == 200 and (await resp.json())["max_workspaces"] == 3
+    assert (await set_quota(api, app_settings, dev_env, pool, task_queue, org["slug"], max_workspaces=3)
+            )["max_workspaces"] == 3
     answers = await asyncio.gather(*[
         api.post("/workspaces", json={**WS_BODY, "name": f"agent-{i}"}, headers=bearer(key)) for i in range(20)])
     statuses = sorted(r.status for r in answers)
@@ -111,10 +119,9 @@ async def test_quota_race_admits_exactly_the_limit(api, app_settings, org_and_ke
     assert len(listing["workspaces"]) == 3
 
 
-async def test_tier_above_max_tier_conflicts_with_a_hint(api, app_settings, org_and_key):
+async def test_tier_above_max_tier_conflicts_with_a_hint(api, app_settings, dev_env, pool, task_queue, org_and_key):
     org, key = org_and_key
-    await api.patch(f"/cp/orgs/{org['slug']}", json={"max_tier": 2, "billing_plan": "starter"},
-                    headers=operator(app_settings))
+    await set_quota(api, app_settings, dev_env, pool, task_queue, org["slug"], max_tier=2, billing_plan="starter")
     resp = await api.post("/workspaces", json={**WS_BODY, "tier": 3}, headers=bearer(key))
     assert resp.status == 409
     body = await resp.json()
@@ -213,6 +220,12 @@ async def test_registration_token_is_one_time_and_bound_to_its_workspace(
 
         failed = await wait_for(api, f"/workspaces/{first}", bearer(key), lambda w: w["status"] == "failed")
         assert failed["failure_reason"].startswith("check_agent: AgentUnreachable")
+        # The URL the registration named was never dialled: the platform dials the instance's own
+        # private address on the agent port (an agent-chosen URL made the worker an SSRF probe).
+        private_ip = instances_of(ec2, first, states=("terminated",))[0]["PrivateIpAddress"]
+        derived = f"http://{private_ip}:{app_settings.agent_port}"
+        assert failed["agent_url"] == derived and derived in failed["failure_reason"]
+        assert "127.0.0.1:9" not in failed["failure_reason"]
         assert instances_of(ec2, first) == []
         # Its workspace token died with it.
         resp = await api.post("/registry/heartbeat", headers=bearer(answer["workspace_token"]),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
@@ -18,6 +19,7 @@ from neon_api import NeonAPI
 from temporalio.client import Client
 
 import starter
+from agent.client import ask
 from devstack.demo import ensure_demo_network
 from devstack.moto_client import moto_ec2_client
 from devstack.procs import free_port
@@ -69,6 +71,18 @@ class RunningStack:
         return json.loads((self.state_dir / "secrets.json").read_text())
 
 
+def wait_until(fetch, done, timeout: float = 60):
+    deadline = time.monotonic() + timeout
+    while not done(last := fetch()):
+        assert time.monotonic() < deadline, last
+        time.sleep(0.3)
+    return last
+
+
+def tenant_state(ec2, instance_id: str) -> str:
+    return ec2.describe_instances(InstanceIds=[instance_id])["Reservations"][0]["Instances"][0]["State"]["Name"]
+
+
 def test_run_command_onboards_and_restarts_with_saved_state(tmp_path):
     stack = RunningStack(tmp_path)
     try:
@@ -111,12 +125,13 @@ def test_run_command_onboards_and_restarts_with_saved_state(tmp_path):
             conn.execute("CREATE TABLE agents (id int)")
             assert conn.execute("SELECT current_database()").fetchone()[0]
 
-        # Its security group admits exactly one thing: TCP 443 from the platform CIDR.
+        # Its security group admits exactly one thing: TCP 443 from the platform CIDR (the local
+        # stack's platform is 127.0.0.1).
         ec2 = moto_ec2_client(f"http://127.0.0.1:{stack.ports['MOTO_PORT']}")
         group = ec2.describe_security_groups(GroupIds=[org["security_group_id"]])["SecurityGroups"][0]
         rules = [(p["IpProtocol"], p["FromPort"], p["ToPort"], r["CidrIp"])
                  for p in group["IpPermissions"] for r in p["IpRanges"]]
-        assert rules == [("tcp", 443, 443, "10.0.0.0/16")]
+        assert rules == [("tcp", 443, 443, "127.0.0.1/32")]
         assert sum(len(p.get("Ipv6Ranges", [])) + len(p.get("UserIdGroupPairs", [])) for p in group["IpPermissions"]) == 0
 
         # The tenant's workspace lifecycle, through the CLI: create -> agent boots, registers,
@@ -140,8 +155,6 @@ def test_run_command_onboards_and_restarts_with_saved_state(tmp_path):
             assert code == 0
             [ws] = tenant.workspaces()
             assert ws["status"] == "running" and ws["instance_id"].startswith("i-")
-            import asyncio
-            from agent.client import ask
             assert asyncio.run(ask(ws["agent_url"], "ping")) == "echo: ping"
             with pytest.raises(starter.ApiError) as full:
                 tenant.create_workspace(name="agent-2", role="x", runtime="hermes", tier=1, model="m")
@@ -160,16 +173,27 @@ def test_run_command_onboards_and_restarts_with_saved_state(tmp_path):
         state = ec2.describe_instances(InstanceIds=[ws["instance_id"]])["Reservations"][0]["Instances"][0]["State"]
         assert state["Name"] == "terminated"
         assert tenant.workspaces() == []
-        tenant.create_workspace(name="agent-2", role="x", runtime="hermes", tier=1, model="m")  # the slot is free
+        second = tenant.create_workspace(name="agent-2", role="x", runtime="hermes", tier=1, model="m")  # slot free
+        running = wait_until(lambda: tenant.workspace(second["id"]), lambda w: w["status"] == "running")
 
-        # The operator's lifecycle commands: suspend, resume, then the hard-delete cascade.
+        # The operator's lifecycle commands: suspend (stopping the instances), resume, then the
+        # hard-delete cascade. cloud-init ran the user data once; after the stop and start only
+        # the service it installed brings the agent back, and the agent heartbeats again.
         os.environ["TENANTFLOW_PROVISION_SECRET"] = secret
         try:
             def cli(*argv: str) -> int:
                 return starter.main(["--api-url", stack.api_url, *argv], out=open(os.devnull, "w"))
-            assert cli("suspend", "acme", "--reason", "e2e") == 0
+            assert cli("suspend", "acme", "--reason", "e2e", "--stop-instances") == 0
             assert operator.org("acme")["status"] == "suspended"
+            assert tenant_state(ec2, running["instance_id"]) == "stopped"
+            stopped_at = operator.request("GET", "/cp/orgs/acme/workspaces")[1]["workspaces"][0]["last_seen"]
             assert cli("resume", "acme") == 0
+            assert tenant_state(ec2, running["instance_id"]) == "running"
+            # The suspension revoked the tenant's keys: the operator's view shows the heartbeats.
+            back = wait_until(lambda: operator.request("GET", "/cp/orgs/acme/workspaces")[1]["workspaces"][0],
+                              lambda w: w["status"] == "running" and w["last_seen"] > stopped_at, timeout=90)
+            assert asyncio.run(ask(running["agent_url"], "back?")) == "echo: back?"
+            assert back["instance_id"] == running["instance_id"]
             assert cli("delete", "acme", "--confirm", "acme", "--delete-workspaces") == 0
             assert cli("audit", "acme") == 0
         finally:
@@ -183,7 +207,6 @@ def test_run_command_onboards_and_restarts_with_saved_state(tmp_path):
         async def describe():
             client = await Client.connect(f"127.0.0.1:{stack.ports['TEMPORAL_PORT']}")
             return await client.get_workflow_handle(org["workflow_id"]).describe()
-        import asyncio
         assert asyncio.run(describe()).status.name == "COMPLETED"
 
         children = stack.stop()

@@ -50,7 +50,7 @@ async def test_neon_fault_storm_onboards_with_one_branch(skip_env, settings, poo
     result = await onboard(skip_env, settings, pool, task_queue, inp)
     assert result.status == "active"
     branches = neon_branches_named(settings, resource_name(inp.slug, inp.org_id))
-    assert [b.id for b in branches] == [result.neon_branch_id]
+    assert [b["id"] for b in branches] == [result.neon_branch_id]
     stats = neon_stats(neon_url)["by_route"]
     posts = stats["POST /projects/{project_id}/branches"]
     assert sum(int(v) for k, v in posts.items() if k.startswith("2")) == 1  # no duplicate create

@@ -5,8 +5,9 @@ headers and body schema.
 
 The app runs on a real port, on its own thread and event loop (the tests' session loop must stay
 free while schemathesis blocks on its synchronous HTTP calls), with its own Temporal client made
-in that loop. No worker runs: creating orgs and workspaces only starts workflows, so the fuzzer
-cannot change an org's status behind its own back.
+in that loop. A worker in that loop runs the orgs' own workflows (``OrgWorkflow``: the commands'
+Updates, their validators and status records) and holds every other workflow open (onboarding,
+suspension, deletion, workspaces): an org's status changes only by a command the fuzzer sent.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import json
 import threading
 import uuid
 import zlib
+from collections.abc import Sequence
 from datetime import timedelta
 
 import pytest
@@ -32,14 +34,22 @@ from schemathesis.checks import (
     status_code_conformance,
 )
 from schemathesis.config import SchemathesisConfig
+from temporalio import workflow
 from temporalio.client import Client
+from temporalio.common import RawValue
 from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.worker import Worker
 
 from api.app import SPEC_PATH, create_app
+from db.orgs import OrgRepo
+from db.pool import open_pool
 from db.purge import purge_org
 from db.workspaces import WorkspaceRepo
 from devstack.procs import free_port
+from domain import credentials
 from tests.helpers import onboard_active_org, seed_org
+from worker import build_activities
+from workflows.org import OrgWorkflow
 
 # Per operation: schemathesis' explicit examples and coverage (boundary) cases, plus this many
 # generated ones. ~25 operations x (25 + boundary cases) take well under a minute.
@@ -49,8 +59,17 @@ CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance,
           response_schema_conformance]
 
 
+@workflow.defn(dynamic=True, sandboxed=False)
+class HeldOpen:
+    """Every workflow but the org's own: open until cancelled (a delete preempting it)."""
+
+    @workflow.run
+    async def run(self, args: Sequence[RawValue]) -> None:
+        await workflow.wait_condition(lambda: False)
+
+
 class ApiThread:
-    """The app on a real port, on its own thread and event loop."""
+    """The app on a real port, and the worker of the orgs' workflows, on their own thread and event loop."""
 
     def __init__(self, settings, temporal_target: str, namespace: str):
         self.settings, self.target, self.namespace = settings, temporal_target, namespace
@@ -59,21 +78,32 @@ class ApiThread:
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, name="fuzz-api", daemon=True)
         self.runner: web.AppRunner | None = None
+        self.worker: Worker | None = None
 
     async def _start(self) -> None:
-        # The Temporal client belongs to this loop: a client made in the tests' loop cannot serve here.
+        # The Temporal client and the pool belong to this loop: ones made in the tests' loop cannot serve here.
         temporal = await Client.connect(self.target, namespace=self.namespace, data_converter=pydantic_data_converter)
+        self.pool = await open_pool(self.settings.database_url.get_secret_value(), max_size=4)
+        self.worker = Worker(temporal, task_queue=self.settings.task_queue, workflows=[OrgWorkflow, HeldOpen],
+                             activities=build_activities(self.settings, self.pool, temporal))
+        self.worker_run = asyncio.create_task(self.worker.run())
         self.runner = web.AppRunner(create_app(self.settings, temporal=temporal), access_log=None)
         await self.runner.setup()
         await web.TCPSite(self.runner, "127.0.0.1", self.port).start()
+
+    async def _stop(self) -> None:
+        if self.runner is not None:
+            await self.runner.cleanup()
+        if self.worker is not None:
+            await self.worker.shutdown()
+            await self.pool.close()
 
     def start(self) -> None:
         self.thread.start()
         asyncio.run_coroutine_threadsafe(self._start(), self.loop).result(timeout=60)
 
     def stop(self) -> None:
-        if self.runner is not None:
-            asyncio.run_coroutine_threadsafe(self.runner.cleanup(), self.loop).result(timeout=30)
+        asyncio.run_coroutine_threadsafe(self._stop(), self.loop).result(timeout=60)
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join(10)
         self.loop.close()
@@ -89,6 +119,8 @@ class FuzzEnv:
         self.org_key = ""
         self.victim_slug = ""     # the org DELETE /api/v1/orgs/{slug} may delete
         self.purged_slug = ""     # a hard-deleted org: GET answers with its receipt
+        self.held_slug = ""       # an active org the fuzzer may suspend (its suspension is held open)
+        self.failed_slug = ""     # a failed org whose onboarding the fuzzer may retry
         self.spare_key_id = ""    # the key DELETE /api/v1/keys/{key_id} may revoke
         self.workspace_id = ""
         self.registration_token = ""
@@ -105,7 +137,7 @@ async def fuzz_env(settings, dev_env, pool, ec2):
     subnets = [ec2.create_subnet(VpcId=vpc_id, CidrBlock=f"10.60.{i}.0/24")["Subnet"]["SubnetId"] for i in (1, 2)]
     app_settings = settings.model_copy(update={
         "task_queue": task_queue,
-        # No worker answers progress queries: don't wait long for them.
+        # The held-open workflows answer no progress query: don't wait long for them.
         "progress_query_timeout_seconds": 0.2,
         # The fuzzer is one credential sending hundreds of requests; 429 is documented, but
         # rate limiting would hide the handlers from it.
@@ -117,6 +149,10 @@ async def fuzz_env(settings, dev_env, pool, ec2):
     victim = await seed_org(pool, f"fuzz-victim-{suffix}", vpc_id, subnets)
     purged = await seed_org(pool, f"fuzz-purged-{suffix}", vpc_id, subnets)
     await purge_org(pool, purged.org_id, purged.slug, actor="test", workflow_id=None)
+    held = await seed_org(pool, f"fuzz-held-{suffix}", vpc_id, subnets)
+    failed = await seed_org(pool, f"fuzz-failed-{suffix}", vpc_id, subnets)
+    for seeded, status in ((held, "active"), (failed, "failed")):
+        await OrgRepo(pool).update(seeded.org_id, actor="test", status=status)
 
     server = ApiThread(app_settings, dev_env.client.service_client.config.target_host, dev_env.client.namespace)
     server.start()
@@ -124,6 +160,7 @@ async def fuzz_env(settings, dev_env, pool, ec2):
         env = FuzzEnv(server.url)
         env.operator = app_settings.provision_secret.get_secret_value()
         env.org_slug, env.victim_slug, env.purged_slug = org["slug"], victim.slug, purged.slug
+        env.held_slug, env.failed_slug = held.slug, failed.slug
 
         def prepare() -> None:
             resp = env.post(f"/api/v1/orgs/{env.org_slug}/keys", {"name": "fuzz"}, env.operator)
@@ -138,14 +175,20 @@ async def fuzz_env(settings, dev_env, pool, ec2):
             env.workspace_id = resp.json()["id"]
 
         await asyncio.to_thread(prepare)
-        # The launch activity would mint the registration token; no worker runs, so mint it here.
-        repo = WorkspaceRepo(pool)
-        token = await repo.mint_registration_token(env.workspace_id, timedelta(hours=1))
+
+        async def registration_token() -> str:
+            # The launch activity would record one; the provisioning is held open, so record it here.
+            minted = credentials.mint(credentials.REGISTRATION_TOKEN)
+            await WorkspaceRepo(pool).record_registration_token(env.workspace_id, minted, timedelta(hours=1))
+            return minted.secret
+
+        # An older agent's registration: its agent_url is accepted and ignored.
         resp = await asyncio.to_thread(env.post, "/api/v1/registry/register",
-                                       {"workspace_id": env.workspace_id, "agent_url": "http://10.60.1.10:8443"}, token)
+                                       {"workspace_id": env.workspace_id, "agent_url": "http://10.60.1.10:8443"},
+                                       await registration_token())
         assert resp.status_code == 200, resp.text
         env.workspace_token = resp.json()["workspace_token"]
-        env.registration_token = await repo.mint_registration_token(env.workspace_id, timedelta(hours=1))
+        env.registration_token = await registration_token()
         yield env
     finally:
         await asyncio.to_thread(server.stop)
@@ -180,11 +223,16 @@ def steer(case, env: FuzzEnv) -> None:
     method, path = case.method.upper(), case.operation.path
     params = case.path_parameters or {}
     if "slug" in params:
+        # Commands go to orgs of their own: suspending or deleting the org whose key authenticates
+        # the tenant routes would end the run.
         if method == "DELETE":
-            # Its own org: deleting the org whose key authenticates the tenant routes would end the run.
             params["slug"] = env.victim_slug
-        elif path in ("/api/v1/orgs/{slug}", "/api/v1/orgs/{slug}/audit") and choice % 2:
-            params["slug"] = env.purged_slug
+        elif path.endswith("/retry"):
+            params["slug"] = env.failed_slug
+        elif path.endswith(("/suspend", "/resume", "/abandon")):
+            params["slug"] = env.held_slug
+        elif path in ("/api/v1/orgs/{slug}", "/api/v1/orgs/{slug}/audit") and method == "GET":
+            params["slug"] = (env.org_slug, env.purged_slug, env.held_slug, env.victim_slug)[choice % 4]
         else:
             params["slug"] = env.org_slug
     if "workspace_id" in params:
@@ -222,9 +270,11 @@ def test_api_conforms_to_its_contract(case, fuzz_env):
     SEEN.setdefault(case.operation.label, set()).add(response.status_code)
 
 
-# Without a worker no org can become suspended or park a teardown, so these never succeed here.
-NO_SUCCESS_EXPECTED = {"POST /api/v1/orgs/{slug}/resume", "POST /api/v1/orgs/{slug}/teardown/retry",
+# The operations are held open: no org becomes suspended and no step parks, so these never succeed here.
+NO_SUCCESS_EXPECTED = {"POST /api/v1/orgs/{slug}/resume", "POST /api/v1/orgs/{slug}/abandon",
                        "POST /api/v1/orgs/{slug}/teardown/abandon"}
+# The first retry, by either route, onboards the failed org again; later ones find nothing to retry.
+RETRY_ROUTES = {"POST /api/v1/orgs/{slug}/retry", "POST /api/v1/orgs/{slug}/teardown/retry"}
 
 
 CONFLICT_COUNTS_AS_REACHED = {"POST /api/v1/workspaces"}
@@ -245,8 +295,9 @@ def test_fuzzer_reached_the_handlers():
             # Repeated names and the org's quota make 409 the common answer: it is only given after
             # authentication and validation passed, inside the handler's own logic.
             assert any(200 <= s < 300 or s == 409 for s in statuses), f"{label}: {sorted(statuses)}"
-        elif label not in NO_SUCCESS_EXPECTED:
+        elif label not in NO_SUCCESS_EXPECTED | RETRY_ROUTES:
             assert any(200 <= s < 300 for s in statuses), f"{label} never succeeded: {sorted(statuses)}"
+    assert any(200 <= s < 300 for label in RETRY_ROUTES for s in SEEN[label]), "no retry was accepted"
 
 
 # -- app bugs found while fuzzing, pinned until fixed (strict: an XPASS fails, so drop the marker) --
@@ -265,10 +316,13 @@ def test_heartbeat_tasks_handled_beyond_bigint_is_refused(fuzz_env):
     assert resp.status_code == 400, resp.text
 
 
-def test_agent_url_with_nul_is_refused(fuzz_env):
+def test_agent_url_is_ignored(fuzz_env):
+    # Once refused (it was stored, and dialled); now any string is accepted and never used.
     resp = _call(fuzz_env, "POST", "/api/v1/registry/heartbeat", fuzz_env.workspace_token,
                  json={"workspace_id": fuzz_env.workspace_id, "tasks_handled": 1, "agent_url": "http://a\x00b"})
-    assert resp.status_code == 400, resp.text
+    assert resp.status_code == 200, resp.text
+    resp = _call(fuzz_env, "GET", f"/api/v1/workspaces/{fuzz_env.workspace_id}", fuzz_env.org_key)
+    assert resp.json()["agent_url"] is None, resp.text
 
 
 def test_metrics_survive_huge_response_times(fuzz_env):

@@ -39,7 +39,8 @@ async def stack(settings, dev_env, pool, task_queue, tmp_path):
 
     def boot_for(org_id: str) -> BootEmulator:
         emulator = BootEmulator(app_settings.aws_endpoint_url, "us-east-1", log_dir=tmp_path / f"boot-{org_id}",
-                                poll_interval=0.2, tag_filters={"tenantflow:org-id": org_id})
+                                poll_interval=0.2, tag_filters={"tenantflow:org-id": org_id},
+                                egress=[("127.0.0.1", port)])
         emulator.start()
         emulators.append(emulator)
         return emulator
@@ -99,20 +100,26 @@ async def test_full_lifecycle(stack, network, ec2, pg, pool):
         running = await poll(api, f"/workspaces/{ws}", bearer(key), lambda w: w["status"] in ("running", "failed"))
         assert running["status"] == "running", running["failure_reason"]
 
-    # Suspend: keys refused, creation refused, instances kept.
+    # Suspend: from its 202 on, every key is refused and no key can be minted; instances kept.
     resp = await api.post(f"/cp/orgs/{slug}/suspend", json={"reason": "unpaid invoice"}, headers=op(settings))
-    assert resp.status == 202
+    assert resp.status == 202 and (await resp.json())["status"] == "suspending"
+    refused = await api.get("/workspaces", headers=bearer(key))
+    assert refused.status == 403 and "unpaid invoice" in (await refused.json())["error"]
+    resp = await api.post(f"/cp/orgs/{slug}/keys", json={"name": "t"}, headers=op(settings))
+    assert resp.status == 409 and (await resp.json())["code"] == "ORG_NOT_ACTIVE"
+    resp = await api.post(f"/cp/orgs/{slug}/suspend", json={"reason": "twice"}, headers=op(settings))
+    assert resp.status == 409 and (await resp.json())["org"]["status"] in ("suspending", "suspended")
     await poll(api, f"/cp/orgs/{slug}", op(settings), lambda o: o["status"] == "suspended")
+    # ... and its suspend step revoked the key for good (401 once revoked).
     await poll(api, "/workspaces", bearer(key), lambda b: b.get("code") == "UNAUTHORIZED")
-    fresh = await mint(api, settings, slug)
-    resp = await api.post("/workspaces", json={**WS, "name": "agent-c"}, headers=bearer(fresh))
-    assert resp.status == 409 and "org suspended" in (await resp.json())["error"]
     assert sorted(i["State"]["Name"] for ws in ids for i in instances_of(ec2, ws)) == ["running", "running"]
     assert (await (await api.get(f"/cp/orgs/{slug}", headers=op(settings))).json())["status_reason"] == "unpaid invoice"
 
     # Resume: the org is active again; the operator mints a new key.
-    assert (await api.post(f"/cp/orgs/{slug}/resume", headers=op(settings))).status == 202
+    resp = await api.post(f"/cp/orgs/{slug}/resume", headers=op(settings))
+    assert resp.status == 202 and (await resp.json())["status"] == "resuming"
     await poll(api, f"/cp/orgs/{slug}", op(settings), lambda o: o["status"] == "active")
+    assert (await api.get("/workspaces", headers=bearer(key))).status == 401
     resumed_key = await mint(api, settings, slug)
     assert (await api.get("/workspaces", headers=bearer(resumed_key))).status == 200
 
@@ -192,19 +199,23 @@ async def test_parked_step_retry_concurrent_delete_and_reset(stack, network, ec2
     assert "abandoned by an operator at delete_database" in str(abandoned.value.cause)
     assert (await (await api.get(f"/cp/orgs/{slug}", headers=op(settings))).json())["status"] == "deleting"
 
-    # The operator fixes the cause and resets the failed teardown to its start with the real CLI.
+    abandoned_org = await poll(api, f"/cp/orgs/{slug}", op(settings), lambda o: o["failure_reason"])
+    assert abandoned_org["status"] == "deleting" and abandoned_org["failure_reason"].startswith("abandoned by operator")
+    # Nothing waits for an operator any more: retry and abandon are refused, at once.
+    resp = await api.post(f"/cp/orgs/{slug}/teardown/retry", headers=op(settings))
+    assert resp.status == 409 and (await resp.json())["code"] == "NOTHING_PARKED"
+
+    # The operator fixes the cause and deletes again: a new run of the same cascade finishes it.
     requests_delete = __import__("requests").delete
     requests_delete(f"{settings.neon_base_url.split('/api/v2')[0]}/__devstack/faults", timeout=5)
-    target = dev_env.client.service_client.config.target_host
-    temporal = server_binary("temporal")
-    run = await asyncio.to_thread(subprocess.run, [
-        temporal, "workflow", "reset", "--address", target, "--namespace", "default",
-        "--workflow-id", handle.id, "--type", "FirstWorkflowTask", "--reason", "operator: Neon access fixed",
-        "--yes"], capture_output=True, text=True, timeout=60)
-    assert run.returncode == 0, run.stderr
+    assert (await api.delete(f"/cp/orgs/{slug}", json=body, headers=op(settings))).status == 202
+    await poll(api, f"/cp/orgs/{slug}", op(settings), lambda o: o["status"] == "deleted")
     receipt = await dev_env.client.get_workflow_handle_for(HardDeleteOrgWorkflow.run, handle.id).result()
     assert receipt.slug == slug
-    assert (await (await api.get(f"/cp/orgs/{slug}", headers=op(settings))).json())["status"] == "deleted"
+    entity = dev_env.client.get_workflow_handle(f"org:{org['id']}")
+    assert (await entity.result())["status"] == "deleted"
+    target = dev_env.client.service_client.config.target_host
+    temporal = server_binary("temporal")
 
     # Reset a completed teardown: it replays cleanly, with no duplicate effect.
     run = await asyncio.to_thread(subprocess.run, [

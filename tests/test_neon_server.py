@@ -20,6 +20,7 @@ import pytest_asyncio
 from neon_api import NeonAPI
 from neon_api.exceptions import NeonAPIError
 
+from devstack.neon.strict import Strictness
 from devstack.neon_server import NeonServerConfig, serve
 from devstack.postgres import PostgresServer, start_postgres
 from devstack.procs import free_port, wait_for_port
@@ -74,7 +75,10 @@ class Neon:
 
 
 def _config(pg: PostgresServer, **overrides: Any) -> NeonServerConfig:
-    settings = dict(scheduling_seconds=SCHEDULING_SECONDS, running_seconds=RUNNING_SECONDS, port=free_port())
+    """These tests check shapes and exact sequences: no throttling or random failures (the strict
+    rules have their own tests in test_neon_strict.py)."""
+    settings = dict(scheduling_seconds=SCHEDULING_SECONDS, running_seconds=RUNNING_SECONDS, port=free_port(),
+                    strict=Strictness.lenient())
     return NeonServerConfig(pg_admin_url=pg.url("postgres"), api_key=API_KEY, **(settings | overrides))
 
 

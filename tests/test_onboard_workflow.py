@@ -49,7 +49,7 @@ async def assert_fully_onboarded(settings, pool, ec2, inp, result) -> None:
     assert row["security_group_id"] == result.security_group_id
     assert row["neon_branch_id"] == result.neon_branch_id
     branches = neon_branches_named(settings, name)
-    assert [b.id for b in branches] == [result.neon_branch_id]
+    assert [b["id"] for b in branches] == [result.neon_branch_id]
     assert can_connect(tenant_connection_uri(settings, result.neon_project_id, result.neon_branch_id))
     groups = groups_named(ec2, inp)
     assert [g["GroupId"] for g in groups] == [result.security_group_id]
@@ -96,7 +96,7 @@ async def test_project_per_tenant_mode(skip_env, settings, pool, ec2, network, t
     result = await run_onboarding(skip_env, settings, pool, task_queue, inp)
     name = resource_name(inp.slug, inp.org_id)
     projects = neon_projects_named(settings, name)
-    assert [p.id for p in projects] == [result.neon_project_id]
+    assert [p["id"] for p in projects] == [result.neon_project_id]
     assert result.neon_project_id != settings.neon_project_id
     assert can_connect(tenant_connection_uri(settings, result.neon_project_id, None))
     assert len(groups_named(ec2, inp)) == 1

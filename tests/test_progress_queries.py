@@ -69,13 +69,13 @@ async def test_concurrent_polls_share_one_query_and_later_polls_see_new_state(de
     queries = CountedQueries(dev_env, timeout_seconds=5)
     async with parked_worker(dev_env, task_queue):
         handle = await start_parked(dev_env, task_queue)
-        answers = await asyncio.gather(*(queries.get(handle.id, ParkedWorkflow.progress) for _ in range(50)))
+        answers = await asyncio.gather(*(queries.get(handle.id) for _ in range(50)))
         assert [a.step if a else None for a in answers] == ["parked"] * 50
         assert queries.sent == 1 and queries.polls("joined") == 49
 
         await handle.signal(ParkedWorkflow.advance, "second")
         # A poll after the shared query finished asks again: it never gets an answer older than itself.
-        answer = await queries.get(handle.id, ParkedWorkflow.progress)
+        answer = await queries.get(handle.id)
         assert answer is not None and answer.step == "second"
         assert queries.sent == 2
         await handle.terminate("test done")
@@ -89,7 +89,7 @@ async def test_concurrent_polls_of_an_uncached_run_all_get_answers(dev_env, task
     async with parked_worker(dev_env, task_queue, max_cached_workflows=0):
         handle = await start_parked(dev_env, task_queue)
         for _ in range(3):
-            answers = await asyncio.gather(*(queries.get(handle.id, ParkedWorkflow.progress) for _ in range(10)))
+            answers = await asyncio.gather(*(queries.get(handle.id) for _ in range(10)))
             assert all(a is not None and a.step == "parked" for a in answers), answers
         assert queries.sent == 3
         await handle.terminate("test done")
@@ -99,8 +99,8 @@ async def test_a_poller_that_gives_up_does_not_cancel_the_shared_query(dev_env, 
     queries = CountedQueries(dev_env, timeout_seconds=5)
     async with parked_worker(dev_env, task_queue):
         handle = await start_parked(dev_env, task_queue)
-        quitter = asyncio.create_task(queries.get(handle.id, ParkedWorkflow.progress))
-        stayer = asyncio.create_task(queries.get(handle.id, ParkedWorkflow.progress))
+        quitter = asyncio.create_task(queries.get(handle.id))
+        stayer = asyncio.create_task(queries.get(handle.id))
         await asyncio.sleep(0)
         quitter.cancel()
         answer = await stayer
@@ -115,7 +115,7 @@ async def test_no_worker_answers_none_within_the_timeout_and_forgets_the_query(d
     handle = await start_parked(dev_env, task_queue)  # no worker polls this task queue
     loop = asyncio.get_running_loop()
     started = loop.time()
-    answers = await asyncio.gather(*(queries.get(handle.id, ParkedWorkflow.progress) for _ in range(5)))
+    answers = await asyncio.gather(*(queries.get(handle.id) for _ in range(5)))
     assert answers == [None] * 5 and queries.polls("unavailable") == 5
     assert loop.time() - started < 3
     await asyncio.sleep(0.6)  # the shared query's own RPC deadline passes too

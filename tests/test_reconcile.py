@@ -85,7 +85,7 @@ def group_exists(ec2, group_id: str) -> bool:
 
 
 def branch_ids(settings, org: dict) -> list[str]:
-    return [b.id for b in neon_branches_named(settings, f"tf-{org['slug']}-{org['id'].removeprefix('org_')}")]
+    return [b["id"] for b in neon_branches_named(settings, f"tf-{org['slug']}-{org['id'].removeprefix('org_')}")]
 
 
 async def onboard(skip_env, settings, pool, task_queue, network) -> dict:
@@ -105,6 +105,12 @@ async def orphaned(skip_env, settings, pool, ec2, network, task_queue) -> Orphan
         TagSpecifications=[{"ResourceType": "instance", "Tags": tags}])["Instances"][0]["InstanceId"]
     async with pool.connection() as conn:
         await conn.execute("DELETE FROM orgs WHERE id = %s", (org["id"],))
+    # An instance launched a moment ago is not in EC2's filtered answers yet (eventual consistency;
+    # the reconciler would find it on its next run): wait until it is.
+    for _ in range(100):
+        if ec2.describe_instances(Filters=[{"Name": "tag:tenantflow:org-id", "Values": [org["id"]]}])["Reservations"]:
+            break
+        await asyncio.sleep(0.1)
     return Orphaned(org=org, instance_id=instance_id)
 
 

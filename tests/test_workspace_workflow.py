@@ -10,13 +10,16 @@ from typing import Any
 import pytest
 from botocore.exceptions import EndpointConnectionError
 from temporalio.client import WorkflowFailureError
+from temporalio.testing import ActivityEnvironment
 
 from activities.boot_script import CONFIG_MARKER
 from activities.ec2 import make_ec2_client
+from activities.instances import InstanceActivities
 from api.workspaces import provision_input
 from db.ledger import Ledger
 from db.workspaces import WorkspaceRepo
 from domain.models import TIER_INSTANCE_TYPES
+from tests.conftest import ec2_stats
 from tests.helpers import instances_of, onboard_active_org, user_data_of
 from worker import build_worker
 from workflows.provision_workspace import ProvisionWorkspaceWorkflow
@@ -112,7 +115,43 @@ async def test_launch_retried_after_lost_answer_starts_exactly_one_instance(skip
         with pytest.raises(WorkflowFailureError):  # nobody registers: it times out, which is fine here
             await skip_env.client.execute_workflow(ProvisionWorkspaceWorkflow.run, provision_input(settings, org, ws),
                                                    id=f"ws-provision:{ws['id']}", task_queue=task_queue)
-    assert flaky.run_calls == 1  # the retry found the first instance by its tag instead of launching
-    every = instances_of(ec2, ws["id"], states=("pending", "running", "stopping", "stopped", "shutting-down", "terminated"))
+    # The retry either found the instance by its tag or (still invisible to tag lookups right after
+    # the launch) sent the same ClientToken with byte-identical user data, which EC2 answers with
+    # the original reservation: one instance either way.
+    assert flaky.run_calls in (1, 2)
+    every = instances_of(ec2, ws["id"], states=EVERY_STATE)
     assert len(every) == 1
     assert (await WorkspaceRepo(pool).get(ws["id"]))["instance_id"] == every[0]["InstanceId"]
+
+
+EVERY_STATE = ("pending", "running", "stopping", "stopped", "shutting-down", "terminated")
+
+
+async def test_launch_committed_but_answer_lost_at_ec2_is_one_instance(skip_env, settings, pool, ec2, org, task_queue,
+                                                                        ec2_faults, moto_url):
+    """EC2 itself starts the instance and then answers 500: the retry carries the same token and
+    the same user data (the registration token is derived, not random), so EC2 returns the first
+    reservation instead of refusing with IdempotentParameterMismatch or starting a second one."""
+    ws = await reserve(pool, org)
+    ec2_faults("RunInstances", "InternalError", when="after")
+    async with build_worker(skip_env.client, settings, pool, task_queue=task_queue):
+        with pytest.raises(WorkflowFailureError):  # nobody registers: it times out, which is fine here
+            await skip_env.client.execute_workflow(ProvisionWorkspaceWorkflow.run, provision_input(settings, org, ws),
+                                                   id=f"ws-provision:{ws['id']}", task_queue=task_queue)
+    assert ec2_stats(moto_url)["errors"]["RunInstances"] == {"InternalError": 1}
+    assert len(instances_of(ec2, ws["id"], states=EVERY_STATE)) == 1
+
+
+async def test_launch_with_other_parameters_under_the_same_token_adopts_the_first(skip_env, settings, pool, ec2, org,
+                                                                                   task_queue):
+    """An earlier attempt launched with other parameters (another release rendered other user
+    data): EC2 answers IdempotentParameterMismatch, and the launch resolves it through the
+    client-token filter instead of failing the workspace."""
+    ws = await reserve(pool, org)
+    first = ec2.run_instances(ImageId=settings.agent_ami_id, MinCount=1, MaxCount=1, ClientToken=ws["id"],
+                              SubnetId=ws["subnet_id"], UserData="#!/bin/bash\necho an older release\n",
+                              InstanceType=ws["instance_type"])["Instances"][0]["InstanceId"]
+    activities = InstanceActivities(settings, Ledger(pool), WorkspaceRepo(pool))
+    launched = await ActivityEnvironment().run(activities.launch_instance, provision_input(settings, org, ws))
+    assert launched.instance_id == first
+    assert launched.agent_url.startswith("http://127.") and launched.agent_url.endswith(f":{settings.agent_port}")

@@ -30,6 +30,8 @@ import signal
 import sys
 import tempfile
 import time
+import urllib.error
+import urllib.parse
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -45,7 +47,7 @@ from psycopg.rows import dict_row  # noqa: E402
 
 from devstack.moto_client import moto_ec2_client  # noqa: E402
 from devstack.procs import free_port, spawn, wait_for_port  # noqa: E402
-from devstack.stack import LocalStack, load_or_create_secrets, wait_http_ok  # noqa: E402
+from devstack.stack import NEON_PLATFORM_PROJECT, LocalStack, load_or_create_secrets, wait_http_ok  # noqa: E402
 from domain.settings import Settings  # noqa: E402
 from starter import ApiError, OperatorClient, TenantClient  # noqa: E402
 
@@ -164,6 +166,13 @@ class StackHarness:
     def neon_stats(self) -> dict:
         return _http("GET", f"{self.neon_base}/__devstack/stats")
 
+    def ec2_fault(self, action: str, code: str, *, when: str = "before", count: int = 1) -> None:
+        _http("POST", f"{self.stack.aws_endpoint}/__devstack/ec2/faults",
+              {"action": action, "code": code, "when": when, "count": count})
+
+    def clear_ec2_faults(self) -> None:
+        _http("DELETE", f"{self.stack.aws_endpoint}/__devstack/ec2/faults")
+
     def never_boot(self, workspace_id: str) -> None:
         _http("POST", f"{self.boot_admin}/never-boot", {"workspace_id": workspace_id})
 
@@ -180,9 +189,8 @@ class StackHarness:
             {"Name": "tag:tenantflow:managed", "Values": ["true"]},
             {"Name": "instance-state-name", "Values": LIVE_INSTANCE_STATES}])["Reservations"] for i in r["Instances"]]
         groups = [g for g in ec2.describe_security_groups()["SecurityGroups"] if g["GroupName"].startswith("tf-")]
-        project = "tenantflow-platform"
-        branches = _http("GET", f"{self.neon_base}/api/v2/projects/{project}/branches",
-                         headers={"Authorization": f"Bearer {self.secrets['neon_api_key']}"})["branches"]
+        branches = neon_list(f"{self.neon_base}/api/v2", self.secrets["neon_api_key"],
+                             f"projects/{NEON_PLATFORM_PROJECT}/branches", "branches")
         with psycopg.connect(self.database_url, row_factory=dict_row) as conn:
             orgs = conn.execute("SELECT id, slug, status, neon_branch_id, security_group_id FROM orgs").fetchall()
             workspaces = conn.execute("SELECT id, org_id, status, instance_id FROM workspaces").fetchall()
@@ -207,6 +215,29 @@ class StackHarness:
         leaked_branches = [b["id"] for b in inv["branches"]
                            if b["name"].startswith("tf-") and b["id"] not in branch_ids]
         return {"instances": leaked_instances, "security_groups": leaked_groups, "neon_branches": leaked_branches}
+
+
+def neon_list(api_base: str, api_key: str, path: str, key: str) -> list[dict]:
+    """Every item of a Neon list (``projects`` or ``projects/<id>/branches``), page by page as
+    Neon hands them out, waiting out its rate limit."""
+    items: list[dict] = []
+    query: dict[str, Any] = {"limit": 100}
+    while True:
+        url = f"{api_base.rstrip('/')}/{path}?{urllib.parse.urlencode(query)}"
+        for attempt in range(20):
+            try:
+                page = _http("GET", url, headers={"Authorization": f"Bearer {api_key}"})
+                break
+            except urllib.error.HTTPError as err:
+                if err.code != 429 or attempt == 19:
+                    raise
+                time.sleep(0.5)
+        found = page.get(key, [])
+        items += found
+        cursor = (page.get("pagination") or {}).get("next") or (page.get("pagination") or {}).get("cursor")
+        if not found or not cursor or cursor in (query.get("cursor"), query.get("next")):
+            return items
+        query["next" if "next" in (page.get("pagination") or {}) else "cursor"] = cursor
 
 
 def _http(method: str, url: str, body: Any = None, headers: dict | None = None) -> Any:

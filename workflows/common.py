@@ -8,9 +8,16 @@ from typing import Any, Callable
 from temporalio import workflow
 from temporalio.common import RetryPolicy
 from temporalio.exceptions import ActivityError, ApplicationError, ChildWorkflowError, TimeoutError
+from temporalio.workflow import ActivityCancellationType
 
 with workflow.unsafe.imports_passed_through():
     from domain.models import Progress
+    from domain.org_entity import Parked
+
+# Signals an operation run by the org entity sends its parent, so that the entity's validators
+# know when a step waits for an operator's retry or abandon.
+PARKED_SIGNAL = "operation_parked"
+UNPARKED_SIGNAL = "operation_unparked"
 
 # Transient faults (throttling, 423/429/5xx) back off up to 30 s; permanent ones are raised
 # non-retryable by the activities and stop the retries at once.
@@ -24,6 +31,9 @@ CLEANUP_DEADLINE = timedelta(hours=1)
 # A waiting activity (instances, Neon operations, another workflow's cleanup) heartbeats while it
 # waits: each attempt may take a whole step, and a worker lost mid-wait is noticed in 30 s.
 WAITING: dict[str, Any] = {"start_to_close_timeout": STEP_DEADLINE, "heartbeat_timeout": CALL_TIMEOUT / 2}
+# A cancelled activity that creates or powers something is waited for, so whatever runs next
+# (compensation, a delete's cascade) sees everything it did.
+FINISH_FIRST = ActivityCancellationType.WAIT_CANCELLATION_COMPLETED
 _NO_ARG = object()
 
 
@@ -86,11 +96,22 @@ class ProgressTracker:
         workflow.set_current_details("\n\n".join(lines))
 
 
-def failure_reason(step: str, err: BaseException) -> str:
-    """A one-line, operator-readable reason: the step and the root cause's type and message."""
+def _root_cause(err: BaseException) -> BaseException:
     cause: BaseException = err
     while isinstance(cause, (ActivityError, ChildWorkflowError)) and cause.cause is not None:
         cause = cause.cause
+    return cause
+
+
+def root_message(err: BaseException) -> str:
+    """The message of what really failed inside activity and child-workflow wrappers."""
+    cause = _root_cause(err)
+    return cause.message if isinstance(cause, ApplicationError) else f"{type(cause).__name__}: {cause}"
+
+
+def failure_reason(step: str, err: BaseException) -> str:
+    """A one-line, operator-readable reason: the step and the root cause's type and message."""
+    cause = _root_cause(err)
     if isinstance(cause, ApplicationError):
         kind = cause.type or "ApplicationError"
         return f"{step}: {kind}: {cause.message}"
@@ -126,9 +147,19 @@ class OperatorGate:
                 if on_parked is not None:
                     await on_parked(step, reason)
                 self._decision = None
+                await _tell_parent(PARKED_SIGNAL, Parked(step=step, reason=reason))
                 await workflow.wait_condition(lambda: self._decision is not None)
                 decision, self._decision = self._decision, None
                 self._tracker.unpark()
+                await _tell_parent(UNPARKED_SIGNAL)
                 if decision == "abandon":
                     raise ApplicationError(f"abandoned by an operator at {reason}", type="TeardownAbandoned",
                                            non_retryable=True) from err
+
+
+async def _tell_parent(signal: str, *args: object) -> None:
+    """Signal the org entity that started this operation. Runs with no parent (every one started
+    before the entity existed) send nothing, so their histories replay unchanged."""
+    parent = workflow.info().parent
+    if parent is not None:
+        await workflow.get_external_workflow_handle(parent.workflow_id).signal(signal, args=list(args))

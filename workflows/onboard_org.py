@@ -2,11 +2,13 @@
 
 validate -> record provisioning -> create database (and wait for Neon's operations) ->
 create security group -> activate. A permanent failure undoes the created resources in reverse
-order, stores the reason on the org and fails the workflow.
+order, stores the reason on the org and fails the workflow; so does a cancellation (the org entity
+cancels onboarding when the org is deleted meanwhile), before the cascade starts.
 """
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any, Awaitable, Callable
 
 from temporalio import workflow
@@ -29,7 +31,7 @@ with workflow.unsafe.imports_passed_through():
         SecurityGroupInput,
         TenantDatabaseInput,
     )
-    from workflows.common import CLEANUP_DEADLINE, WAITING, ProgressTracker, failure_reason, run_activity
+    from workflows.common import CLEANUP_DEADLINE, FINISH_FIRST, WAITING, ProgressTracker, failure_reason, run_activity
 
 STEPS = ["validate", "record", "create_database", "create_security_group", "activate"]
 
@@ -63,8 +65,11 @@ class OnboardOrgWorkflow:
 
             self._tracker.enter(step := "create_database")
             undo.append(("delete_database", lambda: self._delete_database(db_ref)))
-            db = await run_activity(NeonActivities.ensure_tenant_database, db_ref, f"create Neon {inp.neon_mode}")
+            db = await run_activity(NeonActivities.ensure_tenant_database, db_ref, f"create Neon {inp.neon_mode}",
+                                    cancellation_type=FINISH_FIRST)
+            _stop_if_cancelled()
             result.neon_project_id, result.neon_branch_id = db.project_id, db.branch_id
+            result.cost_warning = db.cost_warning
             await run_activity(OrgStoreActivities.record_org_resources, self._resources(result), "record database ids")
             if db.operation_ids:
                 await run_activity(NeonActivities.wait_for_neon_operations,
@@ -74,30 +79,43 @@ class OnboardOrgWorkflow:
             self._tracker.enter(step := "create_security_group")
             undo.append(("delete_security_group", lambda: run_activity(
                 Ec2Activities.delete_security_group, sg_ref, "delete security group", deadline=CLEANUP_DEADLINE)))
-            sg = await run_activity(Ec2Activities.ensure_security_group, sg_ref, "create security group :443")
+            sg = await run_activity(Ec2Activities.ensure_security_group, sg_ref, "create security group",
+                                    cancellation_type=FINISH_FIRST)
+            _stop_if_cancelled()
             result.security_group_id = sg.group_id
             await run_activity(OrgStoreActivities.record_org_resources, self._resources(result), "record group id")
 
             self._tracker.enter(step := "activate")
             await run_activity(OrgStoreActivities.mark_org_active, org, "mark org active")
         except ActivityError as err:
+            if workflow.cancellation_reason() is not None:  # a create cancelled mid-call, waited for
+                await self._compensate(inp, undo, f"{step}: onboarding cancelled", step)
+                raise asyncio.CancelledError() from err
             reason = failure_reason(step, err)
-            workflow.logger.warning("onboarding failed, compensating", extra={"org_slug": inp.slug, "reason": reason})
-            self._tracker.finish(OrgStatus.failed.value, reason, step=f"compensating after {step}")
-            for name, action in reversed(undo):
-                self._tracker.note(f"undo: `{name}`")
-                await action()
-            await run_activity(OrgStoreActivities.mark_org_failed,
-                               OrgFailure(org_id=inp.org_id, slug=inp.slug, reason=reason),
-                               "mark org failed", deadline=CLEANUP_DEADLINE)
-            self._tracker.finish(OrgStatus.failed.value, reason, step=step)
+            await self._compensate(inp, undo, reason, step)
             raise ApplicationError(f"onboarding of {inp.slug} failed: {reason}", type="OnboardingFailed",
                                    non_retryable=True) from err
+        except asyncio.CancelledError:
+            # Preempted (the org is being deleted): undo what exists before the cascade starts.
+            await self._compensate(inp, undo, f"{step}: onboarding cancelled", step)
+            raise
 
         result.status = OrgStatus.active
         self._tracker.finish(OrgStatus.active.value)
         workflow.logger.info("org onboarded", extra={"org_slug": inp.slug})
         return result
+
+    async def _compensate(self, inp: OnboardOrgInput, undo: list[tuple[str, Callable[[], Awaitable[Any]]]],
+                          reason: str, step: str) -> None:
+        workflow.logger.warning("onboarding failed, compensating", extra={"org_slug": inp.slug, "reason": reason})
+        self._tracker.finish(OrgStatus.failed.value, reason, step=f"compensating after {step}")
+        for name, action in reversed(undo):
+            self._tracker.note(f"undo: `{name}`")
+            await action()
+        await run_activity(OrgStoreActivities.mark_org_failed,
+                           OrgFailure(org_id=inp.org_id, slug=inp.slug, reason=reason),
+                           "mark org failed", deadline=CLEANUP_DEADLINE)
+        self._tracker.finish(OrgStatus.failed.value, reason, step=step)
 
     async def _delete_database(self, ref: TenantDatabaseInput) -> None:
         ops = await run_activity(NeonActivities.delete_tenant_database, ref, "delete Neon database",
@@ -109,4 +127,12 @@ class OnboardOrgWorkflow:
     @staticmethod
     def _resources(result: OnboardOrgResult) -> OrgResources:
         return OrgResources(org_id=result.org_id, slug=result.slug, neon_project_id=result.neon_project_id,
-                            neon_branch_id=result.neon_branch_id, security_group_id=result.security_group_id)
+                            neon_branch_id=result.neon_branch_id, security_group_id=result.security_group_id,
+                            cost_warning=result.cost_warning)
+
+
+def _stop_if_cancelled() -> None:
+    """A create that was waited for after a cancellation returns its result normally: stop here
+    rather than go on building an org that is being deleted."""
+    if workflow.cancellation_reason() is not None:
+        raise asyncio.CancelledError()

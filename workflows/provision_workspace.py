@@ -13,7 +13,6 @@ from datetime import timedelta
 
 from temporalio import workflow
 from temporalio.exceptions import ActivityError, ApplicationError
-from temporalio.workflow import ActivityCancellationType
 
 with workflow.unsafe.imports_passed_through():
     from activities.a2a import AgentActivities
@@ -30,7 +29,7 @@ with workflow.unsafe.imports_passed_through():
         WorkspaceRef,
         WorkspaceStatus,
     )
-    from workflows.common import CLEANUP_DEADLINE, WAITING, ProgressTracker, failure_reason, run_activity
+    from workflows.common import CLEANUP_DEADLINE, FINISH_FIRST, WAITING, ProgressTracker, failure_reason, run_activity
 
 STEPS = ["take_slot", "launch_instance", "wait_running", "wait_registration", "check_agent", "activate"]
 
@@ -70,7 +69,7 @@ class ProvisionWorkspaceWorkflow:
             # Waits for a cancelled launch to finish, so cleanup sees any instance it started.
             launched = await run_activity(InstanceActivities.launch_instance, inp,
                                           f"launch {inp.instance_type} in {inp.subnet_id}",
-                                          cancellation_type=ActivityCancellationType.WAIT_CANCELLATION_COMPLETED)
+                                          cancellation_type=FINISH_FIRST)
             result.instance_id = launched.instance_id
 
             self._tracker.enter(step := "wait_running")
@@ -85,7 +84,12 @@ class ProvisionWorkspaceWorkflow:
             except asyncio.TimeoutError:
                 raise _StepFailed(f"wait_registration: agent did not register within {timeout:g}s") from None
             assert self._registration is not None
-            result.agent_url = self._registration.agent_url
+            # The address the platform derived from the instance, never one the agent chose (runs
+            # that launched before the change carry no derived address and keep the old way).
+            derived = launched.agent_url if workflow.patched("agent-url-from-private-ip") else None
+            result.agent_url = derived or self._registration.agent_url
+            if result.agent_url is None:
+                raise _StepFailed("wait_registration: no address to reach the agent at")
 
             self._tracker.enter(step := "check_agent")
             await run_activity(AgentActivities.check_agent_card,

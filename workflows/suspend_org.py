@@ -27,7 +27,7 @@ with workflow.unsafe.imports_passed_through():
         WorkspaceQuery,
         WorkspaceStatus,
     )
-    from workflows.common import WAITING, OperatorGate, ProgressTracker, run_activity
+    from workflows.common import FINISH_FIRST, WAITING, OperatorGate, ProgressTracker, run_activity
     from workflows.deprovision_workspace import provision_workflow_id
 
 SUSPEND_STEPS = ["freeze", "revoke_keys", "cancel_provisioning", "stop_instances"]
@@ -58,7 +58,8 @@ class SuspendOrgWorkflow:
         step = self._gate.run_step
         await step("freeze", lambda: run_activity(OrgLifecycleActivities.set_org_status, OrgStatusChange(
             org_id=inp.org_id, slug=inp.slug, status=OrgStatus.suspended.value, reason=inp.reason,
-            only_from=[OrgStatus.active.value, OrgStatus.suspended.value]), "freeze workspace creation"))
+            # Run by the org entity, the org is already "suspending" (frozen): nothing to change.
+            only_from=[OrgStatus.active.value]), "freeze workspace creation"))
         await step("revoke_keys", lambda: run_activity(OrgLifecycleActivities.revoke_org_keys, org,
                                               "revoke every org API key"))
         in_flight = await step("cancel_provisioning", lambda: run_activity(
@@ -75,7 +76,7 @@ class SuspendOrgWorkflow:
             await step("stop_instances", lambda: run_activity(
                 InstanceActivities.stop_workspace_instances,
                 WorkspaceInstances(org_id=inp.org_id, org_slug=inp.slug, workspace_ids=running),
-                "stop instances and wait", **WAITING))
+                "stop instances and wait", cancellation_type=FINISH_FIRST, **WAITING))
             await step("stop_instances", lambda: run_activity(
                 OrgLifecycleActivities.set_workspaces_status,
                 OrgStatusChange(org_id=inp.org_id, slug=inp.slug, status=WorkspaceStatus.stopped.value,
@@ -109,6 +110,7 @@ class ResumeOrgWorkflow:
         step = self._gate.run_step
         await step("unfreeze", lambda: run_activity(OrgLifecycleActivities.set_org_status, OrgStatusChange(
             org_id=inp.org_id, slug=inp.slug, status=OrgStatus.active.value,
+            # Run by the org entity, the org stays "resuming" (frozen) until its instances run.
             only_from=[OrgStatus.suspended.value]), "unfreeze the org"))
         stopped = await step("start_instances", lambda: run_activity(
             OrgLifecycleActivities.list_org_workspaces,
@@ -117,7 +119,7 @@ class ResumeOrgWorkflow:
             await step("start_instances", lambda: run_activity(
                 InstanceActivities.start_workspace_instances,
                 WorkspaceInstances(org_id=inp.org_id, org_slug=inp.slug, workspace_ids=stopped),
-                "start instances and wait", **WAITING))
+                "start instances and wait", cancellation_type=FINISH_FIRST, **WAITING))
             await step("start_instances", lambda: run_activity(
                 OrgLifecycleActivities.set_workspaces_status,
                 OrgStatusChange(org_id=inp.org_id, slug=inp.slug, status=WorkspaceStatus.running.value,

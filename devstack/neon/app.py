@@ -1,17 +1,23 @@
-"""Routes of the Neon API v2 subset, and the server's lifecycle."""
+"""Routes of the Neon API v2 subset, and the server's lifecycle.
+
+The rules that make it as strict as Neon live in their own modules (see ``strict``); the handlers
+here call them at one place each: ``_refuse_if_busy`` (423, and Neon's background operations),
+``plans`` in the two create handlers, ``pagination`` in the list handlers, ``_reply`` (schema
+drift), and the rate limit as a middleware.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 from dataclasses import dataclass, field as dc_field
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timezone
 from typing import Any, AsyncIterator
 
 from aiohttp import web
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
-from devstack.neon import ids, render
+from devstack.neon import drift, ids, pagination, plans, render
 from devstack.neon.cluster import Cluster
 from devstack.neon.control import CONTROL_DATABASE, Control, Row
 from devstack.neon.devtools import (
@@ -25,6 +31,17 @@ from devstack.neon.devtools import (
     field,
     json_body,
 )
+from devstack.neon.operations import (
+    BACKGROUND_ACTIONS,
+    PLANNER,
+    OperationPlanner,
+    Timing,
+    add_operation_routes,
+    background_operation,
+    new_operations,
+)
+from devstack.neon.ratelimit import RATE_LIMITER, RateLimiter, rate_limit_middleware
+from devstack.neon.strict import STRICTNESS, Strictness, StrictnessHolder, add_config_routes
 
 log = logging.getLogger("devstack.neon_server")
 
@@ -47,6 +64,11 @@ class NeonServerConfig:
     seed_project_name: str = "tenantflow-platform"
     scheduling_seconds: float = 0.2
     running_seconds: float = 0.5
+    strict: Strictness = dc_field(default_factory=Strictness)
+
+
+# Serializes project creation, so that two creates cannot both pass the plan's project cap.
+_ACCOUNT_LOCK = "<account>"
 
 
 @dataclass
@@ -54,6 +76,8 @@ class _State:
     config: NeonServerConfig
     cluster: Cluster
     pg_port: int
+    strictness: StrictnessHolder
+    planner: OperationPlanner
     control: Control | None = None
     pg_version: int = 0
     # DDL and the "no running operations" check must not interleave within a project.
@@ -61,6 +85,10 @@ class _State:
 
     def lock(self, project_id: str) -> asyncio.Lock:
         return self.locks.setdefault(project_id, asyncio.Lock())
+
+    @property
+    def rules(self) -> Strictness:
+        return self.strictness.now
 
 
 STATE = web.AppKey("neon_state", _State)
@@ -71,23 +99,12 @@ def _now() -> datetime:
 
 
 def _operations(st: _State, project_id: str, branch: Row, actions: list[str]) -> list[Row]:
-    """Operation records whose status moves scheduling -> running -> finished with time."""
-    created = _now()
-    running = created + timedelta(seconds=st.config.scheduling_seconds)
-    finished = running + timedelta(seconds=st.config.running_seconds)
-    return [
-        {
-            "id": ids.operation_id(),
-            "project_id": project_id,
-            "branch_id": branch["id"],
-            "endpoint_id": branch["endpoint_id"] if action.endswith("_compute") else None,
-            "action": action,
-            "created_at": created,
-            "running_at": running,
-            "finished_at": finished,
-        }
-        for action in actions
-    ]
+    timing = Timing(st.config.scheduling_seconds, st.config.running_seconds)
+    return new_operations(st.planner, st.rules.operations, timing, project_id, branch, actions, _now())
+
+
+def _reply(st: _State, body: dict[str, Any], status: int = 200) -> web.Response:
+    return web.json_response(drift.apply(body) if st.rules.schema_drift else body, status=status)
 
 
 # -- lookups and request parsing -------------------------------------------------------------
@@ -108,28 +125,18 @@ async def _branch_or_404(st: _State, project_id: str, branch_id: str) -> Row:
 
 
 async def _refuse_if_busy(st: _State, project_id: str) -> None:
+    """423 while any operation of the project is unfinished, Neon's own ones included."""
+    background = st.rules.background
+    if st.planner.chance(background.share):
+        await _start_background_operation(st, project_id, background.seconds)
     if await st.control.has_unfinished_operations(project_id, _now()):
         raise ApiError(423, LOCKED_MESSAGE)
 
 
-def _int_param(request: web.Request, name: str, low: int, high: int) -> int | None:
-    raw = request.query.get(name)
-    if raw is None or raw == "":
-        return None
-    if not (raw.isascii() and raw.isdigit()) or not low <= int(raw) <= high:
-        raise ApiError(400, f"{name}: expected an integer between {low} and {high}")
-    return int(raw)
-
-
-def _page_params(request: web.Request, default_limit: int | None, max_limit: int) -> tuple[int | None, int | None]:
-    """(cursor, limit); a cursor is the opaque ``seq`` of the last item of the previous page."""
-    cursor = _int_param(request, "cursor", 0, 2**62)
-    limit = _int_param(request, "limit", 1, max_limit)
-    return cursor, limit if limit is not None else default_limit
-
-
-def _pagination(rows: list[Row], cursor: int | None) -> dict[str, str]:
-    return {"cursor": str(rows[-1]["seq"]) if rows else str(cursor or "")}
+async def _start_background_operation(st: _State, project_id: str, seconds: float, action: str | None = None) -> Row:
+    branch = await st.control.default_branch(project_id)
+    op = background_operation(st.planner, project_id, branch, seconds, _now(), action)
+    return (await st.control.save(ops=[op]))["operations"][0]
 
 
 def _bool_param(request: web.Request, name: str) -> bool:
@@ -151,11 +158,11 @@ def _name(obj: dict[str, Any], key: str, where: str, default: str | None, max_le
 
 async def list_projects(request: web.Request) -> web.Response:
     st = request.app[STATE]
-    cursor, limit = _page_params(request, default_limit=10, max_limit=400)
+    cursor, limit = pagination.seq_page_params(request, default_limit=10, max_limit=400)
     rows = await st.control.projects(cursor or 0, limit)
-    return web.json_response({
+    return _reply(st, {
         "projects": [render.project(p, st.config.pg_host) for p in rows],
-        "pagination": _pagination(rows, cursor),
+        "pagination": pagination.seq_pagination(rows, cursor),
     })
 
 
@@ -170,16 +177,18 @@ async def create_project(request: web.Request) -> web.Response:
     if not ids.ROLE_NAME_RE.match(role):
         raise ApiError(400, "project.branch.role_name: expected lowercase letters, digits and _ (up to 20)")
     project_id = ids.project_id()
-    created = await _provision_project(
-        st,
-        project_id,
-        name=_name(spec, "name", "project.", project_id, max_len=64),
-        region=_name(spec, "region_id", "project.", DEFAULT_REGION, max_len=64),
-        branch_name=_name(branch, "name", "project.branch.", DEFAULT_BRANCH),
-        role=role,
-        database=_name(branch, "database_name", "project.branch.", DEFAULT_DATABASE, max_len=63),
-    )
-    return web.json_response(created, status=201)
+    async with st.lock(_ACCOUNT_LOCK):
+        plans.check_new_project(st.rules.plan, await st.control.count_projects())
+        created = await _provision_project(
+            st,
+            project_id,
+            name=_name(spec, "name", "project.", project_id, max_len=64),
+            region=_name(spec, "region_id", "project.", DEFAULT_REGION, max_len=64),
+            branch_name=_name(branch, "name", "project.branch.", DEFAULT_BRANCH),
+            role=role,
+            database=_name(branch, "database_name", "project.branch.", DEFAULT_DATABASE, max_len=63),
+        )
+    return _reply(st, created, status=201)
 
 
 async def _provision_project(
@@ -241,7 +250,7 @@ def _branch_created(st: _State, project: Row, branch: Row, ops: list[Row]) -> di
 async def get_project(request: web.Request) -> web.Response:
     st = request.app[STATE]
     project = await _project_or_404(st, request.match_info["project_id"])
-    return web.json_response({"project": render.project(project, st.config.pg_host)})
+    return _reply(st, {"project": render.project(project, st.config.pg_host)})
 
 
 async def delete_project(request: web.Request) -> web.Response:
@@ -257,7 +266,7 @@ async def delete_project(request: web.Request) -> web.Response:
     # The project's operations go with it, so these are reported but cannot be fetched later.
     ops = [op for b in branches for op in _operations(st, project_id, b, _deletion_actions(b))]
     now = _now()
-    return web.json_response({
+    return _reply(st, {
         "project": render.project(project, st.config.pg_host),
         "operations": [render.operation(op, now) for op in ops],
     })
@@ -273,13 +282,13 @@ def _deletion_actions(branch: Row) -> list[str]:
 async def list_branches(request: web.Request) -> web.Response:
     st = request.app[STATE]
     project = await _project_or_404(st, request.match_info["project_id"])
-    cursor, limit = _page_params(request, default_limit=None, max_limit=10000)
-    rows = await st.control.branches(project["id"], cursor or 0, limit)
+    query = pagination.branch_query(request, st.rules.pagination.branch_page_size)
+    rows, page = pagination.branch_page(await st.control.branches(project["id"], 0, None), query)
     now = _now()
-    return web.json_response({
+    return _reply(st, {
         "branches": [render.branch(b, now) for b in rows],
         "annotations": {},
-        "pagination": _pagination(rows, cursor),
+        "pagination": page,
     })
 
 
@@ -287,7 +296,7 @@ async def get_branch(request: web.Request) -> web.Response:
     st = request.app[STATE]
     project = await _project_or_404(st, request.match_info["project_id"])
     branch = await _branch_or_404(st, project["id"], request.match_info["branch_id"])
-    return web.json_response({"branch": render.branch(branch, _now()), "annotation": {}})
+    return _reply(st, {"branch": render.branch(branch, _now()), "annotation": {}})
 
 
 def _parse_branch_request(body: dict[str, Any]) -> tuple[str | None, str | None, str | None]:
@@ -323,6 +332,7 @@ async def create_branch(request: web.Request) -> web.Response:
         name = name or branch_id
         if await st.control.branch_named(project_id, name):
             raise ApiError(409, f"branch with name {name!r} already exists")
+        billed = plans.check_new_branch(st.rules.plan, await st.control.count_branches(project_id))
         await _refuse_if_busy(st, project_id)
         physical_db = ids.physical_database(project_id, branch_id)
         lsn = await st.cluster.create_database(physical_db, project["pg_role"], template=parent["physical_db"])
@@ -334,7 +344,10 @@ async def create_branch(request: web.Request) -> web.Response:
         except BaseException:
             await st.cluster.drop_databases([physical_db])
             raise
-    return web.json_response(_branch_created(st, project, stored["branch"], stored["operations"]), status=201)
+    if billed:
+        log.info("branch %s of project %s is beyond the %s plan's included branches: billed as an extra",
+                 branch_id, project_id, st.rules.plan)
+    return _reply(st, _branch_created(st, project, stored["branch"], stored["operations"]), status=201)
 
 
 async def delete_branch(request: web.Request) -> web.Response:
@@ -351,7 +364,7 @@ async def delete_branch(request: web.Request) -> web.Response:
         await st.cluster.drop_databases([branch["physical_db"]])
         ops = await st.control.delete_branch(branch["id"], _operations(st, project_id, branch, _deletion_actions(branch)))
     now = _now()
-    return web.json_response({
+    return _reply(st, {
         "branch": render.branch(branch, now),
         "operations": [render.operation(op, now) for op in ops],
     })
@@ -363,12 +376,12 @@ async def delete_branch(request: web.Request) -> web.Response:
 async def list_operations(request: web.Request) -> web.Response:
     st = request.app[STATE]
     project = await _project_or_404(st, request.match_info["project_id"])
-    cursor, limit = _page_params(request, default_limit=10, max_limit=1000)
+    cursor, limit = pagination.seq_page_params(request, default_limit=10, max_limit=1000)
     rows = await st.control.operations(project["id"], cursor, limit)
     now = _now()
-    return web.json_response({
+    return _reply(st, {
         "operations": [render.operation(op, now) for op in rows],
-        "pagination": _pagination(rows, cursor),
+        "pagination": pagination.seq_pagination(rows, cursor),
     })
 
 
@@ -379,7 +392,7 @@ async def get_operation(request: web.Request) -> web.Response:
     op = await st.control.operation(project["id"], operation_id) if ids.is_uuid(operation_id) else None
     if op is None:
         raise ApiError(404, f"operation {operation_id} not found")
-    return web.json_response({"operation": render.operation(op, _now())})
+    return _reply(st, {"operation": render.operation(op, _now())})
 
 
 async def get_connection_uri(request: web.Request) -> web.Response:
@@ -399,7 +412,7 @@ async def get_connection_uri(request: web.Request) -> web.Response:
     if role and role not in (project["role_name"], project["pg_role"]):
         raise ApiError(404, f"role {role} not found")
     _bool_param(request, "pooled")  # validated; locally there is no separate pooler
-    return web.json_response({"uri": render.connection_uri(branch, project, st.config.pg_host, st.pg_port)})
+    return _reply(st, {"uri": render.connection_uri(branch, project, st.config.pg_host, st.pg_port)})
 
 
 # -- application -----------------------------------------------------------------------------
@@ -440,12 +453,30 @@ def _validate(config: NeonServerConfig) -> None:
         raise ValueError("operation phase durations must be >= 0")
 
 
+async def start_background_operation(request: web.Request) -> web.Response:
+    """``POST /__devstack/background-operations {"project_id", "action"?, "seconds"?}``: Neon takes
+    the project's lock now with an operation of its own (apply_config or suspend_compute)."""
+    st = request.app[STATE]
+    body = await json_body(request)
+    project = await _project_or_404(st, field(body, "project_id", str, "", ""))
+    action = field(body, "action", str, "")
+    seconds = field(body, "seconds", (int, float), "", st.rules.background.seconds)
+    if action not in (None, *BACKGROUND_ACTIONS) or seconds <= 0:
+        raise ApiError(400, f"action: one of {list(BACKGROUND_ACTIONS)}; seconds: > 0")
+    op = await _start_background_operation(st, project["id"], seconds, action)
+    return web.json_response({"operation": render.operation(op, _now())}, status=201)
+
+
 def create_app(config: NeonServerConfig) -> web.Application:
     _validate(config)
-    app = web.Application(middlewares=MIDDLEWARES)
+    app = web.Application(middlewares=[*MIDDLEWARES, rate_limit_middleware])
     pg_port = config.pg_port or int(conninfo_to_dict(config.pg_admin_url).get("port") or 5432)
-    app[STATE] = _State(config=config, cluster=Cluster(config.pg_admin_url), pg_port=pg_port)
+    strictness, planner, limiter = StrictnessHolder(config.strict), OperationPlanner(), RateLimiter()
+    strictness.listeners.append(limiter.reset)
+    app[STATE] = _State(config=config, cluster=Cluster(config.pg_admin_url), pg_port=pg_port,
+                        strictness=strictness, planner=planner)
     app[DEVTOOLS] = DevTools(api_key=config.api_key)
+    app[STRICTNESS], app[PLANNER], app[RATE_LIMITER] = strictness, planner, limiter
     app.cleanup_ctx.append(_lifecycle)
 
     api = API_PREFIX
@@ -461,6 +492,9 @@ def create_app(config: NeonServerConfig) -> web.Application:
     app.router.add_get(f"{api}/projects/{{project_id}}/operations/{{operation_id}}", get_operation)
     app.router.add_get(f"{api}/projects/{{project_id}}/connection_uri", get_connection_uri)
     add_admin_routes(app)
+    add_config_routes(app)
+    add_operation_routes(app)
+    app.router.add_post("/__devstack/background-operations", start_background_operation)
     return app
 
 

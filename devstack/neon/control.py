@@ -53,6 +53,11 @@ CREATE TABLE IF NOT EXISTS operations (
     finished_at timestamptz NOT NULL
 );
 CREATE INDEX IF NOT EXISTS operations_by_project ON operations (project_id, seq);
+-- An operation's fate (failed-and-retried, cancelled) is part of its timeline; added later, so
+-- state directories from before keep working.
+ALTER TABLE operations ADD COLUMN IF NOT EXISTS failures int NOT NULL DEFAULT 0;
+ALTER TABLE operations ADD COLUMN IF NOT EXISTS retry_seconds double precision NOT NULL DEFAULT 0;
+ALTER TABLE operations ADD COLUMN IF NOT EXISTS outcome text NOT NULL DEFAULT 'finished';
 """
 # Serializes schema creation when several server instances start at once.
 _SCHEMA_LOCK_KEY = 0x6E656F6E
@@ -96,6 +101,12 @@ class Control:
 
     async def project(self, project_id: str) -> Row | None:
         return await self._one("SELECT * FROM projects WHERE id = %s", (project_id,))
+
+    async def count_projects(self) -> int:
+        return (await self._one("SELECT count(*) AS n FROM projects"))["n"]
+
+    async def count_branches(self, project_id: str) -> int:
+        return (await self._one("SELECT count(*) AS n FROM branches WHERE project_id = %s", (project_id,)))["n"]
 
     async def projects(self, after: int, limit: int) -> list[Row]:
         return await self._all("SELECT * FROM projects WHERE seq > %s ORDER BY seq LIMIT %s", (after, limit))

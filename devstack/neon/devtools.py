@@ -1,6 +1,8 @@
 """HTTP plumbing: Neon-like errors, API-key auth, request stats and fault injection.
 
-The ``/__devstack/`` admin routes are unauthenticated; the server only listens on loopback.
+The ``/__devstack/`` admin routes are unauthenticated; the server only listens on loopback. A fault
+answers the next ``count`` matching requests (-1: until cleared) with ``status``, Neon's error
+shape (``message``, ``code``) and optionally ``Retry-After``, before the request reaches a handler.
 """
 
 from __future__ import annotations
@@ -30,15 +32,19 @@ _METHODS = {"GET", "POST", "PUT", "PATCH", "DELETE", "*"}
 
 
 class ApiError(Exception):
-    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None):
+    """An answer in Neon's error shape; ``code`` is Neon's machine-readable error code, if any."""
+
+    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None, code: str = ""):
         super().__init__(message)
         self.status = status
         self.message = message
         self.headers = headers
+        self.code = code
 
 
-def error_response(status: int, message: str, headers: dict[str, str] | None = None) -> web.Response:
-    body = {"code": "", "message": message, "request_id": str(uuid.uuid4())}
+def error_response(status: int, message: str, headers: dict[str, str] | None = None, code: str = "") -> web.Response:
+    # https://api-docs.neon.tech/reference/ (GeneralError): {"request_id", "code", "message"}
+    body = {"code": code, "message": message, "request_id": str(uuid.uuid4())}
     return web.json_response(body, status=status, headers=headers)
 
 
@@ -96,6 +102,7 @@ class Fault:
     retry_after: float | None = None
     message: str | None = None
     hits: int = 0
+    code: str = ""  # Neon's error code in the body, e.g. BRANCHES_LIMIT_EXCEEDED
 
     def matches(self, method: str, route: str | None) -> bool:
         return self.method in ("*", method) and (self.route == "*" or self.route == route)
@@ -106,7 +113,7 @@ class Fault:
             seconds = self.retry_after
             headers = {"Retry-After": str(int(seconds)) if seconds == int(seconds) else str(seconds)}
         message = self.message or _FAULT_MESSAGES.get(self.status) or HTTPStatus(self.status).phrase.lower()
-        return error_response(self.status, message, headers)
+        return error_response(self.status, message, headers, self.code)
 
 
 @dataclass
@@ -166,7 +173,7 @@ async def errors_middleware(request: web.Request, handler: Any) -> web.StreamRes
     try:
         return await handler(request)
     except ApiError as err:
-        return error_response(err.status, err.message, err.headers)
+        return error_response(err.status, err.message, err.headers, err.code)
     except web.HTTPException as err:
         if err.status < 400:
             raise
@@ -227,7 +234,7 @@ def _parse_fault(body: dict[str, Any], known_routes: set[str], fault_id: int) ->
     if retry_after is not None and retry_after < 0:
         raise ApiError(400, "retry_after: expected seconds >= 0")
     message = field(body, "message", str, "")
-    return Fault(fault_id, method, route, status, count, retry_after, message)
+    return Fault(fault_id, method, route, status, count, retry_after, message, code=field(body, "code", str, "", ""))
 
 
 async def add_fault(request: web.Request) -> web.Response:

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from typing import Any
 from urllib.parse import quote
 
 from devstack.neon.control import Row
+from devstack.neon.operations import FAILURE_MESSAGE, phase
 
 PLATFORM_ID = "aws"
 PROVISIONER = "k8s-neonvm"
@@ -27,30 +28,25 @@ def ts(moment: datetime) -> str:
     return moment.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def operation_status(op: Row, now: datetime) -> str:
-    if now < op["running_at"]:
-        return "scheduling"
-    if now < op["finished_at"]:
-        return "running"
-    return "finished"
-
-
 def operation(op: Row, now: datetime) -> dict[str, Any]:
-    status = operation_status(op, now)
-    updated = {"scheduling": op["created_at"], "running": op["running_at"]}.get(status, op["finished_at"])
+    current = phase(op, now)
     duration = min(now, op["finished_at"]) - op["running_at"]
-    return {
+    body = {
         "id": str(op["id"]),
         "project_id": op["project_id"],
         "branch_id": op["branch_id"],
         "endpoint_id": op["endpoint_id"],
         "action": op["action"],
-        "status": status,
-        "failures_count": 0,
+        "status": current.status,
+        "failures_count": current.failures_count,
         "created_at": ts(op["created_at"]),
-        "updated_at": ts(updated),
+        "updated_at": ts(current.since),
         "total_duration_ms": max(0, int(duration.total_seconds() * 1000)),
     }
+    if current.status == "failed":
+        body["error"] = FAILURE_MESSAGE
+        body["retry_at"] = ts(current.since + timedelta(seconds=op["retry_seconds"]))
+    return body
 
 
 def project(p: Row, proxy_host: str) -> dict[str, Any]:
