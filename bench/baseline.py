@@ -1,14 +1,16 @@
-"""The trivial baseline: a workflow that runs N no-op activities (with the stand-ins' latencies,
-the same timeouts and retry policy) and, like provisioning, may wait for one signal."""
+"""The trivial baselines: a workflow that runs N no-op activities (with the stand-ins' latencies,
+the same timeouts and retry policy) and, like provisioning, may wait for one signal; and an
+entity whose Update runs one database activity (for the org entity's commands)."""
 
 from __future__ import annotations
 
 from temporalio import workflow
 
 with workflow.unsafe.imports_passed_through():
+    from activities.lifecycle import OrgLifecycleActivities
     from bench.standins import BaselineInput, NoopInput
-    from domain.models import AgentRegistration
-    from workflows.common import CALL_TIMEOUT, RETRY, STEP_DEADLINE
+    from domain.models import AgentRegistration, OrgTransition
+    from workflows.common import CALL_TIMEOUT, CLEANUP_DEADLINE, RETRY, STEP_DEADLINE, run_activity
 
 
 @workflow.defn
@@ -30,3 +32,22 @@ class BaselineWorkflow:
                                             start_to_close_timeout=CALL_TIMEOUT, schedule_to_close_timeout=STEP_DEADLINE,
                                             retry_policy=RETRY)
         return len(inp.latencies)
+
+
+@workflow.defn
+class BaselineEntityWorkflow:
+    """The trivial entity: parked forever; its one Update (no validator) runs the org entity's own
+    database activity, ``transition_org``, with the options the entity uses, on a row of its own."""
+
+    def __init__(self) -> None:
+        self._commands = 0
+
+    @workflow.update
+    async def command(self, change: OrgTransition) -> int:
+        await run_activity(OrgLifecycleActivities.transition_org, change, "bench", deadline=CLEANUP_DEADLINE)
+        self._commands += 1
+        return self._commands
+
+    @workflow.run
+    async def run(self) -> None:
+        await workflow.wait_condition(lambda: False)

@@ -80,11 +80,12 @@ async def temporal_env():
 
 
 def make_worker(client: Client, task_queue: str, activities: list, **options: Any) -> Worker:
-    """The product's worker configuration (worker.build_worker) plus the baseline workflow."""
-    from bench.baseline import BaselineWorkflow
+    """The product's worker configuration (worker.build_worker) plus the baseline workflows."""
+    from bench.baseline import BaselineEntityWorkflow, BaselineWorkflow
     from worker import WORKFLOWS
 
-    return Worker(client, task_queue=task_queue, workflows=[*WORKFLOWS, BaselineWorkflow], activities=activities,
+    return Worker(client, task_queue=task_queue, workflows=[*WORKFLOWS, BaselineWorkflow, BaselineEntityWorkflow],
+                  activities=activities,
                   graceful_shutdown_timeout=timedelta(seconds=2), **options)
 
 

@@ -14,7 +14,8 @@ import traceback
 
 from bench.common import RESULTS, machine
 
-ORDER = ["overhead", "polling", "wakeup", "throughput", "memory", "coldstart"]
+ORDER = ["overhead", "polling", "wakeup", "throughput", "memory", "coldstart", "commands", "entity_memory", "evicted",
+         "strict_cloud"]
 
 
 def f(x, nd=1):
@@ -77,7 +78,49 @@ def table(all_results: dict) -> str:
         s = r["reused_state_dir_s"]
         rows.append(f"| 6 | cold start to /healthz (s) | {f(s['median'], 2) if s else '-'} / {f(s['p99'], 2) if s else '-'} "
                     f"(fresh state dir {f(r['fresh_state_dir_s'], 2)}) | | | <= 15 | {r['status']} |")
-    return "\n".join(rows)
+    return "\n".join(rows + entity_rows(all_results))
+
+
+def ms(x: dict) -> str:
+    return f"{f(x['median'])} / {f(x['p99'])}"
+
+
+def outcomes(runs: list[dict]) -> str:
+    """pytest's counts over the runs, e.g. "21 passed x2"."""
+    seen = [", ".join(f"{n} {k}" for k, n in run["counts"].items()) or run["summary"] for run in runs]
+    return "; ".join(f"{s} x{seen.count(s)}" if seen.count(s) > 1 else s for s in dict.fromkeys(seen))
+
+
+def entity_rows(all_results: dict) -> list[str]:
+    """Rows of the org entity's benchmarks (7-10)."""
+    rows = []
+    r = all_results.get("commands", {}).get("results")
+    if r:
+        api, direct, bare = r["api_ms"], r["direct_update_with_start_ms"], r["bare_update_ms"]
+        rows.append(f"| 7 | command round trip: suspend/resume POST to 202 (ms) | {ms(api['all'])} (suspend {ms(api['suspend'])}, "
+                    f"resume {ms(api['resume'])}; Update-with-Start from the bench, no HTTP: {ms(direct['all'])}) | "
+                    f"bare Update, same activity: {ms(bare)} | {r['ratio_median']:.2f} (p99 {r['ratio_p99']:.2f}) | "
+                    f"p99 <= 1.5 | {r['status']} |")
+    r = all_results.get("entity_memory", {}).get("results")
+    if r:
+        rows.append(f"| 8 | worker RSS, {r['workflows_parked']} org entities parked idle (MB) | {f(r['worker_rss_mb']['with_parked'])} "
+                    f"(+{f(r['delta_mb'])}, {f(r['delta_mb_per_1000'])} per 1,000, {f(r['kib_per_workflow'])} KiB each) | "
+                    f"idle {f(r['worker_rss_mb']['idle_warm'])} | | | |")
+    r = all_results.get("evicted", {}).get("results")
+    if r:
+        for size, x in r["by_size"].items():
+            events = "/".join(str(e) for e in x["history_events"])
+            rows.append(f"| 9 | evicted command round trip, {events} events (ms) | {ms(x['evicted_suspend_ms'])} | "
+                        f"cached, same entities: {ms(x['cached_suspend_ms'])} | {x['ratio_median_evicted_to_cached']:.2f} | | |")
+    r = all_results.get("strict_cloud", {}).get("results")
+    if r:
+        t = r["tests"]
+        rows.append(f"| 10 | strict cloud: test subset, wall (s) | strict {f(t['strict_s']['median'])} ({outcomes(t['runs']['strict'])}) | "
+                    f"lenient {f(t['lenient_s']['median'])} ({outcomes(t['runs']['lenient'])}) | {f(t['ratio_strict_to_lenient'], 2)} | | |")
+        for what, x in (("soak, wall with stack start", r["soak"]), ("soak, its own elapsed", r["soak"]["soak_elapsed"])):
+            rows.append(f"| 10 | strict cloud: {what} (s) | strict {f(x['strict_s']['median'])} | lenient {f(x['lenient_s']['median'])} | "
+                        f"{f(x['ratio_strict_to_lenient'], 2)} | | |")
+    return rows
 
 
 def plot(all_results: dict) -> str | None:
@@ -116,13 +159,23 @@ def plot(all_results: dict) -> str | None:
     return out.name
 
 
+def earlier_results(ran: list[str]) -> dict:
+    """The benchmarks of the previous latest.json that were not run now."""
+    path = RESULTS / "latest.json"
+    if not path.exists():
+        return {}
+    previous = json.loads(path.read_text()).get("benchmarks", {})
+    return {n: v for n, v in previous.items() if n not in ran and "error" not in v}
+
+
 async def main() -> int:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--quick", action="store_true")
-    p.add_argument("--only", default=",".join(ORDER))
+    p.add_argument("--only", default=None,
+                   help="comma-separated benchmarks; the others' results in latest.json are kept (from their earlier run)")
     a = p.parse_args()
     results, t0 = {}, time.perf_counter()
-    for name in [n for n in ORDER if n in a.only.split(",")]:
+    for name in [n for n in ORDER if a.only is None or n in a.only.split(",")]:
         print(f"== {name}", flush=True)
         t = time.perf_counter()
         try:
@@ -132,16 +185,25 @@ async def main() -> int:
             traceback.print_exc()
             results[name] = {"error": traceback.format_exc(limit=3)}
         results[name]["seconds"] = round(time.perf_counter() - t, 1)
+        results[name]["quick"] = a.quick
         print(f"   {name}: {results[name]['seconds']} s", flush=True)
+    ran = list(results)
+    earlier = earlier_results(ran) if a.only else {}
+    results = {n: results.get(n) or earlier[n] for n in ORDER if n in results or n in earlier}
     doc = {"quick": a.quick, "machine": machine(), "total_seconds": round(time.perf_counter() - t0, 1),
-           "benchmarks": results}
+           "ran_now": ran, "benchmarks": results}
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "latest.json").write_text(json.dumps(doc, indent=2, default=str))
     image = plot(results)
     md = [f"# tenantflow benchmarks ({'quick' if a.quick else 'full'} run, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())})", "",
           f"Machine: {doc['machine']['cores']} cores (shared with other work), load average at start "
           f"{doc['machine']['load_avg_at_start']}, Python {doc['machine']['python']}. Every figure is compared "
-          f"with a baseline measured in the same run. Total {doc['total_seconds']} s.", "", table(results), ""]
+          f"with a baseline measured in the same run. Total {doc['total_seconds']} s.", ""]
+    if earlier:
+        md += [f"Run now: {', '.join(ran)}. The other rows are from earlier runs: "
+               + ", ".join(f"{n} {v.get('finished_at', '?')}{' (quick)' if v.get('quick') else ''}" for n, v in earlier.items())
+               + ".", ""]
+    md += [table(results), ""]
     if image:
         md += [f"![polling and throughput]({image})", ""]
     failed = [k for k, v in results.items() if "error" in v]

@@ -18,6 +18,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from bench.common import ROOT, Postgres, bench_settings, make_worker, new_queue, temporal_env
 from bench.standins import StandIns
+from bench.workloads import org_request
 
 
 class ApiStack:
@@ -95,11 +96,28 @@ class ApiStack:
             await asyncio.sleep(0.1)
 
     async def create_org(self, slug: str) -> dict:
-        body = {"name": f"Bench {slug}", "slug": slug, "plan": "pro", "vpc_id": "vpc-0123456789abcdef0",
-                "subnet_ids": ["subnet-0123456789abcdef0"]}
-        async with self.http.post("/api/v1/orgs", json=body, headers=self.op) as r:
+        async with self.http.post("/api/v1/orgs", json=org_request(slug).model_dump(mode="json"), headers=self.op) as r:
             assert r.status == 202, (r.status, await r.text())
             return await r.json()
+
+    async def command(self, slug: str, name: str) -> float:
+        """``POST /api/v1/orgs/{slug}/{name}`` (suspend, resume) until its 202 is read; its latency (s)."""
+        t = time.perf_counter()
+        async with self.http.post(f"/api/v1/orgs/{slug}/{name}", headers=self.op) as r:
+            body = await r.read()
+        elapsed = time.perf_counter() - t
+        assert r.status == 202, (r.status, body)
+        return elapsed
+
+    async def wait_status(self, org_id: str, status: str, timeout: float = 60) -> None:
+        """Until the org's record has ``status`` (read from the database, not through the API):
+        the entity's operation has finished and recorded it."""
+        from db.orgs import OrgRepo
+
+        repo, deadline = OrgRepo(self.pool), time.monotonic() + timeout
+        while (row := await repo.get(org_id))["status"] != status:
+            assert time.monotonic() < deadline, (status, row["status"])
+            await asyncio.sleep(0.01)
 
     async def get_org(self, slug: str) -> dict:
         async with self.http.get(f"/api/v1/orgs/{slug}", headers=self.op) as r:

@@ -1,4 +1,5 @@
-"""Starting the real workflows (with the options the API uses) and their trivial baselines."""
+"""Starting the real workflows (with the options the API uses) and their trivial baselines, and
+org records and org entities for the benchmarks that send commands."""
 
 from __future__ import annotations
 
@@ -9,10 +10,11 @@ from temporalio.common import SearchAttributePair, TypedSearchAttributes, Workfl
 
 from bench.baseline import BaselineWorkflow
 from bench.standins import BaselineInput, onboard_latencies, provision_latencies
-from domain.models import OnboardOrgInput, ProvisionWorkspaceInput
+from domain.models import OnboardOrgInput, OrgCreateRequest, OrgStatus, ProvisionWorkspaceInput
 from domain.temporal import OPERATION, ORG_SLUG, WORKSPACE_ID
 from workflows.deprovision_workspace import provision_workflow_id
 from workflows.onboard_org import OnboardOrgWorkflow
+from workflows.org import OrgWorkflow
 from workflows.provision_workspace import ProvisionWorkspaceWorkflow
 
 
@@ -26,6 +28,36 @@ async def start_onboard(client: Client, tq: str, slug: str | None = None) -> Wor
         id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING, static_summary=f"Onboard org {slug} (pro)",
         search_attributes=TypedSearchAttributes([SearchAttributePair(ORG_SLUG, slug),
                                                  SearchAttributePair(OPERATION, "onboard")]))
+
+
+def org_request(slug: str) -> OrgCreateRequest:
+    return OrgCreateRequest(name=f"Bench {slug}", slug=slug, plan="pro", vpc_id="vpc-0123456789abcdef0",
+                            subnet_ids=["subnet-0123456789abcdef0"])
+
+
+def org_row(slug: str, status: OrgStatus = OrgStatus.active) -> dict:
+    """An org record as the API reads it, for a worker that runs no database activity."""
+    return {**org_request(slug).model_dump(), "id": f"org_{secrets.token_hex(6)}", "neon_mode": "branch",
+            "status": status.value}
+
+
+async def insert_active_org(pool, slug: str | None = None) -> dict:
+    """An org record, active, as if onboarded (no onboarding runs)."""
+    from db.orgs import OrgRepo
+
+    repo = OrgRepo(pool)
+    row, _ = await repo.create_or_get(org_request(slug or f"b{secrets.token_hex(5)}"),
+                                      org_id=f"org_{secrets.token_hex(6)}", neon_mode="branch", actor="bench")
+    return await repo.update(row["id"], actor="bench", status=OrgStatus.active.value)
+
+
+async def start_org_entity(client: Client, tq: str, row: dict, **inp: object) -> WorkflowHandle:
+    """The org's entity as the API starts it for an org that existed before it (adopting the
+    record's status, so nothing runs until a command arrives); ``inp`` overrides input fields."""
+    from api.commands import _start_options, entity_input
+
+    return await client.start_workflow(OrgWorkflow.run, entity_input(row, new=False).model_copy(update=inp),
+                                       task_queue=tq, **_start_options(row))
 
 
 async def start_provision(client: Client, tq: str, timeout: float = 600.0) -> WorkflowHandle:
