@@ -224,3 +224,41 @@ async def test_errors_carry_a_request_id_that_is_in_the_logs(api):
     assert any(r.get("request_id") == "trace-123" and r.get("status") == 404 for r in lines), lines
     resp = await api.get("/api/v1/orgs/nope-nope", headers={"X-Request-Id": "bad id\twith tab"})
     assert (await resp.json())["request_id"] != "bad id\twith tab"
+
+
+async def test_operators_list_every_org_with_filters_and_pages(api, pool, network):
+    prefix = f"l{uuid.uuid4().hex[:6]}"
+    slugs = sorted(f"{prefix}-{i}" for i in range(5))
+    for s in slugs:
+        assert (await api.post("/cp/orgs", json=body(network, slug=s))).status == 202
+    async with pool.connection() as conn:  # as if one had been suspended meanwhile
+        await conn.execute("UPDATE orgs SET status = 'suspended', status_reason = 'unpaid' WHERE slug = %s",
+                           (slugs[2],))
+
+    seen, cursor = [], None
+    while True:
+        resp = await api.get("/api/v1/orgs", params={"prefix": prefix, "limit": 2, **({"cursor": cursor} if cursor else {})})
+        assert resp.status == 200
+        page = await resp.json()
+        assert len(page["orgs"]) <= 2
+        seen += page["orgs"]
+        if not (cursor := page["next_cursor"]):
+            break
+    assert [o["slug"] for o in seen] == slugs
+    assert all(set(o) >= {"id", "status", "operation", "workflow_id", "failure_reason"} for o in seen)
+    suspended = await (await api.get("/cp/orgs", params={"prefix": prefix, "status": "suspended"})).json()
+    assert [(o["slug"], o["status"], o["status_reason"]) for o in suspended["orgs"]] == [(slugs[2], "suspended", "unpaid")]
+    both = await (await api.get("/api/v1/orgs", params={"prefix": prefix, "status": "suspended,provisioning"})).json()
+    assert len(both["orgs"]) == 5 and both["next_cursor"] is None
+
+
+@pytest.mark.parametrize("query", [{"status": "gone"}, {"status": "deleted"}, {"prefix": "UP"}, {"limit": "0"},
+                                   {"limit": "201"}, {"limit": "x"}, {"cursor": "%%%"}, {"cursor": "bm90IGEgc2x1Zw"}])
+async def test_org_list_refuses_bad_queries(api, query):
+    resp = await api.get("/api/v1/orgs", params=query)
+    assert resp.status == 400 and (await resp.json())["error"]
+
+
+async def test_org_list_needs_the_operator(api):
+    resp = await api.get("/api/v1/orgs", headers={"Authorization": "Bearer nope"})
+    assert resp.status == 401

@@ -238,3 +238,58 @@ async def test_registration_token_is_one_time_and_bound_to_its_workspace(
     assert instances_of(ec2, second) == []
     operator_view = await (await api.get(f"/cp/orgs/{org['slug']}/workspaces", headers=operator(app_settings))).json()
     assert {w["id"]: w["status"] for w in operator_view["workspaces"]} == {first: "failed"}
+
+
+class HeldSignals:
+    """The API's Temporal client, except that signals wait until the test lets them through."""
+
+    def __init__(self, real):
+        self._real = real
+        self.reached = asyncio.Event()
+        self.release = asyncio.Event()
+
+    def __getattr__(self, name):
+        return getattr(self._real, name)
+
+    def get_workflow_handle(self, *args, **kwargs):
+        handle = self._real.get_workflow_handle(*args, **kwargs)
+        held = self
+
+        class Handle:
+            def __getattr__(self, name):
+                return getattr(handle, name)
+
+            async def signal(self, *a, **k):
+                held.reached.set()
+                await held.release.wait()
+                return await handle.signal(*a, **k)
+        return Handle()
+
+
+async def test_registration_holds_no_lock_while_it_wakes_the_workflow(app_settings, dev_env, pool, ec2, task_queue,
+                                                                      api, org_and_key):
+    """Registration wakes the provisioning workflow (a Temporal call) without holding a database
+    lock: while that call is in flight, audited writes (a key minted) go through."""
+    org, key = org_and_key
+    held = HeldSignals(dev_env.client)
+    slow = TestClient(TestServer(create_app(app_settings, temporal=held)))
+    await slow.start_server()
+    try:
+        async with build_worker(dev_env.client, app_settings, pool, task_queue=task_queue):
+            ws_id = (await (await api.post("/workspaces", json=WS_BODY, headers=bearer(key))).json())["id"]
+            ws = await wait_for(api, f"/workspaces/{ws_id}", bearer(key),
+                                lambda w: (w["progress"] or {}).get("step") == "wait_registration")
+            token = registration_token(ec2, ws["instance_id"])
+            registering = asyncio.create_task(slow.post("/registry/register", json={"workspace_id": ws_id},
+                                                        headers=bearer(token)))
+            await asyncio.wait_for(held.reached.wait(), 30)
+            # The registration now waits on Temporal; an audited write must not wait on it.
+            minted = await asyncio.wait_for(api.post(f"/cp/orgs/{org['slug']}/keys", json={"name": "meanwhile"},
+                                                     headers=operator(app_settings)), 30)
+            assert minted.status == 201 and not registering.done()
+            held.release.set()
+            answer = await registering
+            assert answer.status == 200 and (await answer.json())["workspace_token"].startswith("tfw_")
+    finally:
+        held.release.set()
+        await slow.close()

@@ -264,11 +264,14 @@ async def test_failed_onboarding_can_be_retried(skip_env, settings, pool, networ
         handle = await skip_env.client.start_workflow(OrgWorkflow.run, entity_input(inp),
                                                       id=org_workflow_id(inp.org_id), task_queue=task_queue)
         failed = await _until(handle, lambda s: s.status == OrgStatus.failed)
-        assert "UnauthorizedOperation" in failed.failure_reason
+        assert failed.failure_reason.startswith("create_security_group: UnauthorizedOperation")
+        # The record says the same, and no operation is in progress any more.
+        row = await _row_until(pool, inp.org_id, lambda r: r["status"] == "failed" and r["operation"] is None)
+        assert row["failure_reason"] == failed.failure_reason
         refusing.refused = set()
         assert (await handle.execute_update(OrgWorkflow.retry, DecisionCommand())).status == OrgStatus.provisioning
         await _until(handle, lambda s: s.status == OrgStatus.active)
-        row = await _row_until(pool, inp.org_id, lambda r: r["status"] == "active")
+        row = await _row_until(pool, inp.org_id, lambda r: r["status"] == "active" and r["operation"] is None)
     assert row["failure_reason"] is None and row["security_group_id"]
 
 

@@ -86,12 +86,15 @@ class Step:
 
 
 def schedule(seed: int, orgs: int, steps: int) -> list[Step]:
-    """Every org is created first (in a random order); then random operations, with faults."""
+    """Every org is created first (in a random order) and gets a key once it may be onboarded;
+    then random operations, some with a fault armed first. Pauses are long enough for operations
+    to finish sometimes and to overlap often."""
     rng = random.Random(seed)
     plan = [Step("create", i, rng.uniform(0, 0.2)) for i in rng.sample(range(orgs), orgs)]
+    plan += [Step("mint_key", i, rng.uniform(4, 8)) for i in rng.sample(range(orgs), orgs)]
     ops, weights = zip(*WEIGHTS.items())
     for _ in range(steps):
-        step = Step(rng.choices(ops, weights)[0], rng.randrange(orgs), rng.uniform(0, 1.5),
+        step = Step(rng.choices(ops, weights)[0], rng.randrange(orgs), rng.uniform(0.2, 4),
                     stop_instances=rng.random() < 0.5, quota=rng.randint(1, 4), pick=rng.random())
         if rng.random() < 0.25:
             step.fault = ("neon", *rng.choice(NEON_FAULTS)) if rng.random() < 0.5 else ("ec2", *rng.choice(EC2_FAULTS))

@@ -9,8 +9,10 @@ the local Neon server, the boot emulator, the worker and the API) on free loopba
 fresh state directory, then for every org: onboard -> mint a key
 -> create its workspaces (some marked never-boot in the boot emulator, so they time out on
 registration and must clean up) -> delete the running ones -> suspend -> resume -> hard delete.
-Neon 423/429/503 faults on every route the workflows use: one of each at the start, then two more
-before each org, so the storm runs as long as the soak does.
+Neon 423/429/503 faults on every route the workflows use and EC2 faults on every action they use
+(throttling and capacity before anything happens, 5xx after the change took effect): one of each
+at the start, then two of each kind more before each org, so the storm runs as long as the soak
+does. The local cloud is strict throughout (see docs/production.md).
 It ends with a JSON report (``--report``) and a text summary: workflows completed, faults
 injected, retries, leaked resources (moto instances/security groups and Neon branches without a
 live record; must be 0), lost records (must be 0) and the slowest operations. Exit status 1 when
@@ -173,6 +175,9 @@ class StackHarness:
     def clear_ec2_faults(self) -> None:
         _http("DELETE", f"{self.stack.aws_endpoint}/__devstack/ec2/faults")
 
+    def ec2_stats(self) -> dict:
+        return _http("GET", f"{self.stack.aws_endpoint}/__devstack/ec2/stats")
+
     def never_boot(self, workspace_id: str) -> None:
         _http("POST", f"{self.boot_admin}/never-boot", {"workspace_id": workspace_id})
 
@@ -276,6 +281,15 @@ NEON_FAULT_ROUTES = [
     ("/projects/{project_id}/branches", "GET", (503,)),
 ]
 NEON_FAULTS = [(route, method, status) for route, method, statuses in NEON_FAULT_ROUTES for status in statuses]
+# EC2 faults on every action the workflows use: throttling and capacity refusals before anything
+# happens, and 5xx after the change took effect (the answer is lost; the product must recover
+# what it created by ClientToken or tag).
+EC2_FAULTS = [("RunInstances", "InsufficientInstanceCapacity", "before"), ("RunInstances", "InternalError", "after"),
+              ("TerminateInstances", "RequestLimitExceeded", "before"), ("TerminateInstances", "InternalError", "after"),
+              ("StopInstances", "InternalError", "after"), ("StartInstances", "RequestLimitExceeded", "before"),
+              ("CreateSecurityGroup", "InternalError", "after"), ("DeleteSecurityGroup", "Unavailable", "before"),
+              ("AuthorizeSecurityGroupIngress", "RequestLimitExceeded", "before"),
+              ("DescribeInstances", "RequestLimitExceeded", "before")]
 WS_BODY = {"role": "Soak worker", "runtime": "hermes", "tier": 1, "model": "claude-sonnet-4"}
 
 
@@ -297,18 +311,25 @@ class SoakResult:
             self.timings.append((op, subject, time.monotonic() - t0))
 
 
-def inject_neon_faults(h: StackHarness, faults: list[tuple[str, str, int]], result: SoakResult) -> None:
-    """One error answer each, served to whichever request of that route comes next."""
-    for route, method, status in faults:
+def inject_faults(h: StackHarness, neon: list[tuple[str, str, int]], ec2: list[tuple[str, str, str]],
+                  result: SoakResult) -> None:
+    """One error answer each, served to whichever request of that route (or EC2 action) comes next."""
+    for route, method, status in neon:
         h.neon_fault(route, status, method=method, count=1, retry_after=0.5 if status == 429 else None)
-        key = f"{method} {route} {status}"
+        key = f"neon {method} {route} {status}"
+        result.faults_injected[key] = result.faults_injected.get(key, 0) + 1
+    for action, code, when in ec2:
+        h.ec2_fault(action, code, when=when)
+        key = f"ec2 {action} {code} {when}"
         result.faults_injected[key] = result.faults_injected.get(key, 0) + 1
 
 
-def rolling_faults(index: int) -> list[tuple[str, str, int]]:
-    """Two faults per org, rotating through every route and status: the storm lasts the whole run
-    instead of landing on the first few orgs (which would then just wait out maximum backoffs)."""
-    return [NEON_FAULTS[index % len(NEON_FAULTS)], NEON_FAULTS[(index * 4 + 1) % len(NEON_FAULTS)]]
+def rolling_faults(index: int) -> tuple[list[tuple[str, str, int]], list[tuple[str, str, str]]]:
+    """Two Neon and two EC2 faults per org, rotating through every route, action and status: the
+    storm lasts the whole run instead of landing on the first few orgs (which would then just
+    wait out maximum backoffs)."""
+    return ([NEON_FAULTS[index % len(NEON_FAULTS)], NEON_FAULTS[(index * 4 + 1) % len(NEON_FAULTS)]],
+            [EC2_FAULTS[index % len(EC2_FAULTS)], EC2_FAULTS[(index * 3 + 1) % len(EC2_FAULTS)]])
 
 
 def soak_org(h: StackHarness, network: tuple[str, list[str]], index: int, n_workspaces: int,
@@ -317,7 +338,7 @@ def soak_org(h: StackHarness, network: tuple[str, list[str]], index: int, n_work
     vpc_id, subnets = network
     slug = f"s{tag}{index:03d}"
     if faults:
-        inject_neon_faults(h, rolling_faults(index), result)
+        inject_faults(h, *rolling_faults(index), result)
 
     def created_or_existing():
         try:
@@ -369,12 +390,9 @@ def soak_org(h: StackHarness, network: tuple[str, list[str]], index: int, n_work
     op.suspend(slug, reason="soak", stop_instances=index % 2 == 0)
     result.timed("suspend", slug, lambda: wait_for(lambda: op.org(slug), lambda o: o["status"] == "suspended",
                                                     timeout, f"suspend {slug}"))
-    # The suspend workflow must be closed before resume's status check passes for good.
-    time.sleep(0.5)
     op.resume(slug)
     result.timed("resume", slug, lambda: wait_for(lambda: op.org(slug), lambda o: o["status"] == "active",
                                                    timeout, f"resume {slug}"))
-    time.sleep(0.5)
     op.delete(slug, confirm=slug, delete_workspaces=True)
     done = result.timed("hard_delete", slug, lambda: wait_for(
         lambda: op.org(slug), lambda o: o["status"] == "deleted", timeout, f"delete {slug}"))
@@ -408,8 +426,8 @@ def run_soak(h: StackHarness, *, orgs: int, workspaces: int, concurrency: int = 
     """Drive ``orgs`` orgs with ``workspaces`` workspaces in all through the lifecycle on ``h``."""
     result = SoakResult()
     tag = os.urandom(2).hex()
-    if faults:  # a burst at the start: every route and status at once
-        inject_neon_faults(h, NEON_FAULTS, result)
+    if faults:  # a burst at the start: every route, action and status at once
+        inject_faults(h, NEON_FAULTS, EC2_FAULTS, result)
     network = h.network()  # once: concurrent first calls would race to create the same subnets
     per_org = [workspaces // orgs + (1 if i < workspaces % orgs else 0) for i in range(orgs)]
     deadline = time.monotonic() + time_limit
@@ -425,7 +443,9 @@ def run_soak(h: StackHarness, *, orgs: int, workspaces: int, concurrency: int = 
             except Exception as err:  # noqa: BLE001 - every failure goes into the report
                 errors.append(f"{type(err).__name__}: {err}")
     neon = h.neon_stats()
+    ec2 = h.ec2_stats()
     h.clear_neon_faults()
+    h.clear_ec2_faults()
     # Let the last cleanups (workflow tails after the status flip) settle before counting leaks.
     time.sleep(2)
     leaks = h.leaks()
@@ -445,6 +465,7 @@ def run_soak(h: StackHarness, *, orgs: int, workspaces: int, concurrency: int = 
         "activity_retries": figures["activity_retries"],
         "faults_injected": result.faults_injected,
         "neon_error_answers": {r: s for r, s in neon_errors.items() if s},
+        "ec2_error_answers": ec2.get("errors", {}),
         "leaked": leaks,
         "leaked_total": sum(len(v) for v in leaks.values()),
         "lost_records": result.lost,
@@ -465,7 +486,8 @@ def text_report(report: dict) -> str:
         f"  workspaces: {report['workspaces']}",
         "  workflows: " + ", ".join(f"{t} {s}" for t, s in sorted(report["workflows"].items())),
         f"  faults injected: {sum(report['faults_injected'].values())} "
-        f"(Neon error answers served: {sum(sum(s.values()) for s in report['neon_error_answers'].values())})",
+        f"(Neon error answers served: {sum(sum(s.values()) for s in report['neon_error_answers'].values())}, "
+        f"EC2: {sum(sum(s.values()) for s in report['ec2_error_answers'].values())})",
         f"  activity retries: {sum(report['activity_retries'].values())} {report['activity_retries']}",
         f"  leaked resources: {report['leaked_total']} {report['leaked'] if report['leaked_total'] else ''}",
         f"  lost records: {len(report['lost_records'])} {report['lost_records'] or ''}",

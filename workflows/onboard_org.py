@@ -93,7 +93,7 @@ class OnboardOrgWorkflow:
                 raise asyncio.CancelledError() from err
             reason = failure_reason(step, err)
             await self._compensate(inp, undo, reason, step)
-            raise ApplicationError(f"onboarding of {inp.slug} failed: {reason}", type="OnboardingFailed",
+            raise ApplicationError(f"onboarding of {inp.slug} failed: {reason}", reason, type="OnboardingFailed",
                                    non_retryable=True) from err
         except asyncio.CancelledError:
             # Preempted (the org is being deleted): undo what exists before the cascade starts.

@@ -269,7 +269,7 @@ class OrgWorkflow:
             self._state.running = None
             return
         except ChildWorkflowError as err:
-            reason = root_message(err)
+            reason = _operation_failure(err)
             if self._abandoned_by:
                 reason = f"abandoned by {self._abandoned_by}: {reason}"
             await self._finish(cmd, FAILED_STATUS[cmd.operation], reason)
@@ -283,9 +283,9 @@ class OrgWorkflow:
         self._state.status, self._state.failure_reason = status, reason
         workflow.set_current_details(f"**{status.value}**" + (f"\n\n{reason}" if reason else ""))
         if status != OrgStatus.deleted:  # the cascade purged the row
-            # A compare-and-set: onboarding records its own failure first, and that one stands.
-            await self._write(status, [RUNNING_STATUS[cmd.operation]], actor="workflow", failure_reason=reason,
-                              status_reason=cmd.reason if status == OrgStatus.suspended else None)
+            # Onboarding records its own outcome first: from there too, so the operation is cleared.
+            await self._write(status, [RUNNING_STATUS[cmd.operation], status], actor="workflow",
+                              failure_reason=reason, status_reason=cmd.reason if status == OrgStatus.suspended else None)
 
     def _child(self, cmd: Command) -> tuple[Any, Any]:
         i = self._inp
@@ -315,3 +315,12 @@ class OrgWorkflow:
             self._state.queue.insert(0, Command(operation=Operation.onboard))
         else:
             self._state.status = OrgStatus(status)
+
+
+def _operation_failure(err: ChildWorkflowError) -> str:
+    """Why an operation failed: the reason it recorded itself (its failure's first detail), else
+    what failed inside it."""
+    cause = err.cause
+    if isinstance(cause, ApplicationError) and cause.details and isinstance(cause.details[0], str):
+        return cause.details[0]
+    return root_message(err)
