@@ -3,9 +3,9 @@ an Update-with-Start of the org's ``OrgWorkflow`` whose validator checks the sta
 records the new status with the real ``transition_org`` activity before it answers - against a bare
 ``handle.execute_update`` (no start, no validator, no HTTP) of ``BaselineEntityWorkflow``, whose
 Update runs the same ``transition_org`` (same database write, on a row of its own). Same server,
-worker and database. Each cycle: suspend, wait until the org is recorded suspended (the child
-workflow finished), resume, wait until active; a bare update before or after each command,
-alternated. A third arm sends the same Update-with-Start from this process (no HTTP, auth or
+worker and database. Each cycle: suspend, wait until settled (the child workflow finished, the
+org is recorded suspended and the entity is idle), resume, wait until settled; a bare update
+before or after each command, alternated. A third arm sends the same Update-with-Start from this process (no HTTP, auth or
 record lookup), to split the API's cost from Temporal's.
 
     python -m bench.commands [--quick] [--cycles N]
@@ -47,7 +47,7 @@ class Arms:
 
     async def api(self, name: str, record: bool) -> None:
         elapsed = await self.st.command(self.org["slug"], name)
-        await self.st.wait_status(self.org["id"], SETTLED[name])
+        await self.st.wait_settled(self.org["id"], SETTLED[name])
         if record:
             self.times[f"api_{name}"].append(elapsed)
 
@@ -63,7 +63,7 @@ class Arms:
         await self.st.client.execute_update_with_start_workflow(update, arg, start_workflow_operation=operation,
                                                                 rpc_timeout=timedelta(seconds=30))
         elapsed = time.perf_counter() - t
-        await self.st.wait_status(self.org["id"], SETTLED[name])
+        await self.st.wait_settled(self.org["id"], SETTLED[name])
         if record:
             self.times[f"direct_{name}"].append(elapsed)
 
@@ -99,7 +99,7 @@ async def measure(cycles: int, warmup: int) -> dict:
     async with ApiStack(ext=0.01) as st:
         slug = f"cmd-{secrets.token_hex(3)}"
         org = await st.create_org(slug)
-        await st.wait_status(org["id"], OrgStatus.active.value)
+        await st.wait_settled(org["id"], OrgStatus.active.value)
         base_row = await insert_active_org(st.pool)
         baseline = await st.client.start_workflow(BaselineEntityWorkflow.run, id=f"baseline-entity-{secrets.token_hex(4)}",
                                                   task_queue=st.settings.task_queue)

@@ -8,7 +8,8 @@ high ``history_limit`` so they do not continue as new) are grown to about 10, 10
 events with suspend/resume cycles (and a quota Update or two to top up). Each repetition restarts
 the in-process worker (a new worker caches nothing; the old one's sticky queue is released on
 shutdown), warms it with one command to an entity of its own, then per size: suspend (evicted,
-timed), resume (cached, timed), suspend (cached, timed), each waited on until recorded.
+timed), resume (cached, timed), suspend (cached, timed), each waited on until settled (recorded,
+and the entity idle).
 
     python -m bench.evicted [--quick] [--reps N] [--sizes 10,100,1000]
 """
@@ -18,10 +19,10 @@ from __future__ import annotations
 import asyncio
 import secrets
 
+from bench.commands import SETTLED
 from bench.common import cli, parse, save, summary
 from bench.stack import ApiStack
 from bench.workloads import insert_active_org, start_org_entity
-from domain.models import OrgStatus
 from domain.org_entity import QuotaCommand, ResumeCommand, SuspendCommand
 from workflows.org import OrgWorkflow
 
@@ -47,10 +48,9 @@ class Entity:
         cycle = 50  # events a suspend/resume cycle adds; learnt from the first one
         while (n := await history_length(self.handle)) < target:
             if target - n >= cycle:
-                for update, arg, settled in ((OrgWorkflow.suspend, SuspendCommand(), "suspended"),
-                                             (OrgWorkflow.resume, ResumeCommand(), "active")):
+                for update, arg in ((OrgWorkflow.suspend, SuspendCommand()), (OrgWorkflow.resume, ResumeCommand())):
                     await self.handle.execute_update(update, arg)
-                    await self.st.wait_status(self.row["id"], settled)
+                    await self.st.wait_settled(self.row["id"], SETTLED[update.__name__])
                 cycle = await history_length(self.handle) - n
             else:
                 await self.handle.execute_update(OrgWorkflow.set_quota, QuotaCommand(max_workspaces=10 + n))
@@ -58,7 +58,7 @@ class Entity:
 
     async def command(self, name: str) -> float:
         elapsed = await self.st.command(self.row["slug"], name)
-        await self.st.wait_status(self.row["id"], {"suspend": "suspended", "resume": "active"}[name])
+        await self.st.wait_settled(self.row["id"], SETTLED[name])
         return elapsed
 
 

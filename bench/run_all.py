@@ -70,15 +70,20 @@ def table(all_results: dict) -> str:
                         f"{'>= 0.7' if x['n'] == 100 else ''} | {x['status']} |")
     r = all_results.get("memory", {}).get("results")
     if r:
-        rows.append(f"| 5 | worker RSS, {r['workflows_parked']} parked at wait_registration (MB) | {f(r['worker_rss_mb']['with_parked'])} "
-                    f"(+{f(r['delta_mb'])}, {f(r['delta_mb_per_1000'])} per 1,000, {f(r['kib_per_workflow'])} KiB each) | "
-                    f"idle {f(r['worker_rss_mb']['idle_warm'])} | | <= 150 per 1,000 | {r['status']} |")
+        rows.append(rss_row("5", "parked at wait_registration", r, "<= 150 per 1,000", r["status"]))
     r = all_results.get("coldstart", {}).get("results")
     if r:
         s = r["reused_state_dir_s"]
         rows.append(f"| 6 | cold start to /healthz (s) | {f(s['median'], 2) if s else '-'} / {f(s['p99'], 2) if s else '-'} "
                     f"(fresh state dir {f(r['fresh_state_dir_s'], 2)}) | | | <= 15 | {r['status']} |")
     return "\n".join(rows + entity_rows(all_results))
+
+
+def rss_row(number: str, parked: str, r: dict, goal: str = "", status: str = "") -> str:
+    """A memory benchmark's row: worker RSS with its workflows parked, against the idle worker."""
+    return (f"| {number} | worker RSS, {r['workflows_parked']} {parked} (MB) | {f(r['worker_rss_mb']['with_parked'])} "
+            f"(+{f(r['delta_mb'])}, {f(r['delta_mb_per_1000'])} per 1,000, {f(r['kib_per_workflow'])} KiB each) | "
+            f"idle {f(r['worker_rss_mb']['idle_warm'])} | | {goal} | {status} |")
 
 
 def ms(x: dict) -> str:
@@ -103,9 +108,7 @@ def entity_rows(all_results: dict) -> list[str]:
                     f"p99 <= 1.5 | {r['status']} |")
     r = all_results.get("entity_memory", {}).get("results")
     if r:
-        rows.append(f"| 8 | worker RSS, {r['workflows_parked']} org entities parked idle (MB) | {f(r['worker_rss_mb']['with_parked'])} "
-                    f"(+{f(r['delta_mb'])}, {f(r['delta_mb_per_1000'])} per 1,000, {f(r['kib_per_workflow'])} KiB each) | "
-                    f"idle {f(r['worker_rss_mb']['idle_warm'])} | | | |")
+        rows.append(rss_row("8", "org entities parked idle", r))
     r = all_results.get("evicted", {}).get("results")
     if r:
         for size, x in r["by_size"].items():
@@ -117,7 +120,9 @@ def entity_rows(all_results: dict) -> list[str]:
         t = r["tests"]
         rows.append(f"| 10 | strict cloud: test subset, wall (s) | strict {f(t['strict_s']['median'])} ({outcomes(t['runs']['strict'])}) | "
                     f"lenient {f(t['lenient_s']['median'])} ({outcomes(t['runs']['lenient'])}) | {f(t['ratio_strict_to_lenient'], 2)} | | |")
-        for what, x in (("soak, wall with stack start", r["soak"]), ("soak, its own elapsed", r["soak"]["soak_elapsed"])):
+        soak = all_results["strict_cloud"]["params"]["soak"]
+        size = f"soak {soak['orgs']} orgs / {soak['workspaces']} workspaces{'' if soak.get('faults') else ', no fault storm'}"
+        for what, x in ((f"{size}, wall with stack start", r["soak"]), ("the same soak, its own elapsed", r["soak"]["soak_elapsed"])):
             rows.append(f"| 10 | strict cloud: {what} (s) | strict {f(x['strict_s']['median'])} | lenient {f(x['lenient_s']['median'])} | "
                         f"{f(x['ratio_strict_to_lenient'], 2)} | | |")
     return rows
@@ -174,7 +179,7 @@ async def main() -> int:
     p.add_argument("--only", default=None,
                    help="comma-separated benchmarks; the others' results in latest.json are kept (from their earlier run)")
     a = p.parse_args()
-    results, t0 = {}, time.perf_counter()
+    results, t0, at_start = {}, time.perf_counter(), machine()  # the load average before the run
     for name in [n for n in ORDER if a.only is None or n in a.only.split(",")]:
         print(f"== {name}", flush=True)
         t = time.perf_counter()
@@ -190,7 +195,7 @@ async def main() -> int:
     ran = list(results)
     earlier = earlier_results(ran) if a.only else {}
     results = {n: results.get(n) or earlier[n] for n in ORDER if n in results or n in earlier}
-    doc = {"quick": a.quick, "machine": machine(), "total_seconds": round(time.perf_counter() - t0, 1),
+    doc = {"quick": a.quick, "machine": at_start, "total_seconds": round(time.perf_counter() - t0, 1),
            "ran_now": ran, "benchmarks": results}
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "latest.json").write_text(json.dumps(doc, indent=2, default=str))

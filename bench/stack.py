@@ -19,6 +19,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from bench.common import ROOT, Postgres, bench_settings, make_worker, new_queue, temporal_env
 from bench.standins import StandIns
 from bench.workloads import org_request
+from domain.org_entity import org_workflow_id
 
 
 class ApiStack:
@@ -106,17 +107,30 @@ class ApiStack:
         async with self.http.post(f"/api/v1/orgs/{slug}/{name}", headers=self.op) as r:
             body = await r.read()
         elapsed = time.perf_counter() - t
-        assert r.status == 202, (r.status, body)
+        if r.status != 202:
+            raise RuntimeError(f"{name} of {slug}: {r.status} {body[:500]!r}")
         return elapsed
 
-    async def wait_status(self, org_id: str, status: str, timeout: float = 60) -> None:
-        """Until the org's record has ``status`` (read from the database, not through the API):
-        the entity's operation has finished and recorded it."""
+    async def wait_settled(self, org_id: str, status: str, timeout: float = 60) -> None:
+        """Until the org's record has ``status`` (read from the database, not through the API) and
+        its entity has nothing in flight: no workflow task, activity or child pending. The record
+        alone is not enough: the entity still has to take in the result of the activity that wrote
+        it, and a command sent meanwhile waits for that workflow task (and competes with it for
+        the CPU) - 40-50 ms more here."""
         from db.orgs import OrgRepo
 
         repo, deadline = OrgRepo(self.pool), time.monotonic() + timeout
         while (row := await repo.get(org_id))["status"] != status:
-            assert time.monotonic() < deadline, (status, row["status"])
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"org {org_id} is {row['status']}, not {status}")
+            await asyncio.sleep(0.01)
+        entity = self.client.get_workflow_handle(org_workflow_id(org_id))
+        while True:
+            d = (await entity.describe()).raw_description
+            if not (d.HasField("pending_workflow_task") or d.pending_activities or d.pending_children):
+                return
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"the entity of org {org_id} never settled")
             await asyncio.sleep(0.01)
 
     async def get_org(self, slug: str) -> dict:

@@ -18,6 +18,8 @@ from pydantic import BaseModel
 from temporalio import activity
 from temporalio.client import Client
 
+from activities.instances import agent_url
+from domain import credentials
 from domain.models import (
     AgentCardCheck, AgentRegistration, NeonOperationsInput, NetworkCheckInput, OrgFailure, OrgRef, OrgResources,
     ProvisionWorkspaceInput, SecurityGroup, SecurityGroupInput, TenantDatabase, TenantDatabaseInput,
@@ -88,13 +90,16 @@ class StandIns:
     async def launch_instance(self, inp: ProvisionWorkspaceInput) -> WorkspaceInstance:
         await asyncio.sleep(self.ext)
         if self.workspaces is not None:
-            token = await self.workspaces.mint_registration_token(
-                inp.workspace_id, timedelta(seconds=inp.registration_timeout_seconds + 60))
-            self.tokens[inp.workspace_id] = token
+            token = credentials.mint(credentials.REGISTRATION_TOKEN)
+            await self.workspaces.record_registration_token(
+                inp.workspace_id, token, timedelta(seconds=inp.registration_timeout_seconds + 60))
+            self.tokens[inp.workspace_id] = token.secret
             self.event(self.token_ready, inp.workspace_id).set()
         elif self.signal_on_launch:
             await self._signal(activity.info().workflow_id)
-        return WorkspaceInstance(workspace_id=inp.workspace_id, instance_id=f"i-{inp.workspace_id[3:]}")
+        # The platform's address of the agent, as the real launch derives it (the check stand-in dials nothing).
+        return WorkspaceInstance(workspace_id=inp.workspace_id, instance_id=f"i-{inp.workspace_id[3:]}",
+                                 agent_url=agent_url("10.0.0.1", 443))
 
     @activity.defn(name="wait_instance_running")
     async def wait_instance_running(self, ref: WorkspaceInstance) -> None:

@@ -20,10 +20,13 @@ def _interrupt(*_: object) -> None:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--no-demo", action="store_true", help="start the stack without onboarding the demo org")
+    parser.add_argument("--lenient", action="store_true",
+                        help="a kinder local cloud for demos (plain moto, no Neon limits); never for tests, which "
+                             "must pass against the strict default (docs/production.md)")
     args = parser.parse_args()
 
     settings = Settings()
-    stack = LocalStack(settings)
+    stack = LocalStack(settings, lenient=args.lenient)
     # SIGTERM behaves like Ctrl-C: whatever the stack is doing, it stops everything it started.
     signal.signal(signal.SIGTERM, _interrupt)
     try:

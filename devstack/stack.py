@@ -57,6 +57,8 @@ class LocalStack:
     settings: Settings
     with_worker: bool = True
     with_api: bool = True
+    # Plain moto and a Neon without limits, for demos only (the default is as strict as AWS and Neon).
+    lenient: bool = False
     procs: list[tuple[str, subprocess.Popen]] = field(default_factory=list)
     postgres: PostgresServer | None = None
 
@@ -142,8 +144,9 @@ class LocalStack:
         self.postgres = start_postgres(self.state_dir, s.postgres_port)
         ensure_database(self.postgres, "tenantflow")
 
+        strictness = ["--lenient"] if self.lenient else []
         self._start("aws", [sys.executable, "-m", "devstack.aws_server", "--port", str(s.moto_port),
-                            "--state-file", str(self.state_dir / "aws" / "moto-ec2.pickle")], s.moto_port)
+                            "--state-file", str(self.state_dir / "aws" / "moto-ec2.pickle"), *strictness], s.moto_port)
 
         # Instances reach the platform API, and nothing else (a VPC route to the platform only).
         self._start("boot", [sys.executable, "-m", "devstack.boot_emulator", "--ec2-endpoint", self.aws_endpoint,
@@ -156,7 +159,7 @@ class LocalStack:
         os.chmod(key_file, 0o600)
         self._start("neon", [sys.executable, "-m", "devstack.neon_server", "--port", str(s.neon_port),
                              "--pg-admin-url", self.postgres.url("postgres"), "--pg-port", str(s.postgres_port),
-                             "--api-key-file", str(key_file), "--seed-project-id", NEON_PLATFORM_PROJECT],
+                             "--api-key-file", str(key_file), "--seed-project-id", NEON_PLATFORM_PROJECT, *strictness],
                     s.neon_port)
 
         env = self.service_env()

@@ -160,14 +160,15 @@ def ec2(moto_url):
     return boto3.client("ec2", region_name="us-east-1", endpoint_url=moto_url)
 
 
-_VPCS = itertools.count(random.randrange(0, 40_000))
+_VPCS = itertools.count(random.randrange(0, 38_000))
 
 
 def loopback_vpc(ec2) -> tuple[str, list[str]]:
     """A fresh VPC with two subnets in its own 127.x.y.0/24: every instance's private IP is a
     loopback address its agent can really listen on (see devstack.boot_emulator)."""
     n = next(_VPCS)
-    base = f"127.{20 + n // 256 % 230}.{n % 256}"
+    # 127.100-249: clear of the local stack's demo VPC (127.42/16) and the boot emulator's tests.
+    base = f"127.{100 + n // 256 % 150}.{n % 256}"
     vpc_id = ec2.create_vpc(CidrBlock=f"{base}.0/24")["Vpc"]["VpcId"]
     subnets = [ec2.create_subnet(VpcId=vpc_id, CidrBlock=f"{base}.{half}/25", AvailabilityZone=zone)["Subnet"]["SubnetId"]
                for half, zone in ((0, "us-east-1a"), (128, "us-east-1b"))]

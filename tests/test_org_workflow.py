@@ -12,6 +12,7 @@ import uuid
 from typing import Any
 
 import pytest
+import requests
 from botocore.exceptions import ClientError
 from temporalio.api.enums.v1 import EventType
 from temporalio.client import WorkflowHandle, WorkflowUpdateFailedError
@@ -298,3 +299,33 @@ async def test_continues_as_new_with_its_state(skip_env, settings, pool, network
         assert "it is active" in await refused(handle, OrgWorkflow.resume, ResumeCommand())
         await handle.execute_update(OrgWorkflow.delete, DeleteCommand())
         assert (await handle.result()).status == OrgStatus.deleted
+
+
+async def test_delete_preempts_a_suspend_in_the_middle_of_a_step(skip_env, settings, pool, ec2, network, task_queue,
+                                                                moto_url):
+    """The suspend is waiting for its instances to stop (not parked) when the delete comes: the
+    step's activity is cancelled, and that is not a failure to park on (found by tools.chaos: the
+    cancelled step parked, and the delete waited for it forever)."""
+    inp = await active_org(pool, network)
+    workspace_id = await running_workspace(pool, ec2, inp)
+    config = f"{moto_url}/__devstack/ec2/config"
+    await asyncio.to_thread(requests.post, config, json={"stopping_seconds": 600}, timeout=5)
+    try:
+        async with build_worker(skip_env.client, settings, pool, task_queue=task_queue):
+            handle = await skip_env.client.start_workflow(OrgWorkflow.run, entity_input(inp, adopt=OrgStatus.active),
+                                                          id=org_workflow_id(inp.org_id), task_queue=task_queue)
+            await handle.execute_update(OrgWorkflow.suspend, SuspendCommand(stop_instances=True))
+            child = skip_env.client.get_workflow_handle(f"org-suspend:{inp.org_id}")
+            for _ in range(600):
+                if (await child.query("progress"))["step"] == "stop_instances":
+                    break
+                await asyncio.sleep(0.05)
+            await asyncio.sleep(0.5)  # well inside the stop's wait
+            await handle.execute_update(OrgWorkflow.delete, DeleteCommand())
+            await asyncio.to_thread(requests.post, config, json={"stopping_seconds": 0.3}, timeout=5)
+            result = await handle.result()
+    finally:
+        await asyncio.to_thread(requests.post, config, json={"stopping_seconds": 0.3}, timeout=5)
+    assert result.status == OrgStatus.deleted
+    assert (await child.describe()).status.name == "CANCELED"
+    assert instances_of(ec2, workspace_id) == []

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from datetime import timedelta
 from typing import Any, Callable
 
@@ -96,6 +97,13 @@ class ProgressTracker:
         workflow.set_current_details("\n\n".join(lines))
 
 
+def stop_if_cancelled() -> None:
+    """A step that was waited for after a cancellation (``FINISH_FIRST``) returns normally: stop
+    here rather than go on with an operation that was cancelled (an org being deleted)."""
+    if workflow.cancellation_reason() is not None:
+        raise asyncio.CancelledError()
+
+
 def _root_cause(err: BaseException) -> BaseException:
     cause: BaseException = err
     while isinstance(cause, (ActivityError, ChildWorkflowError)) and cause.cause is not None:
@@ -139,8 +147,13 @@ class OperatorGate:
         while True:
             self._tracker.enter(step)
             try:
-                return await action()
+                result = await action()
+                stop_if_cancelled()
+                return result
             except ActivityError as err:
+                if workflow.cancellation_reason() is not None:
+                    # Cancelled (a delete preempts this operation): not a failure to park on.
+                    raise asyncio.CancelledError() from err
                 reason = failure_reason(step, err)
                 self._tracker.park(reason)
                 workflow.logger.warning("step parked for an operator", extra={"step": step, "reason": reason})

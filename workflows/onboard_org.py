@@ -31,7 +31,8 @@ with workflow.unsafe.imports_passed_through():
         SecurityGroupInput,
         TenantDatabaseInput,
     )
-    from workflows.common import CLEANUP_DEADLINE, FINISH_FIRST, WAITING, ProgressTracker, failure_reason, run_activity
+    from workflows.common import (CLEANUP_DEADLINE, FINISH_FIRST, WAITING, ProgressTracker, failure_reason, run_activity,
+                                  stop_if_cancelled)
 
 STEPS = ["validate", "record", "create_database", "create_security_group", "activate"]
 
@@ -67,7 +68,7 @@ class OnboardOrgWorkflow:
             undo.append(("delete_database", lambda: self._delete_database(db_ref)))
             db = await run_activity(NeonActivities.ensure_tenant_database, db_ref, f"create Neon {inp.neon_mode}",
                                     cancellation_type=FINISH_FIRST)
-            _stop_if_cancelled()
+            stop_if_cancelled()
             result.neon_project_id, result.neon_branch_id = db.project_id, db.branch_id
             result.cost_warning = db.cost_warning
             await run_activity(OrgStoreActivities.record_org_resources, self._resources(result), "record database ids")
@@ -81,7 +82,7 @@ class OnboardOrgWorkflow:
                 Ec2Activities.delete_security_group, sg_ref, "delete security group", deadline=CLEANUP_DEADLINE)))
             sg = await run_activity(Ec2Activities.ensure_security_group, sg_ref, "create security group",
                                     cancellation_type=FINISH_FIRST)
-            _stop_if_cancelled()
+            stop_if_cancelled()
             result.security_group_id = sg.group_id
             await run_activity(OrgStoreActivities.record_org_resources, self._resources(result), "record group id")
 
@@ -130,9 +131,3 @@ class OnboardOrgWorkflow:
                             neon_branch_id=result.neon_branch_id, security_group_id=result.security_group_id,
                             cost_warning=result.cost_warning)
 
-
-def _stop_if_cancelled() -> None:
-    """A create that was waited for after a cancellation returns its result normally: stop here
-    rather than go on building an org that is being deleted."""
-    if workflow.cancellation_reason() is not None:
-        raise asyncio.CancelledError()

@@ -114,9 +114,8 @@ class OrgWorkflow:
 
     @workflow.update
     async def suspend(self, cmd: SuspendCommand) -> OrgSnapshot:
-        await self._accept(Command(operation=Operation.suspend, actor=cmd.actor, reason=cmd.reason,
-                                   stop_instances=cmd.stop_instances))
-        return self._snapshot()
+        return await self._accept(Command(operation=Operation.suspend, actor=cmd.actor, reason=cmd.reason,
+                                          stop_instances=cmd.stop_instances))
 
     @suspend.validator
     def _validate_suspend(self, cmd: SuspendCommand) -> None:
@@ -124,8 +123,7 @@ class OrgWorkflow:
 
     @workflow.update
     async def resume(self, cmd: ResumeCommand) -> OrgSnapshot:
-        await self._accept(Command(operation=Operation.resume, actor=cmd.actor))
-        return self._snapshot()
+        return await self._accept(Command(operation=Operation.resume, actor=cmd.actor))
 
     @resume.validator
     def _validate_resume(self, cmd: ResumeCommand) -> None:
@@ -138,8 +136,7 @@ class OrgWorkflow:
         self._state.queue.clear()
         if self._operation is not None:
             self._operation.cancel()
-        await self._accept(Command(operation=Operation.delete, actor=cmd.actor))
-        return self._snapshot()
+        return await self._accept(Command(operation=Operation.delete, actor=cmd.actor))
 
     @delete.validator
     def _validate_delete(self, cmd: DeleteCommand) -> None:
@@ -151,9 +148,8 @@ class OrgWorkflow:
         running = self._state.running
         if running is not None and running.parked is not None:
             await self._decide(running, "retry")
-        else:
-            await self._accept(Command(operation=Operation.onboard, actor=cmd.actor))
-        return self._snapshot()
+            return self._snapshot()
+        return await self._accept(Command(operation=Operation.onboard, actor=cmd.actor))
 
     @retry.validator
     def _validate_retry(self, cmd: DecisionCommand) -> None:
@@ -193,14 +189,17 @@ class OrgWorkflow:
         if self._state.running is not None:
             self._state.running.parked = None
 
-    async def _accept(self, cmd: Command) -> None:
-        """Queue the command and record the org's new status before the Update returns. The state
-        changes synchronously, so the next command's validator already sees it."""
+    async def _accept(self, cmd: Command) -> OrgSnapshot:
+        """Queue the command and record the org's new status before the Update returns; answers
+        the state as accepted. The state changes synchronously, so the next command's validator
+        already sees it (and the operation may even be over by the time the record is written)."""
         status = RUNNING_STATUS[cmd.operation]
         self._state.status, self._state.failure_reason = status, None
         self._state.queue.append(cmd.model_copy(update={"recorded": True}))
+        accepted = self._snapshot()
         await self._write(status, _STARTS_FROM[cmd.operation], operation=cmd.operation, actor=cmd.actor,
                           status_reason=cmd.reason)
+        return accepted
 
     async def _decide(self, running: Running, decision: str) -> None:
         running.parked = None  # a second decision is refused from now on
