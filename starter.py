@@ -34,8 +34,9 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable, TextIO
+from typing import Any, TextIO
 
 TERMINAL_OK = {"active"}
 TERMINAL_FAILED = {"failed"}
@@ -57,9 +58,15 @@ class ApiClient:
 
     def request(self, method: str, path: str, body: Any = None) -> tuple[int, dict]:
         data = json.dumps(body).encode() if body is not None else None
-        req = urllib.request.Request(self.base_url + path, data=data, method=method, headers={
-            "Authorization": f"Bearer {self._secret}", "Content-Type": "application/json",
-        })
+        req = urllib.request.Request(
+            self.base_url + path,
+            data=data,
+            method=method,
+            headers={
+                "Authorization": f"Bearer {self._secret}",
+                "Content-Type": "application/json",
+            },
+        )
         try:
             with urllib.request.urlopen(req, timeout=self.timeout) as resp:
                 return resp.status, json.loads(resp.read() or b"{}")
@@ -71,7 +78,6 @@ class ApiClient:
             raise ApiError(err.code, payload) from None
 
 
-
 class OperatorClient(ApiClient):
     def onboard(self, **body: Any) -> dict:
         return self.request("POST", "/api/v1/orgs", body)[1]
@@ -80,8 +86,9 @@ class OperatorClient(ApiClient):
         return self.request("GET", f"/api/v1/orgs/{slug}")[1]
 
     def orgs(self, *, status: str = "", prefix: str = "", limit: int = 100, cursor: str | None = None) -> dict:
-        query = urllib.parse.urlencode({k: v for k, v in (("status", status), ("prefix", prefix), ("limit", limit),
-                                                          ("cursor", cursor)) if v})
+        query = urllib.parse.urlencode(
+            {k: v for k, v in (("status", status), ("prefix", prefix), ("limit", limit), ("cursor", cursor)) if v}
+        )
         return self.request("GET", f"/api/v1/orgs?{query}")[1]
 
     def set_quota(self, slug: str, **body: Any) -> dict:
@@ -91,14 +98,17 @@ class OperatorClient(ApiClient):
         return self.request("POST", f"/api/v1/orgs/{slug}/keys", {"name": name})[1]
 
     def suspend(self, slug: str, reason: str | None = None, stop_instances: bool = False) -> dict:
-        return self.request("POST", f"/api/v1/orgs/{slug}/suspend", {"reason": reason, "stop_instances": stop_instances})[1]
+        return self.request(
+            "POST", f"/api/v1/orgs/{slug}/suspend", {"reason": reason, "stop_instances": stop_instances}
+        )[1]
 
     def resume(self, slug: str) -> dict:
         return self.request("POST", f"/api/v1/orgs/{slug}/resume", {})[1]
 
     def delete(self, slug: str, confirm: str, delete_workspaces: bool) -> dict:
-        return self.request("DELETE", f"/api/v1/orgs/{slug}", {"confirm": confirm,
-                                                           "delete_workspaces": delete_workspaces})[1]
+        return self.request(
+            "DELETE", f"/api/v1/orgs/{slug}", {"confirm": confirm, "delete_workspaces": delete_workspaces}
+        )[1]
 
     def teardowns(self) -> list[dict]:
         return self.request("GET", "/api/v1/teardowns")[1]["teardowns"]
@@ -134,8 +144,17 @@ def progress_line(label: str, record: dict, ok: set[str], width: int = 24, last:
     return f"{label} [{'#' * filled}{'-' * (width - filled)}] {done}/{total} {record['status']}: {step}"
 
 
-def follow(fetch: Callable[[], dict], label: str, *, ok: set[str], failed: set[str] = TERMINAL_FAILED,
-           gone_is_ok: bool = False, out: TextIO = sys.stdout, interval: float = 0.5, timeout: float = 900.0) -> dict:
+def follow(
+    fetch: Callable[[], dict],
+    label: str,
+    *,
+    ok: set[str],
+    failed: set[str] = TERMINAL_FAILED,
+    gone_is_ok: bool = False,
+    out: TextIO = sys.stdout,
+    interval: float = 0.5,
+    timeout: float = 900.0,
+) -> dict:
     """Poll a status until it ends, drawing a progress bar; returns the final record.
 
     ``gone_is_ok``: a 404 ends the wait successfully (a deletion finished)."""
@@ -172,20 +191,29 @@ def follow(fetch: Callable[[], dict], label: str, *, ok: set[str], failed: set[s
         time.sleep(interval)
 
 
-def follow_org(client: OperatorClient, slug: str, out: TextIO = sys.stdout, *, ok: set[str] = TERMINAL_OK,
-               parked_is_final: bool = False) -> dict:
+def follow_org(
+    client: OperatorClient,
+    slug: str,
+    out: TextIO = sys.stdout,
+    *,
+    ok: set[str] = TERMINAL_OK,
+    parked_is_final: bool = False,
+) -> dict:
     """Follow an org until it settles; a teardown parked for an operator also ends the wait."""
+
     def fetch() -> dict:
         org = client.org(slug)
         if parked_is_final and (org.get("progress") or {}).get("waiting_for_operator"):
             return {**org, "status": "parked"}
         return org
+
     failed = TERMINAL_FAILED | ({"parked"} if parked_is_final else set())
     return follow(fetch, slug, ok=ok, failed=failed, out=out)
 
 
-def follow_workspace(client: TenantClient, workspace_id: str, out: TextIO = sys.stdout, *,
-                     deleting: bool = False) -> dict:
+def follow_workspace(
+    client: TenantClient, workspace_id: str, out: TextIO = sys.stdout, *, deleting: bool = False
+) -> dict:
     ok = set() if deleting else {"running"}
     return follow(lambda: client.workspace(workspace_id), workspace_id, ok=ok, gone_is_ok=deleting, out=out)
 
@@ -203,8 +231,10 @@ def _local_secret(env_var: str, state_key: str) -> str:
 def _report(record: dict, out: TextIO, keys: tuple[str, ...]) -> int:
     if record["status"] == "parked":
         p = record["progress"]
-        out.write(f"PARKED on {p['step']}: {p['failure_reason']}\n"
-                  f"fix the cause, then: starter.py retry {record['slug']}  (or abandon)\n")
+        out.write(
+            f"PARKED on {p['step']}: {p['failure_reason']}\n"
+            f"fix the cause, then: starter.py retry {record['slug']}  (or abandon)\n"
+        )
         return 1
     if record["status"] in TERMINAL_FAILED:
         out.write(f"FAILED: {record.get('failure_reason')}\n")
@@ -218,8 +248,9 @@ WORKSPACE_KEYS = ("id", "name", "status", "instance_id", "agent_url", "last_seen
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="starter.py", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="starter.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--api-url", default=os.environ.get("TENANTFLOW_API_URL", "http://127.0.0.1:8080"))
     sub = parser.add_subparsers(dest="command", required=True)
     onboard = sub.add_parser("onboard", help="onboard an org and follow it until active or failed")
@@ -273,8 +304,9 @@ def _parser() -> argparse.ArgumentParser:
 def _tenant_command(args: argparse.Namespace, out: TextIO) -> int:
     client = TenantClient(args.api_url, _local_secret("TENANTFLOW_ORG_KEY", "demo_org_key"))
     if args.ws_command == "create":
-        created = client.create_workspace(name=args.name, role=args.role, runtime=args.runtime, tier=args.tier,
-                                          model=args.model)
+        created = client.create_workspace(
+            name=args.name, role=args.role, runtime=args.runtime, tier=args.tier, model=args.model
+        )
         out.write(f"accepted: {created['id']} ({created['status']})\n")
         if args.no_wait:
             return 0
@@ -292,81 +324,132 @@ def _tenant_command(args: argparse.Namespace, out: TextIO) -> int:
     return 1 if record["status"] in TERMINAL_FAILED else 0
 
 
-def _operator_command(args: argparse.Namespace, out: TextIO) -> int:
-    client = OperatorClient(args.api_url, _local_secret("TENANTFLOW_PROVISION_SECRET", "provision_secret"))
-    if args.command == "onboard":
-        created = client.onboard(name=args.name, slug=args.slug, plan=args.plan, vpc_id=args.vpc_id,
-                                 subnet_ids=[s for s in args.subnet_ids.split(",") if s])
-        out.write(f"accepted: {created['id']} ({created['status']})\n")
-        if args.no_wait:
-            return 0
-        return _report(follow_org(client, args.slug, out), out, ORG_KEYS)
-    if args.command == "watch":
-        return _report(follow_org(client, args.slug, out), out, ORG_KEYS)
-    if args.command == "quota":
-        body = {k: v for k, v in (("max_workspaces", args.max_workspaces), ("max_tier", args.max_tier),
-                                  ("billing_plan", args.billing_plan)) if v is not None}
-        org = client.set_quota(args.slug, **body)
-        out.write(json.dumps({k: org[k] for k in ("slug", "max_workspaces", "max_tier", "billing_plan")}) + "\n")
+def _onboard(client: OperatorClient, args: argparse.Namespace, out: TextIO) -> int:
+    created = client.onboard(
+        name=args.name,
+        slug=args.slug,
+        plan=args.plan,
+        vpc_id=args.vpc_id,
+        subnet_ids=[s for s in args.subnet_ids.split(",") if s],
+    )
+    out.write(f"accepted: {created['id']} ({created['status']})\n")
+    if args.no_wait:
         return 0
-    if args.command == "mint-key":
-        key = client.mint_key(args.slug, args.name)
-        out.write(f"{key['key']}\n(shown once: store it now; id {key['id']})\n")
+    return _report(follow_org(client, args.slug, out), out, ORG_KEYS)
+
+
+def _watch(client: OperatorClient, args: argparse.Namespace, out: TextIO) -> int:
+    return _report(follow_org(client, args.slug, out), out, ORG_KEYS)
+
+
+def _quota(client: OperatorClient, args: argparse.Namespace, out: TextIO) -> int:
+    wanted = (("max_workspaces", args.max_workspaces), ("max_tier", args.max_tier), ("billing_plan", args.billing_plan))
+    org = client.set_quota(args.slug, **{k: v for k, v in wanted if v is not None})
+    out.write(json.dumps({k: org[k] for k in ("slug", "max_workspaces", "max_tier", "billing_plan")}) + "\n")
+    return 0
+
+
+def _mint_key(client: OperatorClient, args: argparse.Namespace, out: TextIO) -> int:
+    key = client.mint_key(args.slug, args.name)
+    out.write(f"{key['key']}\n(shown once: store it now; id {key['id']})\n")
+    return 0
+
+
+def _suspend(client: OperatorClient, args: argparse.Namespace, out: TextIO) -> int:
+    client.suspend(args.slug, args.reason, args.stop_instances)
+    return _report(follow_org(client, args.slug, out, ok={"suspended"}), out, ORG_KEYS)
+
+
+def _resume(client: OperatorClient, args: argparse.Namespace, out: TextIO) -> int:
+    client.resume(args.slug)
+    return _report(follow_org(client, args.slug, out, ok={"active"}), out, ORG_KEYS)
+
+
+def _delete_or_decide(client: OperatorClient, args: argparse.Namespace, out: TextIO) -> int:
+    """delete, retry and abandon: follow the org until the operation settles (or parks)."""
+    if args.command == "delete":
+        accepted = client.delete(args.slug, args.confirm, args.delete_workspaces)
+    else:
+        accepted = client.decide(args.slug, args.command)
+    if args.command == "abandon":
+        out.write(
+            f"abandoned: {accepted.get('operation') or 'the operation'} of {args.slug} stops on its parked step\n"
+        )
         return 0
-    if args.command == "suspend":
-        client.suspend(args.slug, args.reason, args.stop_instances)
-        return _report(follow_org(client, args.slug, out, ok={"suspended"}), out, ORG_KEYS)
-    if args.command == "resume":
-        client.resume(args.slug)
-        return _report(follow_org(client, args.slug, out, ok={"active"}), out, ORG_KEYS)
-    if args.command in ("delete", "retry", "abandon"):
-        if args.command == "delete":
-            accepted = client.delete(args.slug, args.confirm, args.delete_workspaces)
-        else:
-            accepted = client.decide(args.slug, args.command)
-        if args.command == "abandon":
-            out.write(f"abandoned: {accepted.get('operation') or 'the operation'} of {args.slug} stops on its "
-                      "parked step\n")
-            return 0
-        final = follow_org(client, args.slug, out, ok=SETTLES_AS.get(accepted.get("operation"), {"deleted"}),
-                           parked_is_final=True)
-        if final["status"] == "deleted":
-            receipt = final["receipt"]
-            out.write(f"deleted {args.slug}: {len(receipt['resources'])} resources, "
-                      f"{len(receipt['workspaces'])} workspaces (receipt at GET /cp/orgs/{args.slug})\n")
-            return 0
-        return _report(final, out, ORG_KEYS)
-    if args.command == "orgs":
-        page: dict = {"next_cursor": None}
-        listed = 0
-        while True:
-            page = client.orgs(status=args.status, prefix=args.prefix, cursor=page["next_cursor"])
-            for o in page["orgs"]:
-                operation = f"{o['operation']} ({o['workflow_id']})" if o["operation"] else "-"
-                out.write(f"{o['slug']:<24} {o['status']:<13} {operation:<44} {o['failure_reason'] or ''}\n")
-                listed += 1
-            if not page["next_cursor"]:
-                break
-        if not listed:
-            out.write("no orgs match\n")
+    final = follow_org(
+        client, args.slug, out, ok=SETTLES_AS.get(accepted.get("operation"), {"deleted"}), parked_is_final=True
+    )
+    if final["status"] == "deleted":
+        receipt = final["receipt"]
+        out.write(
+            f"deleted {args.slug}: {len(receipt['resources'])} resources, "
+            f"{len(receipt['workspaces'])} workspaces (receipt at GET /cp/orgs/{args.slug})\n"
+        )
         return 0
-    if args.command == "teardowns":
-        for t in client.teardowns():
-            p = t["progress"] or {}
-            state = f"PARKED: {p.get('failure_reason')}" if t["parked"] else p.get("step", "?")
-            out.write(f"{t['slug']:<20} {t['workflow_id']:<32} {state}\n")
-        return 0
-    if args.command == "audit":
-        trail = client.audit(args.slug)
-        for r in trail["records"]:
-            out.write(f"{r['seq']:>6} {r['at']} {r['actor']:<40} {r['action']:<32} {r['outcome']}\n")
-        chain = trail["chain"]
-        out.write("chain verified\n" if chain["valid"] else
-                  f"CHAIN BROKEN at record {chain['first_broken_seq']}: {chain['reason']}\n")
-        return 0 if chain["valid"] else 1
+    return _report(final, out, ORG_KEYS)
+
+
+def _orgs(client: OperatorClient, args: argparse.Namespace, out: TextIO) -> int:
+    page: dict = {"next_cursor": None}
+    listed = 0
+    while True:
+        page = client.orgs(status=args.status, prefix=args.prefix, cursor=page["next_cursor"])
+        for o in page["orgs"]:
+            operation = f"{o['operation']} ({o['workflow_id']})" if o["operation"] else "-"
+            out.write(f"{o['slug']:<24} {o['status']:<13} {operation:<44} {o['failure_reason'] or ''}\n")
+            listed += 1
+        if not page["next_cursor"]:
+            break
+    if not listed:
+        out.write("no orgs match\n")
+    return 0
+
+
+def _teardowns(client: OperatorClient, args: argparse.Namespace, out: TextIO) -> int:
+    for t in client.teardowns():
+        p = t["progress"] or {}
+        state = f"PARKED: {p.get('failure_reason')}" if t["parked"] else p.get("step", "?")
+        out.write(f"{t['slug']:<20} {t['workflow_id']:<32} {state}\n")
+    return 0
+
+
+def _audit(client: OperatorClient, args: argparse.Namespace, out: TextIO) -> int:
+    trail = client.audit(args.slug)
+    for r in trail["records"]:
+        out.write(f"{r['seq']:>6} {r['at']} {r['actor']:<40} {r['action']:<32} {r['outcome']}\n")
+    chain = trail["chain"]
+    verified = chain["valid"]
+    out.write(
+        "chain verified\n" if verified else f"CHAIN BROKEN at record {chain['first_broken_seq']}: {chain['reason']}\n"
+    )
+    return 0 if verified else 1
+
+
+def _status(client: OperatorClient, args: argparse.Namespace, out: TextIO) -> int:
     org = client.org(args.slug)
     out.write(json.dumps(org, indent=2) + "\n")
     return 1 if org["status"] in TERMINAL_FAILED else 0
+
+
+OPERATOR_COMMANDS: dict[str, Callable[[OperatorClient, argparse.Namespace, TextIO], int]] = {
+    "onboard": _onboard,
+    "watch": _watch,
+    "quota": _quota,
+    "mint-key": _mint_key,
+    "suspend": _suspend,
+    "resume": _resume,
+    "delete": _delete_or_decide,
+    "retry": _delete_or_decide,
+    "abandon": _delete_or_decide,
+    "orgs": _orgs,
+    "teardowns": _teardowns,
+    "audit": _audit,
+}
+
+
+def _operator_command(args: argparse.Namespace, out: TextIO) -> int:
+    client = OperatorClient(args.api_url, _local_secret("TENANTFLOW_PROVISION_SECRET", "provision_secret"))
+    return OPERATOR_COMMANDS.get(args.command, _status)(client, args, out)
 
 
 def main(argv: list[str] | None = None, out: TextIO = sys.stdout) -> int:

@@ -8,7 +8,7 @@ from a2a.client.errors import AgentCardResolutionError
 from temporalio import activity
 
 from activities.errors import permanent, transient
-from domain.models import AgentCardCheck
+from domain.provision_workspace import AgentCardCheck
 
 # The agent runtime tags a skill with this, so the platform can tell which workspace a card is.
 WORKSPACE_SKILL_TAG = "workspace:{workspace_id}"
@@ -27,9 +27,12 @@ class AgentActivities:
         tag = WORKSPACE_SKILL_TAG.format(workspace_id=check.workspace_id)
         tags = {t for skill in card.skills for t in skill.tags}
         if tag not in tags:
-            raise permanent("AgentCardMismatch", f"agent at {check.agent_url} does not serve workspace "
-                                                 f"{check.workspace_id}")
+            raise permanent(
+                "AgentCardMismatch", f"agent at {check.agent_url} does not serve workspace {check.workspace_id}"
+            )
         if not card.skills:
             raise permanent("AgentCardMismatch", "agent card lists no skills")
-        activity.logger.info("agent card checked", extra={"workspace_id": check.workspace_id,
-                                                          "agent_name": card.name, "skills": len(card.skills)})
+        activity.logger.info(
+            "agent card checked",
+            extra={"workspace_id": check.workspace_id, "agent_name": card.name, "skills": len(card.skills)},
+        )

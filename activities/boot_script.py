@@ -75,9 +75,20 @@ WantedBy=multi-user.target
 """
 
 
-def render_user_data(*, workspace_id: str, workspace_name: str, org_slug: str, role: str, runtime: str, model: str,
-                     tier: int, platform_url: str, registration_token: str, heartbeat_interval_seconds: float,
-                     listen_port: int) -> str:
+def render_user_data(
+    *,
+    workspace_id: str,
+    workspace_name: str,
+    org_slug: str,
+    role: str,
+    runtime: str,
+    model: str,
+    tier: int,
+    platform_url: str,
+    registration_token: str,
+    heartbeat_interval_seconds: float,
+    listen_port: int,
+) -> str:
     config = {
         "workspace_id": workspace_id,
         "workspace_name": workspace_name,
@@ -93,21 +104,23 @@ def render_user_data(*, workspace_id: str, workspace_name: str, org_slug: str, r
     }
     # json.dumps never emits a bare newline, so the quoted heredoc cannot be closed early and the
     # shell expands nothing inside it; umask 077 makes the file 0600 from its first byte.
-    return "\n".join([
-        "#!/bin/bash",
-        "set -euo pipefail",
-        "umask 077",
-        f"install -d -m 0700 {CONFIG_DIR}",
-        f"cat > {CONFIG_PATH} <<'{CONFIG_MARKER}'",
-        json.dumps(config, sort_keys=True),
-        CONFIG_MARKER,
-        f"chmod 0600 {CONFIG_PATH}",
-        "install -d -m 0755 /etc/systemd/system",
-        f"cat > {UNIT_PATH} <<'{UNIT_MARKER}'",
-        AGENT_UNIT.rstrip("\n"),
-        UNIT_MARKER,
-        f"chmod 0644 {UNIT_PATH}",
-        "systemctl daemon-reload",
-        f"systemctl enable --now {UNIT_NAME}",
-        "",
-    ])
+    return "\n".join(
+        [
+            "#!/bin/bash",
+            "set -euo pipefail",
+            "umask 077",
+            f"install -d -m 0700 {CONFIG_DIR}",
+            f"cat > {CONFIG_PATH} <<'{CONFIG_MARKER}'",
+            json.dumps(config, sort_keys=True),
+            CONFIG_MARKER,
+            f"chmod 0600 {CONFIG_PATH}",
+            "install -d -m 0755 /etc/systemd/system",
+            f"cat > {UNIT_PATH} <<'{UNIT_MARKER}'",
+            AGENT_UNIT.rstrip("\n"),
+            UNIT_MARKER,
+            f"chmod 0644 {UNIT_PATH}",
+            "systemctl daemon-reload",
+            f"systemctl enable --now {UNIT_NAME}",
+            "",
+        ]
+    )

@@ -12,7 +12,8 @@ Temporal's retry timer (which a time-skipping test server would fast-forward pas
 from __future__ import annotations
 
 import asyncio
-from typing import Awaitable, Callable, TypeVar
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
 
 from temporalio import activity
 
@@ -24,8 +25,9 @@ T = TypeVar("T")
 POLL_SECONDS = 20.0
 
 
-async def settle(check: Callable[[], Awaitable[T | None]], may_be_invisible: Callable[[], Awaitable[bool]],
-                 what: str) -> T | None:
+async def settle(
+    check: Callable[[], Awaitable[T | None]], may_be_invisible: Callable[[], Awaitable[bool]], what: str
+) -> T | None:
     """``check``'s answer once it finds something, or None once "not found" can be believed."""
     delay, waited = 0.2, 0.0
     while True:

@@ -7,8 +7,9 @@ raise non-retryable ``ApplicationError``s whose type and message end up on the o
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from datetime import timedelta
-from typing import Any, Callable
+from typing import Any
 
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
@@ -32,8 +33,9 @@ def actor() -> str:
     return f"workflow:{info.workflow_id}"
 
 
-async def call_in_thread(classify: Callable[[Exception], Exception], fn: Callable[..., Any], /,
-                         *args: Any, **kwargs: Any) -> Any:
+async def call_in_thread(
+    classify: Callable[[Exception], Exception], fn: Callable[..., Any], /, *args: Any, **kwargs: Any
+) -> Any:
     """A blocking client call off the event loop, its failure re-raised as ``classify`` maps it."""
     try:
         return await asyncio.to_thread(fn, *args, **kwargs)

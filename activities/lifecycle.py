@@ -2,56 +2,76 @@
 
 from __future__ import annotations
 
-from psycopg_pool import AsyncConnectionPool
 from temporalio import activity
 
 from activities.errors import actor
 from db import audit
 from db.keys import OrgKeyRepo
 from db.orgs import OrgRepo
+from db.pool import Pool
 from db.purge import purge_org
 from db.workspaces import WorkspaceRepo
-from domain.models import AuditEntry, OrgRef, OrgStatusChange, OrgTransition, PurgeReceipt, WorkspaceQuery
-from domain.org_entity import QuotaChange
+from domain.hard_delete_org import PurgeReceipt
+from domain.org_entity import OrgTransition, QuotaChange
+from domain.refs import AuditEntry, OrgRef, OrgStatusChange, WorkspaceQuery, WorkspacesStatusChange
+from domain.status import OrgStatus
 
 
 class OrgLifecycleActivities:
-    def __init__(self, pool: AsyncConnectionPool):
+    def __init__(self, pool: Pool):
         self._pool = pool
         self._orgs = OrgRepo(pool)
         self._keys = OrgKeyRepo(pool)
         self._workspaces = WorkspaceRepo(pool)
 
     @activity.defn
-    async def set_org_status(self, change: OrgStatusChange) -> str | None:
+    async def set_org_status(self, change: OrgStatusChange) -> OrgStatus | None:
         """Returns the status before the change; None when the org row no longer exists. With
         ``only_from``, a compare-and-set: another status is left as it is."""
         row = await self._orgs.get(change.org_id)
         if row is None:
             return None
-        await self._orgs.update(change.org_id, actor=actor(), action=f"org.{change.status}",
-                                detail={"reason": change.reason, "from": row["status"]},
-                                status=change.status, status_reason=change.reason,
-                                clear=() if change.reason else ("status_reason",),
-                                only_from=change.only_from or None)
-        return row["status"]
+        await self._orgs.update(
+            change.org_id,
+            actor=actor(),
+            action=f"org.{change.status.value}",
+            detail={"reason": change.reason, "from": row["status"]},
+            status=change.status.value,
+            status_reason=change.reason,
+            clear=() if change.reason else ("status_reason",),
+            only_from=[s.value for s in change.only_from] or None,
+        )
+        return OrgStatus(row["status"])
 
     @activity.defn
-    async def transition_org(self, change: OrgTransition) -> str | None:
+    async def transition_org(self, change: OrgTransition) -> OrgStatus | None:
         """The org entity's status change, as a compare-and-set; returns the status the row has
         afterwards (None when the row is gone)."""
+        operation = change.operation.value if change.operation else None
         row = await self._orgs.update(
-            change.org_id, actor=change.actor, action=f"org.{change.status.value}",
-            detail={"operation": change.operation, "reason": change.failure_reason or change.status_reason},
-            only_from=[s.value for s in change.only_from], status=change.status.value,
-            operation=change.operation, workflow_id=change.workflow_id, failure_reason=change.failure_reason,
+            change.org_id,
+            actor=change.actor,
+            action=f"org.{change.status.value}",
+            detail={"operation": operation, "reason": change.failure_reason or change.status_reason},
+            only_from=[s.value for s in change.only_from],
+            status=change.status.value,
+            operation=operation,
+            workflow_id=change.workflow_id,
+            failure_reason=change.failure_reason,
             status_reason=change.status_reason,
-            clear=tuple(column for column, value in (("operation", change.operation),
-                                                     ("failure_reason", change.failure_reason),
-                                                     ("status_reason", change.status_reason)) if value is None))
+            clear=tuple(
+                column
+                for column, value in (
+                    ("operation", operation),
+                    ("failure_reason", change.failure_reason),
+                    ("status_reason", change.status_reason),
+                )
+                if value is None
+            ),
+        )
         if row is None:
             row = await self._orgs.get(change.org_id)
-        return row["status"] if row else None
+        return OrgStatus(row["status"]) if row else None
 
     @activity.defn
     async def set_org_quota(self, change: QuotaChange) -> None:
@@ -59,9 +79,9 @@ class OrgLifecycleActivities:
         await self._orgs.update(change.org_id, actor=change.actor, action="org.quota", detail=fields, **fields)
 
     @activity.defn
-    async def read_org_status(self, org: OrgRef) -> str | None:
+    async def read_org_status(self, org: OrgRef) -> OrgStatus | None:
         row = await self._orgs.get(org.org_id)
-        return row["status"] if row else None
+        return OrgStatus(row["status"]) if row else None
 
     @activity.defn
     async def revoke_org_keys(self, org: OrgRef) -> int:
@@ -86,23 +106,31 @@ class OrgLifecycleActivities:
         return [r["id"] for r in rows if r["status"] in query.statuses]
 
     @activity.defn
-    async def set_workspaces_status(self, change: OrgStatusChange) -> None:
+    async def set_workspaces_status(self, change: WorkspacesStatusChange) -> None:
         """Move the org's workspaces in any of ``only_from`` to ``status``."""
         for ws in await self._workspaces.list(change.org_id):
             if ws["status"] in change.only_from:
-                await self._workspaces.update(ws["id"], actor=actor(), action=f"workspace.{change.status}",
-                                              status=change.status)
+                await self._workspaces.update(
+                    ws["id"], actor=actor(), action=f"workspace.{change.status.value}", status=change.status.value
+                )
 
     @activity.defn
     async def audit_step(self, entry: AuditEntry) -> None:
         async with self._pool.connection() as conn, conn.transaction():
-            await audit.append(conn, actor=entry.actor if entry.actor != "workflow" else actor(),
-                               action=entry.action, outcome=entry.outcome, org_id=entry.org_id,
-                               org_slug=entry.slug, detail=entry.detail)
+            await audit.append(
+                conn,
+                actor=entry.actor if entry.actor != "workflow" else actor(),
+                action=entry.action,
+                outcome=entry.outcome,
+                org_id=entry.org_id,
+                org_slug=entry.slug,
+                detail=entry.detail,
+            )
 
     @activity.defn
     async def purge_org(self, org: OrgRef) -> PurgeReceipt:
-        receipt = await purge_org(self._pool, org.org_id, org.slug, actor=actor(),
-                                  workflow_id=activity.info().workflow_id)
+        receipt = await purge_org(
+            self._pool, org.org_id, org.slug, actor=actor(), workflow_id=activity.info().workflow_id
+        )
         activity.logger.info("org purged", extra={"org_slug": org.slug, "resources": len(receipt["resources"])})
         return PurgeReceipt.model_validate(receipt)

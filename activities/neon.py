@@ -23,7 +23,9 @@ from __future__ import annotations
 import asyncio
 import json
 import random
-from typing import Any, AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from typing import Any
 
 import requests
 from neon_api import NeonAPI
@@ -33,8 +35,9 @@ from temporalio.exceptions import ApplicationError
 
 from activities.errors import actor, call_in_thread, permanent, transient
 from db.ledger import Ledger
-from domain.models import NeonOperationsInput, TenantDatabase, TenantDatabaseInput, resource_name
 from domain.neon_plans import EXTRA_BRANCH_MONTHLY_USD, PLANS, PLANS_URL
+from domain.onboard_org import NeonOperationsInput, TenantDatabase, TenantDatabaseInput
+from domain.resources import business_key, neon_kind, resource_name
 from domain.settings import Settings
 
 _DONE = {"finished", "skipped"}
@@ -51,18 +54,29 @@ RATE_LIMITED_RETRY_CAP_SECONDS = 30.0
 POLL_CAP_SECONDS = 5.0
 # Page sizes asked for (Neon's maxima: branches 10000, projects 400, operations 1000).
 PAGE_LIMITS = {"branches": 1000, "projects": 400, "operations": 100}
-_SWITCH_MODE = ("set TENANTFLOW_NEON_MODE=project to give each new tenant its own Neon project, or move the "
-                "Neon account to a plan with a higher cap and set TENANTFLOW_NEON_PLAN")
+_SWITCH_MODE = (
+    "set TENANTFLOW_NEON_MODE=project to give each new tenant its own Neon project, or move the "
+    "Neon account to a plan with a higher cap and set TENANTFLOW_NEON_PLAN"
+)
 
 
-class TimedNeonAPI(NeonAPI):
+class TimedNeonAPI(NeonAPI):  # type: ignore[misc]  # neon-api ships no types
     def __init__(self, api_key: str, *, base_url: str, timeout: float):
         super().__init__(api_key, base_url=base_url)
         self._timeout = timeout
 
-    def _request(self, method: str, path: str, **kwargs: Any):
+    def _request(self, method: str, path: str, **kwargs: Any) -> Any:
         kwargs.setdefault("timeout", self._timeout)
         return super()._request(method, path, **kwargs)
+
+
+def make_neon_client(settings: Settings) -> NeonAPI:
+    """The Neon client of the activities: the settings' key and base URL, with a timeout."""
+    return TimedNeonAPI(
+        settings.neon_api_key.get_secret_value(),
+        base_url=settings.neon_base_url,
+        timeout=settings.neon_request_timeout_seconds,
+    )
 
 
 class NeonNotFound(Exception):
@@ -77,9 +91,12 @@ def branch_limit_error(detail: str) -> ApplicationError:
 
 
 def project_limit_error(detail: str) -> ApplicationError:
-    return permanent("NeonProjectLimit", f"{detail}; delete unused tenant projects, or move the Neon account to a "
-                                         "plan with more projects (or ask Neon support to raise the limit) and set "
-                                         "TENANTFLOW_NEON_PLAN")
+    return permanent(
+        "NeonProjectLimit",
+        f"{detail}; delete unused tenant projects, or move the Neon account to a "
+        "plan with more projects (or ask Neon support to raise the limit) and set "
+        "TENANTFLOW_NEON_PLAN",
+    )
 
 
 _LIMIT_ERRORS = {
@@ -137,8 +154,11 @@ def classify(err: Exception) -> Exception:
     if status == 404:
         return NeonNotFound(text)
     if status == 423:
-        return transient("NeonLocked", f"Neon resource locked by a running operation: {text}",
-                         retry_after=retry_after or random.uniform(*LOCKED_RETRY_SECONDS))
+        return transient(
+            "NeonLocked",
+            f"Neon resource locked by a running operation: {text}",
+            retry_after=retry_after or random.uniform(*LOCKED_RETRY_SECONDS),
+        )
     if status == 429:
         return transient("NeonRateLimited", f"Neon rate limit: {text}", retry_after=rate_limited_delay(retry_after))
     if status is None or status >= 500:
@@ -160,12 +180,13 @@ REFUSED_WAIT_SECONDS = 20.0
 _REFUSED = {"NeonRateLimited", "NeonLocked"}
 
 
-async def neon_json(client: NeonAPI, method: str, path: str, **kwargs: Any) -> dict:
+async def neon_json(client: NeonAPI, method: str, path: str, **kwargs: Any) -> dict[str, Any]:
     """One API call as raw JSON: no model of the pinned client parses it."""
     waited = 0.0
     while True:
         try:
-            return await call_neon(client._request, method, path, **kwargs)
+            answer: dict[str, Any] = await call_neon(client._request, method, path, **kwargs)
+            return answer
         except ApplicationError as err:
             pause = err.next_retry_delay.total_seconds() if err.next_retry_delay else 1.0
             if err.type not in _REFUSED or waited + pause > REFUSED_WAIT_SECONDS:
@@ -179,39 +200,76 @@ async def neon_json(client: NeonAPI, method: str, path: str, **kwargs: Any) -> d
 # -- lists -----------------------------------------------------------------------------------
 
 
-async def _pages(client: NeonAPI, path: str, key: str, cursor_field: str, params: dict[str, Any]
-                 ) -> AsyncIterator[list[dict]]:
-    """Every page of a Neon list, following ``pagination.<cursor_field>`` until an empty page."""
-    params, seen = dict(params), set()
+@dataclass(frozen=True)
+class NeonList:
+    """One of Neon's paged lists: where it is, which key holds the items, which cursor it pages by."""
+
+    path: str
+    key: str
+    cursor_field: str
+    params: dict[str, Any]
+
+
+def project_list(limit: int = PAGE_LIMITS["projects"]) -> NeonList:
+    """Every project of the account."""
+    return NeonList("projects", "projects", "cursor", {"limit": limit})
+
+
+def branch_list(project_id: str, limit: int = PAGE_LIMITS["branches"]) -> NeonList:
+    """Every branch of a project, oldest first (created_at never changes, so no page shifts)."""
+    return NeonList(
+        f"projects/{project_id}/branches",
+        "branches",
+        "next",
+        {"limit": limit, "sort_by": "created_at", "sort_order": "asc"},
+    )
+
+
+def operation_list(project_id: str, limit: int = PAGE_LIMITS["operations"]) -> NeonList:
+    """A project's operations, newest first."""
+    return NeonList(f"projects/{project_id}/operations", "operations", "cursor", {"limit": limit})
+
+
+async def neon_page(
+    client: NeonAPI, listing: NeonList, cursor: str | None = None
+) -> tuple[list[dict[str, Any]], str | None]:
+    """One page of a list (from ``cursor``), and the cursor of the next (None after the last page)."""
+    params = {**listing.params, **({"cursor": cursor} if cursor else {})}
+    page = await neon_json(client, "GET", listing.path, params=params)
+    items: list[dict[str, Any]] = page.get(listing.key) or []
+    following = (page.get("pagination") or {}).get(listing.cursor_field)
+    return items, (following if items and following and following != cursor else None)
+
+
+async def neon_pages(client: NeonAPI, listing: NeonList) -> AsyncIterator[list[dict[str, Any]]]:
+    """Every page of a list, following its cursor until an empty page (or a cursor seen before)."""
+    cursor: str | None = None
+    seen: set[str] = set()
     while True:
-        page = await neon_json(client, "GET", path, params=dict(params))
-        items = page.get(key) or []
+        items, cursor = await neon_page(client, listing, cursor)
         yield items
-        cursor = (page.get("pagination") or {}).get(cursor_field)
-        if not items or not cursor or cursor in seen:
+        if cursor is None or cursor in seen:
             return
         seen.add(cursor)
-        params["cursor"] = cursor
 
 
-def project_pages(client: NeonAPI, limit: int = PAGE_LIMITS["projects"]) -> AsyncIterator[list[dict]]:
-    """Every project of the account, a page at a time."""
-    return _pages(client, "projects", "projects", "cursor", {"limit": limit})
+def project_pages(client: NeonAPI, limit: int = PAGE_LIMITS["projects"]) -> AsyncIterator[list[dict[str, Any]]]:
+    return neon_pages(client, project_list(limit))
 
 
-def branch_pages(client: NeonAPI, project_id: str, limit: int = PAGE_LIMITS["branches"]) -> AsyncIterator[list[dict]]:
-    """Every branch of a project, oldest first (created_at never changes, so no page shifts)."""
-    return _pages(client, f"projects/{project_id}/branches", "branches", "next",
-                  {"limit": limit, "sort_by": "created_at", "sort_order": "asc"})
+def branch_pages(
+    client: NeonAPI, project_id: str, limit: int = PAGE_LIMITS["branches"]
+) -> AsyncIterator[list[dict[str, Any]]]:
+    return neon_pages(client, branch_list(project_id, limit))
 
 
-def operation_pages(client: NeonAPI, project_id: str, limit: int = PAGE_LIMITS["operations"]
-                    ) -> AsyncIterator[list[dict]]:
-    """A project's operations, newest first."""
-    return _pages(client, f"projects/{project_id}/operations", "operations", "cursor", {"limit": limit})
+def operation_pages(
+    client: NeonAPI, project_id: str, limit: int = PAGE_LIMITS["operations"]
+) -> AsyncIterator[list[dict[str, Any]]]:
+    return neon_pages(client, operation_list(project_id, limit))
 
 
-def _ended(op: dict) -> bool:
+def _ended(op: dict[str, Any]) -> bool:
     return op.get("status") in _DONE or op.get("status") in _ENDED_UNDONE
 
 
@@ -240,9 +298,11 @@ async def wait_operations(client: NeonAPI, project_id: str, operation_ids: list[
                 continue
             status = str(op.get("status"))
             if status in _ENDED_UNDONE:
-                raise permanent("NeonOperationCancelled" if status == "cancelled" else "NeonOperationFailed",
-                                f"Neon operation {op_id} ({op.get('action')}) on project {project_id} "
-                                f"ended {status}, so its change was not made; retry the step to start it again")
+                raise permanent(
+                    "NeonOperationCancelled" if status == "cancelled" else "NeonOperationFailed",
+                    f"Neon operation {op_id} ({op.get('action')}) on project {project_id} "
+                    f"ended {status}, so its change was not made; retry the step to start it again",
+                )
             if status not in _DONE:
                 statuses[op_id] = status
         pending = list(statuses)
@@ -253,26 +313,28 @@ async def wait_operations(client: NeonAPI, project_id: str, operation_ids: list[
 
 
 class NeonActivities:
-    def __init__(self, settings: Settings, ledger: Ledger, client_factory: Callable[[], NeonAPI] | None = None,
-                 *, page_size: int | None = None):
+    def __init__(
+        self,
+        settings: Settings,
+        ledger: Ledger,
+        client_factory: Callable[[], NeonAPI] | None = None,
+        *,
+        page_size: int | None = None,
+    ):
         self._settings = settings
         self._ledger = ledger
-        self._client_factory = client_factory or (lambda: TimedNeonAPI(
-            settings.neon_api_key.get_secret_value(),
-            base_url=settings.neon_base_url,
-            timeout=settings.neon_request_timeout_seconds,
-        ))
+        self._client_factory = client_factory or (lambda: make_neon_client(settings))
         self._limits = {kind: page_size or limit for kind, limit in PAGE_LIMITS.items()}
 
     # -- lookups -----------------------------------------------------------------------------
 
-    async def _branches(self, client: NeonAPI, project_id: str) -> list[dict]:
-        found: list[dict] = []
+    async def _branches(self, client: NeonAPI, project_id: str) -> list[dict[str, Any]]:
+        found: list[dict[str, Any]] = []
         async for page in branch_pages(client, project_id, self._limits["branches"]):
             found += page
         return found
 
-    async def _find_branch(self, client: NeonAPI, name: str) -> tuple[dict | None, int]:
+    async def _find_branch(self, client: NeonAPI, name: str) -> tuple[dict[str, Any] | None, int]:
         """The platform project's branch named ``name``, and how many branches the project has."""
         try:
             branches = await self._branches(client, self._settings.neon_project_id)
@@ -281,7 +343,7 @@ class NeonActivities:
             raise permanent("NeonProjectNotFound", f"Neon project {project_id} not found") from err
         return next((b for b in branches if b.get("name") == name), None), len(branches)
 
-    async def _find_project(self, client: NeonAPI, name: str) -> tuple[dict | None, int]:
+    async def _find_project(self, client: NeonAPI, name: str) -> tuple[dict[str, Any] | None, int]:
         """The project named ``name``, and how many projects were seen looking for it."""
         seen = 0
         async for projects in project_pages(client, self._limits["projects"]):
@@ -296,14 +358,12 @@ class NeonActivities:
         finished one."""
         pending: list[str] = []
         async for ops in operation_pages(client, project_id, self._limits["operations"]):
-            pending += [op["id"] for op in ops
-                        if not _ended(op) and (branch_id is None or op.get("branch_id") == branch_id)]
+            pending += [
+                op["id"] for op in ops if not _ended(op) and (branch_id is None or op.get("branch_id") == branch_id)
+            ]
             if not ops or any(_ended(op) for op in ops):
                 break
         return pending
-
-    def _kind(self, mode: str) -> str:
-        return "neon_branch" if mode == "branch" else "neon_project"
 
     # -- plan ----------------------------------------------------------------------------------
 
@@ -314,12 +374,15 @@ class NeonActivities:
         if new and branch_number > limits.max_branches:
             raise branch_limit_error(
                 f"Neon project {project_id} already has {branch_number - 1} branches, the {plan} plan's cap of "
-                f"{limits.max_branches} per project: no branch for {name}")
+                f"{limits.max_branches} per project: no branch for {name}"
+            )
         if not limits.branch_is_billed(branch_number):
             return None
-        return (f"Neon project {project_id} has {branch_number} branches, more than the {limits.included_branches} "
-                f"included in the {plan} plan: {name} is billed as an extra branch "
-                f"(${EXTRA_BRANCH_MONTHLY_USD:.2f} per branch-month, {PLANS_URL})")
+        return (
+            f"Neon project {project_id} has {branch_number} branches, more than the {limits.included_branches} "
+            f"included in the {plan} plan: {name} is billed as an extra branch "
+            f"(${EXTRA_BRANCH_MONTHLY_USD:.2f} per branch-month, {PLANS_URL})"
+        )
 
     # -- activities --------------------------------------------------------------------------
 
@@ -327,22 +390,28 @@ class NeonActivities:
     async def ensure_tenant_database(self, req: TenantDatabaseInput) -> TenantDatabase:
         """Create the tenant's branch (or project) unless one with its name already exists."""
         name = resource_name(req.slug, req.org_id)
-        kind = self._kind(req.mode)
+        kind = neon_kind(req.mode)
         key = f"{kind}:{name}"
         await self._ledger.reserve(org_id=req.org_id, org_slug=req.slug, kind=kind, business_key=key, actor=actor())
         client = self._client_factory()
         if req.mode == "branch":
             db = await self._ensure_branch(client, name)
-            cloud_id = db.branch_id
+            cloud_id = db.branch_id or ""
         else:
             db = await self._ensure_project(client, name)
             cloud_id = db.project_id
         await self._ledger.mark_created(key, cloud_id, actor=actor(), detail={"project_id": db.project_id})
         activity.logger.info("tenant database ready", extra={"org_slug": req.slug, "neon_id": cloud_id})
         if db.cost_warning:
-            activity.logger.warning("tenant database billed as an extra", extra={
-                "org_slug": req.slug, "neon_id": cloud_id, "neon_plan": self._settings.neon_plan,
-                "cost_warning": db.cost_warning})
+            activity.logger.warning(
+                "tenant database billed as an extra",
+                extra={
+                    "org_slug": req.slug,
+                    "neon_id": cloud_id,
+                    "neon_plan": self._settings.neon_plan,
+                    "cost_warning": db.cost_warning,
+                },
+            )
         return db
 
     async def _ensure_branch(self, client: NeonAPI, name: str) -> TenantDatabase:
@@ -351,36 +420,61 @@ class NeonActivities:
             raise permanent("NeonMisconfigured", "branch mode needs TENANTFLOW_NEON_PROJECT_ID")
         existing, count = await self._find_branch(client, name)
         if existing is not None:
-            return TenantDatabase(mode="branch", name=name, project_id=project_id, branch_id=existing["id"],
-                                  operation_ids=await self._pending_operations(client, project_id, existing["id"]),
-                                  cost_warning=self._branch_allowance(project_id, count, name, new=False))
+            return TenantDatabase(
+                mode="branch",
+                name=name,
+                project_id=project_id,
+                branch_id=existing["id"],
+                operation_ids=await self._pending_operations(client, project_id, existing["id"]),
+                cost_warning=self._branch_allowance(project_id, count, name, new=False),
+            )
         warning = self._branch_allowance(project_id, count + 1, name, new=True)
         body: dict[str, Any] = {"name": name}
         if self._settings.neon_parent_branch_id:
             body["parent_id"] = self._settings.neon_parent_branch_id
         try:
-            created = await neon_json(client, "POST", f"projects/{project_id}/branches",
-                                      json={"branch": body, "endpoints": [{"type": "read_write"}]})
+            created = await neon_json(
+                client,
+                "POST",
+                f"projects/{project_id}/branches",
+                json={"branch": body, "endpoints": [{"type": "read_write"}]},
+            )
         except NeonNotFound as err:
             raise permanent("NeonProjectNotFound", f"Neon project {project_id} not found") from err
-        return TenantDatabase(mode="branch", name=name, project_id=project_id, branch_id=created["branch"]["id"],
-                              operation_ids=[op["id"] for op in created.get("operations") or []],
-                              cost_warning=warning)
+        return TenantDatabase(
+            mode="branch",
+            name=name,
+            project_id=project_id,
+            branch_id=created["branch"]["id"],
+            operation_ids=[op["id"] for op in created.get("operations") or []],
+            cost_warning=warning,
+        )
 
     async def _ensure_project(self, client: NeonAPI, name: str) -> TenantDatabase:
         existing, count = await self._find_project(client, name)
         if existing is not None:
-            return TenantDatabase(mode="project", name=name, project_id=existing["id"],
-                                  operation_ids=await self._pending_operations(client, existing["id"], None))
+            return TenantDatabase(
+                mode="project",
+                name=name,
+                project_id=existing["id"],
+                operation_ids=await self._pending_operations(client, existing["id"], None),
+            )
         plan = self._settings.neon_plan
         if count >= PLANS[plan].projects:
-            raise project_limit_error(f"the Neon account has {count} projects, the {plan} plan's limit of "
-                                      f"{PLANS[plan].projects}: no project for {name}")
-        created = await neon_json(client, "POST", "projects", json={
-            "project": {"name": name, "region_id": self._settings.neon_region_id}})
-        return TenantDatabase(mode="project", name=name, project_id=created["project"]["id"],
-                              branch_id=(created.get("branch") or {}).get("id"),
-                              operation_ids=[op["id"] for op in created.get("operations") or []])
+            raise project_limit_error(
+                f"the Neon account has {count} projects, the {plan} plan's limit of "
+                f"{PLANS[plan].projects}: no project for {name}"
+            )
+        created = await neon_json(
+            client, "POST", "projects", json={"project": {"name": name, "region_id": self._settings.neon_region_id}}
+        )
+        return TenantDatabase(
+            mode="project",
+            name=name,
+            project_id=created["project"]["id"],
+            branch_id=(created.get("branch") or {}).get("id"),
+            operation_ids=[op["id"] for op in created.get("operations") or []],
+        )
 
     @activity.defn
     async def wait_for_neon_operations(self, req: NeonOperationsInput) -> None:
@@ -391,7 +485,7 @@ class NeonActivities:
     async def delete_tenant_database(self, req: TenantDatabaseInput) -> NeonOperationsInput:
         """Delete the tenant's branch (or project); already gone counts as deleted."""
         name = resource_name(req.slug, req.org_id)
-        key = f"{self._kind(req.mode)}:{name}"
+        key = business_key(neon_kind(req.mode), name)
         client = self._client_factory()
         operations: list[str] = []
         if req.mode == "branch":

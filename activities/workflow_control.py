@@ -6,17 +6,17 @@ import asyncio
 from typing import Any
 
 from temporalio import activity
-from temporalio.client import Client, WorkflowExecutionDescription, WorkflowFailureError
+from temporalio.client import Client, WorkflowExecutionDescription, WorkflowFailureError, WorkflowHandle
 from temporalio.service import RPCError, RPCStatusCode
 
-from domain.models import WorkflowToStop
+from domain.refs import WorkflowToStop
 
 
 class WorkflowControlActivities:
     def __init__(self, client: Client):
         self._client = client
 
-    async def _describe(self, handle: Any) -> WorkflowExecutionDescription | None:
+    async def _describe(self, handle: WorkflowHandle[Any, Any]) -> WorkflowExecutionDescription | None:
         try:
             return await handle.describe()
         except RPCError as err:
@@ -44,14 +44,15 @@ class WorkflowControlActivities:
             return "not_found"
         return await self._closed(handle)
 
-    async def _closed(self, handle: Any) -> str:
+    async def _closed(self, handle: WorkflowHandle[Any, Any]) -> str:
         while True:
             try:
                 await asyncio.wait_for(handle.result(), timeout=5)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 activity.heartbeat("waiting for the workflow to close")
                 continue
             except WorkflowFailureError:
                 pass
             break
-        return (await handle.describe()).status.name.lower()
+        status = (await handle.describe()).status
+        return status.name.lower() if status else "unknown"

@@ -6,7 +6,9 @@ from temporalio import activity
 
 from activities.errors import actor, permanent
 from db.workspaces import WorkspaceRepo
-from domain.models import WorkspaceFailure, WorkspaceRef, WorkspaceStatus
+from domain.provision_workspace import WorkspaceFailure
+from domain.refs import WorkspaceRef
+from domain.status import WorkspaceStatus
 
 
 class WorkspaceStoreActivities:
@@ -23,24 +25,42 @@ class WorkspaceStoreActivities:
 
     @activity.defn
     async def mark_workspace_running(self, ref: WorkspaceRef) -> None:
-        await self._workspaces.update(ref.workspace_id, actor=actor(), action="workspace.running",
-                                      status=WorkspaceStatus.running.value, failure_reason=None)
+        await self._workspaces.update(
+            ref.workspace_id,
+            actor=actor(),
+            action="workspace.running",
+            status=WorkspaceStatus.running.value,
+            failure_reason=None,
+        )
 
     @activity.defn
     async def mark_workspace_failed(self, failure: WorkspaceFailure) -> None:
         """Store the reason and give the slot back; the agent's tokens die with it."""
         await self._workspaces.revoke_tokens(failure.workspace_id)
-        await self._workspaces.update(failure.workspace_id, actor=actor(), action="workspace.fail", outcome="failed",
-                                      detail={"reason": failure.reason}, status=WorkspaceStatus.failed.value,
-                                      failure_reason=failure.reason, holds_slot=False)
+        await self._workspaces.update(
+            failure.workspace_id,
+            actor=actor(),
+            action="workspace.fail",
+            outcome="failed",
+            detail={"reason": failure.reason},
+            status=WorkspaceStatus.failed.value,
+            failure_reason=failure.reason,
+            holds_slot=False,
+        )
 
     @activity.defn
     async def mark_workspace_deleting(self, ref: WorkspaceRef) -> None:
-        await self._workspaces.update(ref.workspace_id, actor=actor(), action="workspace.deleting",
-                                      status=WorkspaceStatus.deleting.value)
+        await self._workspaces.update(
+            ref.workspace_id, actor=actor(), action="workspace.deleting", status=WorkspaceStatus.deleting.value
+        )
 
     @activity.defn
     async def mark_workspace_deleted(self, ref: WorkspaceRef) -> None:
         await self._workspaces.revoke_tokens(ref.workspace_id)
-        await self._workspaces.update(ref.workspace_id, actor=actor(), action="workspace.delete",
-                                      status=WorkspaceStatus.deleted.value, holds_slot=False)
+        await self._workspaces.update(
+            ref.workspace_id,
+            actor=actor(),
+            action="workspace.delete",
+            status=WorkspaceStatus.deleted.value,
+            holds_slot=False,
+        )

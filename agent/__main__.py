@@ -40,11 +40,16 @@ async def _boot(args: argparse.Namespace, config: BootConfig) -> int:
         try:
             public_url = f"http://{await private_ipv4()}:{port}"
         except ImdsUnavailable as exc:
-            log.error("imds_unavailable", endpoint=imds_endpoint(), problem=str(exc),
-                      detail="cannot learn the instance's private address; not serving")
+            log.error(
+                "imds_unavailable",
+                endpoint=imds_endpoint(),
+                problem=str(exc),
+                detail="cannot learn the instance's private address; not serving",
+            )
             return 3
-    return await run(config, host=host, port=port, public_url=public_url.rstrip("/") + "/",
-                     token_path=token_path(args.config))
+    return await run(
+        config, host=host, port=port, public_url=public_url.rstrip("/") + "/", token_path=token_path(args.config)
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -52,8 +57,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config", type=Path, required=True, help="boot config JSON")
     parser.add_argument("--host", help="developer override of the listen address (default: 0.0.0.0)")
     parser.add_argument("--port", type=int, help="developer override of the config's listen_port")
-    parser.add_argument("--public-url", help="developer override of the URL the card advertises "
-                                             "(default: http://<private IPv4 from IMDSv2>:<port>/)")
+    parser.add_argument(
+        "--public-url",
+        help="developer override of the URL the card advertises (default: http://<private IPv4 from IMDSv2>:<port>/)",
+    )
     args = parser.parse_args(argv)
 
     configure_logging()

@@ -26,14 +26,16 @@ WORKSPACE_EXTENSION_URI = "https://tenantflow.dev/a2a/extensions/workspace/v1"
 
 def build_agent_card(config: BootConfig, public_url: str) -> AgentCard:
     identity = Struct()
-    identity.update({
-        "workspace_id": config.workspace_id,
-        "workspace_name": config.workspace_name,
-        "org_slug": config.org_slug,
-        "runtime": config.runtime,
-        "model": config.model,
-        "tier": config.tier,
-    })
+    identity.update(
+        {
+            "workspace_id": config.workspace_id,
+            "workspace_name": config.workspace_name,
+            "org_slug": config.org_slug,
+            "runtime": config.runtime,
+            "model": config.model,
+            "tier": config.tier,
+        }
+    )
     return AgentCard(
         name=config.workspace_name,
         description=config.role or config.workspace_name,
@@ -44,8 +46,14 @@ def build_agent_card(config: BootConfig, public_url: str) -> AgentCard:
         ],
         capabilities=AgentCapabilities(
             streaming=False,
-            extensions=[AgentExtension(uri=WORKSPACE_EXTENSION_URI, description="tenantflow workspace identity",
-                                       required=False, params=identity)],
+            extensions=[
+                AgentExtension(
+                    uri=WORKSPACE_EXTENSION_URI,
+                    description="tenantflow workspace identity",
+                    required=False,
+                    params=identity,
+                )
+            ],
         ),
         default_input_modes=["text"],
         default_output_modes=["text"],
@@ -54,8 +62,12 @@ def build_agent_card(config: BootConfig, public_url: str) -> AgentCard:
                 id="echo",
                 name="Echo",
                 description="Answers a text message with 'echo: <text>'.",
-                tags=[f"workspace:{config.workspace_id}", f"org:{config.org_slug}",
-                      f"runtime:{config.runtime}", f"model:{config.model}"],
+                tags=[
+                    f"workspace:{config.workspace_id}",
+                    f"org:{config.org_slug}",
+                    f"runtime:{config.runtime}",
+                    f"model:{config.model}",
+                ],
                 examples=["hello"],
                 input_modes=["text"],
                 output_modes=["text"],

@@ -39,11 +39,13 @@ def imds_endpoint() -> str:
 
 
 async def _private_ipv4_once(client: httpx.AsyncClient, endpoint: str) -> str:
-    resp = await client.put(f"{endpoint}/latest/api/token",
-                            headers={"X-aws-ec2-metadata-token-ttl-seconds": str(TOKEN_TTL_SECONDS)})
+    resp = await client.put(
+        f"{endpoint}/latest/api/token", headers={"X-aws-ec2-metadata-token-ttl-seconds": str(TOKEN_TTL_SECONDS)}
+    )
     resp.raise_for_status()
-    resp = await client.get(f"{endpoint}/latest/meta-data/local-ipv4",
-                            headers={"X-aws-ec2-metadata-token": resp.text.strip()})
+    resp = await client.get(
+        f"{endpoint}/latest/meta-data/local-ipv4", headers={"X-aws-ec2-metadata-token": resp.text.strip()}
+    )
     resp.raise_for_status()
     try:
         return str(ipaddress.IPv4Address(resp.text.strip()))

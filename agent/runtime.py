@@ -76,8 +76,7 @@ class EchoExecutor(AgentExecutor):
 
 def build_app(config: BootConfig, public_url: str, stats: Stats) -> tuple[Starlette, DefaultRequestHandler]:
     card = build_agent_card(config, public_url)
-    handler = DefaultRequestHandler(agent_executor=EchoExecutor(stats), task_store=InMemoryTaskStore(),
-                                    agent_card=card)
+    handler = DefaultRequestHandler(agent_executor=EchoExecutor(stats), task_store=InMemoryTaskStore(), agent_card=card)
     routes = [
         *create_agent_card_routes(card),
         *create_jsonrpc_routes(handler, rpc_url="/", enable_v0_3_compat=True),
@@ -85,8 +84,9 @@ def build_app(config: BootConfig, public_url: str, stats: Stats) -> tuple[Starle
     return Starlette(routes=routes), handler
 
 
-async def register(client: httpx.AsyncClient, config: BootConfig, *,
-                   deadline_seconds: float = REGISTER_DEADLINE_SECONDS) -> dict:
+async def register(
+    client: httpx.AsyncClient, config: BootConfig, *, deadline_seconds: float = REGISTER_DEADLINE_SECONDS
+) -> dict:
     """Exchange the one-time registration token for a workspace token; retries only transient failures."""
     url = f"{config.platform_url.rstrip('/')}/api/v1/registry/register"
     body = {"workspace_id": config.workspace_id}
@@ -124,14 +124,18 @@ async def register(client: httpx.AsyncClient, config: BootConfig, *,
     raise AssertionError("unreachable")
 
 
-async def heartbeat_loop(client: httpx.AsyncClient, config: BootConfig, workspace_token: str,
-                         interval: float, stats: Stats) -> None:
+async def heartbeat_loop(
+    client: httpx.AsyncClient, config: BootConfig, workspace_token: str, interval: float, stats: Stats
+) -> None:
     """Heartbeat every ``interval`` seconds until the platform answers 401 (token revoked)."""
     url = f"{config.platform_url.rstrip('/')}/api/v1/registry/heartbeat"
     headers = {"Authorization": f"Bearer {workspace_token}"}
     while True:
-        body = {"workspace_id": config.workspace_id, "tasks_handled": stats.tasks_handled,
-                "avg_response_time_ms": round(stats.avg_response_time_ms, 3)}
+        body = {
+            "workspace_id": config.workspace_id,
+            "tasks_handled": stats.tasks_handled,
+            "avg_response_time_ms": round(stats.avg_response_time_ms, 3),
+        }
         try:
             resp = await client.post(url, json=body, headers=headers)
         except httpx.HTTPError as exc:
@@ -179,7 +183,9 @@ async def _register_and_heartbeat(config: BootConfig, stats: Stats, token_path: 
         saved = _load_token(token_path)
         if saved is not None:
             add_secret(saved)
-            log.info("resuming", workspace_id=config.workspace_id, detail="saved workspace token; not registering again")
+            log.info(
+                "resuming", workspace_id=config.workspace_id, detail="saved workspace token; not registering again"
+            )
             await heartbeat_loop(client, config, saved, config.heartbeat_interval_seconds, stats)
             return True
         try:

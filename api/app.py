@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 from aiohttp import web
@@ -12,14 +13,15 @@ from temporalio.client import Client
 from api import lifecycle, org_keys, orgs, registry, workspaces
 from api.errors import error_middleware
 from api.observability import METRICS, create_metrics, healthz, metrics, metrics_middleware, readyz
-from api.ratelimit import LIMITER, RateLimiter, rate_limit_middleware
-from api.versioning import add_versioned_routes, deprecation_middleware
 from api.progress import ProgressQueries
-from api.state import ORG_KEYS, ORGS, POOL, PROGRESS, SETTINGS, TEMPORAL, WORKSPACES
+from api.ratelimit import LIMITER, RateLimiter, rate_limit_middleware
+from api.state import AUDIT, ORG_KEYS, ORGS, POOL, PROGRESS, SETTINGS, TEMPORAL, WORKSPACES
+from api.versioning import add_versioned_routes, deprecation_middleware
+from db.audit import AuditRepo
 from db.keys import OrgKeyRepo
 from db.orgs import OrgRepo
-from db.workspaces import WorkspaceRepo
 from db.pool import open_pool
+from db.workspaces import WorkspaceRepo
 from domain.logs import configure_logging, get_logger
 from domain.settings import Settings, get_settings
 from domain.temporal import connect_temporal
@@ -35,22 +37,29 @@ async def serve_spec(_: web.Request) -> web.Response:
 
 def create_app(settings: Settings, *, temporal: Client | None = None) -> web.Application:
     """The app; it opens its own pool and (lazily) its Temporal client unless one is given."""
-    app = web.Application(middlewares=[metrics_middleware, deprecation_middleware, error_middleware,
-                                       rate_limit_middleware], client_max_size=MAX_BODY_BYTES)
+    app = web.Application(
+        middlewares=[metrics_middleware, deprecation_middleware, error_middleware, rate_limit_middleware],
+        client_max_size=MAX_BODY_BYTES,
+    )
     app[METRICS] = create_metrics()
     app[SETTINGS] = settings
     app[LIMITER] = RateLimiter(settings.rate_limit_per_minute, settings.rate_limit_burst)
 
-    async def resources(app: web.Application):
-        pool = await open_pool(settings.database_url.get_secret_value(), min_size=settings.database_pool_min,
-                               max_size=settings.database_pool_max)
+    async def resources(app: web.Application) -> AsyncIterator[None]:
+        pool = await open_pool(
+            settings.database_url.get_secret_value(),
+            min_size=settings.database_pool_min,
+            max_size=settings.database_pool_max,
+        )
         app[POOL] = pool
         app[ORGS] = OrgRepo(pool)
         app[ORG_KEYS] = OrgKeyRepo(pool)
         app[WORKSPACES] = WorkspaceRepo(pool)
+        app[AUDIT] = AuditRepo(pool)
         app[TEMPORAL] = temporal or await connect_temporal(lazy=True)
-        app[PROGRESS] = ProgressQueries(app[TEMPORAL], settings.progress_query_timeout_seconds,
-                                        app[METRICS]["progress_polls"])
+        app[PROGRESS] = ProgressQueries(
+            app[TEMPORAL], settings.progress_query_timeout_seconds, app[METRICS]["progress_polls"]
+        )
         yield
         await pool.close()
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hmac
+from typing import Any
 
 from aiohttp import web
 
@@ -22,8 +23,11 @@ def require_operator(request: web.Request) -> None:
     expected = request.app[SETTINGS].provision_secret.get_secret_value()
     token = bearer_token(request)
     # An unset secret refuses everyone rather than admitting an empty bearer.
-    if not expected or token is None or not hmac.compare_digest(token.encode("utf-8", "surrogateescape"),
-                                                                 expected.encode()):
+    if (
+        not expected
+        or token is None
+        or not hmac.compare_digest(token.encode("utf-8", "surrogateescape"), expected.encode())
+    ):
         raise ApiError(401, "UNAUTHORIZED", "operator credentials required: Authorization: Bearer <provision secret>")
 
 
@@ -31,7 +35,7 @@ def require_operator(request: web.Request) -> None:
 ORG_ROUTING_HEADER = "X-Org-Slug"
 
 
-async def require_org_key(request: web.Request) -> dict:
+async def require_org_key(request: web.Request) -> dict[str, Any]:
     """The org of a live org API key. The org comes from the key alone; a routing header that
     names another org is refused, never followed."""
     token = bearer_token(request)

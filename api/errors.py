@@ -11,6 +11,7 @@ from typing import Any
 import psycopg
 import structlog
 from aiohttp import web
+from aiohttp.typedefs import Handler
 from pydantic import ValidationError
 from temporalio.service import RPCError
 
@@ -22,8 +23,7 @@ _REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 
 
 class ApiError(Exception):
-    def __init__(self, status: int, code: str, message: str, *, headers: dict[str, str] | None = None,
-                 **extra: Any):
+    def __init__(self, status: int, code: str, message: str, *, headers: dict[str, str] | None = None, **extra: Any):
         super().__init__(message)
         self.status, self.code, self.message, self.extra = status, code, message, extra
         self.headers = headers or {}
@@ -42,13 +42,21 @@ def describe_validation_error(err: ValidationError) -> str:
     return "; ".join(parts)
 
 
-_HTTP_CODES = {400: "BAD_REQUEST", 401: "UNAUTHORIZED", 403: "FORBIDDEN", 404: "NOT_FOUND",
-               405: "METHOD_NOT_ALLOWED", 409: "CONFLICT", 413: "PAYLOAD_TOO_LARGE",
-               415: "UNSUPPORTED_MEDIA_TYPE", 429: "RATE_LIMITED"}
+_HTTP_CODES = {
+    400: "BAD_REQUEST",
+    401: "UNAUTHORIZED",
+    403: "FORBIDDEN",
+    404: "NOT_FOUND",
+    405: "METHOD_NOT_ALLOWED",
+    409: "CONFLICT",
+    413: "PAYLOAD_TOO_LARGE",
+    415: "UNSUPPORTED_MEDIA_TYPE",
+    429: "RATE_LIMITED",
+}
 
 
 @web.middleware
-async def error_middleware(request: web.Request, handler) -> web.StreamResponse:
+async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     offered = request.headers.get("X-Request-Id", "")
     request[REQUEST_ID] = offered if _REQUEST_ID.match(offered) else secrets.token_hex(8)
     structlog.contextvars.bind_contextvars(request_id=request[REQUEST_ID])
@@ -73,13 +81,23 @@ async def error_middleware(request: web.Request, handler) -> web.StreamResponse:
         log.exception("unhandled error", path=request.path, method=request.method)
         response = error_response(request, 500, "INTERNAL", "internal error")
     else:
-        if response.status >= 400 and isinstance(response, web.Response) and response.content_type != "application/json":
-            response = error_response(request, response.status, _HTTP_CODES.get(response.status, "HTTP_ERROR"),
-                                      response.reason)
+        if (
+            response.status >= 400
+            and isinstance(response, web.Response)
+            and response.content_type != "application/json"
+        ):
+            response = error_response(
+                request, response.status, _HTTP_CODES.get(response.status, "HTTP_ERROR"), response.reason
+            )
     finally:
         # One line per request (the path only: credentials travel in headers, never in paths).
-        log.info("http request", method=request.method, path=request.path,
-                 status=response.status if response is not None else 500, duration_ms=round((time.monotonic() - started) * 1000, 2))
+        log.info(
+            "http request",
+            method=request.method,
+            path=request.path,
+            status=response.status if response is not None else 500,
+            duration_ms=round((time.monotonic() - started) * 1000, 2),
+        )
         structlog.contextvars.unbind_contextvars("request_id")
     response.headers["X-Request-Id"] = request[REQUEST_ID]
     return response

@@ -7,47 +7,57 @@ allow is a 409 naming that state and the operation in progress."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import structlog
 from aiohttp import web
 
 from api.auth import require_operator
 from api.commands import send_command
 from api.errors import ApiError, read_json
-from api.orgs import org_or_404, org_progress, slug_param
-from api.state import ORGS, POOL, WORKSPACES
+from api.lookup import org_or_404, org_progress, slug_param
+from api.schemas import DeleteOrgRequest, SuspendRequest
+from api.state import AUDIT, ORGS, WORKSPACES
 from api.versioning import v1
-from db import audit
-from domain.models import DeleteOrgRequest, OrgStatus, SuspendRequest, WorkspaceStatus
 from domain.org_entity import DecisionCommand, DeleteCommand, OrgSnapshot, ResumeCommand, SuspendCommand
+from domain.status import LIVE_WORKSPACES, OrgStatus
 from workflows.org import OrgWorkflow
 
 routes = web.RouteTableDef()
 log = structlog.get_logger("tenantflow.api")
-_LIVE_WORKSPACES = {WorkspaceStatus.provisioning, WorkspaceStatus.running, WorkspaceStatus.stopped,
-                    WorkspaceStatus.deleting}
 
 
-async def _optional_json(request: web.Request) -> dict:
+async def _optional_json(request: web.Request) -> dict[str, Any]:
     """The tutorial's suspend call sends no body: an empty body means defaults."""
     if not request.can_read_body:
         return {}
-    return await read_json(request)
+    body: dict[str, Any] = await read_json(request)
+    return body
 
 
 def _accepted(state: OrgSnapshot, **extra: object) -> web.Response:
-    return web.json_response({"slug": state.slug, "status": state.status.value,
-                              "operation": state.operation.value if state.operation else
-                              (state.queued[0].value if state.queued else None),
-                              "workflow_id": state.workflow_id, **extra}, status=202,
-                             headers={"Location": v1(f"/cp/orgs/{state.slug}"), "Retry-After": "2"})
+    return web.json_response(
+        {
+            "slug": state.slug,
+            "status": state.status.value,
+            "operation": state.operation.value
+            if state.operation
+            else (state.queued[0].value if state.queued else None),
+            "workflow_id": state.workflow_id,
+            **extra,
+        },
+        status=202,
+        headers={"Location": v1(f"/cp/orgs/{state.slug}"), "Retry-After": "2"},
+    )
 
 
 @routes.post("/cp/orgs/{slug}/suspend")
 async def suspend(request: web.Request) -> web.Response:
     org = await org_or_404(request)
     req = SuspendRequest.model_validate(await _optional_json(request))
-    state = await send_command(request, org, OrgWorkflow.suspend,
-                               SuspendCommand(reason=req.reason, stop_instances=req.stop_instances))
+    state = await send_command(
+        request, org, OrgWorkflow.suspend, SuspendCommand(reason=req.reason, stop_instances=req.stop_instances)
+    )
     log.info("org suspension accepted", org_slug=org["slug"], org_id=org["id"])
     return _accepted(state)
 
@@ -66,10 +76,13 @@ async def hard_delete(request: web.Request) -> web.Response:
     req = DeleteOrgRequest.model_validate(await _optional_json(request) or {"confirm": ""})
     if req.confirm != org["slug"]:
         raise ApiError(400, "CONFIRMATION_REQUIRED", f'"confirm" must equal the slug "{org["slug"]}" to delete it')
-    live = [w for w in await request.app[WORKSPACES].list(org["id"]) if w["status"] in _LIVE_WORKSPACES]
+    live = [w for w in await request.app[WORKSPACES].list(org["id"]) if w["status"] in LIVE_WORKSPACES]
     if live and not req.delete_workspaces:
-        raise ApiError(409, "ORG_HAS_WORKSPACES", f"org has {len(live)} workspace(s): send "
-                                                 '"delete_workspaces": true to terminate them with the org')
+        raise ApiError(
+            409,
+            "ORG_HAS_WORKSPACES",
+            f'org has {len(live)} workspace(s): send "delete_workspaces": true to terminate them with the org',
+        )
     state = await send_command(request, org, OrgWorkflow.delete, DeleteCommand())
     log.info("org deletion accepted", org_slug=org["slug"], org_id=org["id"])
     return _accepted(state)
@@ -113,10 +126,16 @@ async def list_teardowns(request: web.Request) -> web.Response:
     result = []
     for org in await request.app[ORGS].page(statuses=[OrgStatus.deleting.value], limit=1000):
         progress = await org_progress(request, org)
-        result.append({"slug": org["slug"], "id": org["id"], "workflow_id": org["workflow_id"],
-                       "progress": progress.model_dump() if progress else None,
-                       "parked": bool(progress and progress.waiting_for_operator),
-                       "failure_reason": org["failure_reason"]})
+        result.append(
+            {
+                "slug": org["slug"],
+                "id": org["id"],
+                "workflow_id": org["workflow_id"],
+                "progress": progress.model_dump() if progress else None,
+                "parked": bool(progress and progress.waiting_for_operator),
+                "failure_reason": org["failure_reason"],
+            }
+        )
     return web.json_response({"teardowns": result})
 
 
@@ -125,9 +144,7 @@ async def org_audit(request: web.Request) -> web.Response:
     """The org's audit records (they outlive it) and a verification of the whole chain."""
     require_operator(request)
     slug = slug_param(request)
-    async with request.app[POOL].connection() as conn:
-        records = await audit.records_for(conn, slug)
-        chain = await audit.verify_chain(conn)
+    records, chain = await request.app[AUDIT].trail(slug)
     if not records:
         raise ApiError(404, "ORG_NOT_FOUND", f"no audit records for '{slug}'")
     for r in records:

@@ -3,32 +3,39 @@
 from __future__ import annotations
 
 import time
+from typing import Any
 
 from aiohttp import web
+from aiohttp.typedefs import Handler
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
 
 from api.state import POOL, TEMPORAL
 from domain.health import readiness
 
-METRICS = web.AppKey("metrics", dict)
+METRICS = web.AppKey("metrics", dict[str, Any])
 
 
-def create_metrics() -> dict:
+def create_metrics() -> dict[str, Any]:
     registry = CollectorRegistry()
     return {
         "registry": registry,
-        "requests": Counter("tenantflow_api_requests_total", "API requests", ["method", "route", "status"],
-                            registry=registry),
-        "latency": Histogram("tenantflow_api_request_duration_seconds", "API request latency", ["method", "route"],
-                             registry=registry),
-        "progress_polls": Counter("tenantflow_api_progress_polls_total",
-                                  "Live progress lookups by outcome: sent, joined (shared a query in flight), unavailable",
-                                  ["outcome"], registry=registry),
+        "requests": Counter(
+            "tenantflow_api_requests_total", "API requests", ["method", "route", "status"], registry=registry
+        ),
+        "latency": Histogram(
+            "tenantflow_api_request_duration_seconds", "API request latency", ["method", "route"], registry=registry
+        ),
+        "progress_polls": Counter(
+            "tenantflow_api_progress_polls_total",
+            "Live progress lookups by outcome: sent, joined (shared a query in flight), unavailable",
+            ["outcome"],
+            registry=registry,
+        ),
     }
 
 
 @web.middleware
-async def metrics_middleware(request: web.Request, handler) -> web.StreamResponse:
+async def metrics_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     started = time.perf_counter()
     response = await handler(request)
     # The route template, not the path: ids in paths would explode the label cardinality.

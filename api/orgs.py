@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import re
 import secrets
+from typing import Any
 
 import structlog
 from aiohttp import web
@@ -13,22 +14,22 @@ from aiohttp import web
 from api.auth import require_operator
 from api.commands import send_command, start_entity
 from api.errors import ApiError, read_json
-from api.state import ORGS, POOL, PROGRESS, SETTINGS, TEMPORAL
+from api.lookup import SLUG, org_or_404, org_progress, slug_param
+from api.schemas import OrgCreateRequest, OrgQuotaUpdate
+from api.state import ORGS, SETTINGS, TEMPORAL
 from api.versioning import v1
-from db.purge import latest_receipt
-from domain.models import OrgCreateRequest, OrgQuotaUpdate, OrgStatus, Progress
-from domain.org_entity import Operation, QuotaCommand, operation_workflow_id, org_workflow_id
+from domain.operations import Progress, org_workflow_id
+from domain.org_entity import QuotaCommand
+from domain.status import OrgStatus
 from workflows.org import OrgWorkflow
 
 routes = web.RouteTableDef()
 log = structlog.get_logger("tenantflow.api")
-_SLUG = re.compile(r"^[a-z][a-z0-9-]{1,38}[a-z0-9]$")
 _SLUG_PREFIX = re.compile(r"^[a-z0-9-]{1,40}$")
 MAX_PAGE = 200
-_TRANSITIONAL = {OrgStatus.provisioning, OrgStatus.suspending, OrgStatus.resuming, OrgStatus.deleting}
 
 
-def org_view(row: dict, progress: Progress | None = None) -> dict:
+def org_view(row: dict[str, Any], progress: Progress | None = None) -> dict[str, Any]:
     """The tutorial's response shape, plus what an operator polling it needs."""
     return {
         "id": row["id"],
@@ -55,30 +56,6 @@ def org_view(row: dict, progress: Progress | None = None) -> dict:
     }
 
 
-def slug_param(request: web.Request) -> str:
-    slug = request.match_info["slug"]
-    if not _SLUG.fullmatch(slug):
-        raise ApiError(400, "INVALID_SLUG", "slug must be 3-40 characters of a-z, 0-9 and '-', starting with a letter")
-    return slug
-
-
-def running_operation_id(row: dict) -> str | None:
-    """The workflow of the operation in progress (runs from before the org entity existed
-    recorded none, and are found from the status)."""
-    if row["status"] not in _TRANSITIONAL:
-        return None  # settled (an operation that just ended may not have cleared its column yet)
-    if row.get("operation"):
-        return row["workflow_id"]
-    legacy = {OrgStatus.provisioning: Operation.onboard, OrgStatus.deleting: Operation.delete}.get(row["status"])
-    return operation_workflow_id(legacy, row["id"]) if legacy else None
-
-
-async def org_progress(request: web.Request, row: dict) -> Progress | None:
-    """The running operation's progress query; None when none runs or it cannot answer quickly."""
-    workflow_id = running_operation_id(row)
-    return await request.app[PROGRESS].get(workflow_id) if workflow_id else None
-
-
 @routes.post("/cp/orgs")
 async def create_org(request: web.Request) -> web.Response:
     require_operator(request)
@@ -91,23 +68,42 @@ async def create_org(request: web.Request) -> web.Response:
     if dry_run == "true":
         # Validates and echoes; nothing is written and no workflow starts.
         existing = await repo.get_by_slug(req.slug)
-        return web.json_response({"dry_run": True, "valid": True, "slug_available": existing is None,
-                                  "org": {**req.model_dump(), "status": "would be provisioning",
-                                          "neon_mode": settings.neon_mode}})
-    row, created = await repo.create_or_get(req, org_id=f"org_{secrets.token_hex(6)}",
-                                            neon_mode=settings.neon_mode, actor="operator")
+        return web.json_response(
+            {
+                "dry_run": True,
+                "valid": True,
+                "slug_available": existing is None,
+                "org": {**req.model_dump(), "status": "would be provisioning", "neon_mode": settings.neon_mode},
+            }
+        )
+    row, created = await repo.create_or_get(
+        org_id=f"org_{secrets.token_hex(6)}",
+        **req.model_dump(),
+        request_hash=req.request_hash(),
+        neon_mode=settings.neon_mode,
+        actor="operator",
+    )
     if not created and row["request_hash"] != req.request_hash():
-        raise ApiError(409, "ORG_EXISTS", f"org '{req.slug}' already exists with a different request "
-                                          f"(status {row['status']}); choose another slug")
+        raise ApiError(
+            409,
+            "ORG_EXISTS",
+            f"org '{req.slug}' already exists with a different request (status {row['status']}); choose another slug",
+        )
     if row["status"] == OrgStatus.provisioning:
         # Created now, or a repeated POST: the org's entity starts once and onboards it; a repeat
         # attaches (or, after a crash between the insert and the start, adopts the org).
         await start_entity(request.app[TEMPORAL], row, settings.task_queue, new=created)
-    log.info("org onboarding requested", org_slug=req.slug, org_id=row["id"], created=created,
-             workflow_id=org_workflow_id(row["id"]))
-    body = {k: org_view(row)[k] for k in ("id", "name", "slug", "plan", "neon_branch_id", "security_group_id", "status")}
-    return web.json_response(body, status=202,
-                             headers={"Location": v1(f"/cp/orgs/{req.slug}"), "Retry-After": "2"})
+    log.info(
+        "org onboarding requested",
+        org_slug=req.slug,
+        org_id=row["id"],
+        created=created,
+        workflow_id=org_workflow_id(row["id"]),
+    )
+    body = {
+        k: org_view(row)[k] for k in ("id", "name", "slug", "plan", "neon_branch_id", "security_group_id", "status")
+    }
+    return web.json_response(body, status=202, headers={"Location": v1(f"/cp/orgs/{req.slug}"), "Retry-After": "2"})
 
 
 def _decode_cursor(raw: str) -> str:
@@ -115,7 +111,7 @@ def _decode_cursor(raw: str) -> str:
         slug = base64.urlsafe_b64decode(raw.encode() + b"==").decode()
     except (ValueError, UnicodeDecodeError):
         slug = ""
-    if not _SLUG.fullmatch(slug):
+    if not SLUG.fullmatch(slug):
         raise ApiError(400, "INVALID_CURSOR", "cursor is not one this API returned")
     return slug
 
@@ -133,8 +129,12 @@ async def list_orgs(request: web.Request) -> web.Response:
     statuses = [s for s in q.get("status", "").split(",") if s]
     unknown = sorted(set(statuses) - {s.value for s in OrgStatus} - {"deleted"})
     if unknown or "deleted" in statuses:
-        raise ApiError(400, "VALIDATION_FAILED", f"status must be among {', '.join(s.value for s in OrgStatus if s != OrgStatus.deleted)}"
-                                                 " (deleted orgs answer GET /api/v1/orgs/{slug} with their receipt)")
+        raise ApiError(
+            400,
+            "VALIDATION_FAILED",
+            f"status must be among {', '.join(s.value for s in OrgStatus if s != OrgStatus.deleted)}"
+            " (deleted orgs answer GET /api/v1/orgs/{slug} with their receipt)",
+        )
     prefix = q.get("prefix", "")
     if prefix and not _SLUG_PREFIX.fullmatch(prefix):
         raise ApiError(400, "VALIDATION_FAILED", "prefix must be 1-40 characters of a-z, 0-9 and '-'")
@@ -144,23 +144,26 @@ async def list_orgs(request: web.Request) -> web.Response:
     after = _decode_cursor(q["cursor"]) if q.get("cursor") else None
     rows = await request.app[ORGS].page(statuses=statuses, prefix=prefix, after=after, limit=int(raw_limit) + 1)
     more = len(rows) > int(raw_limit)
-    rows = rows[:int(raw_limit)]
-    keys = ("id", "slug", "name", "plan", "status", "operation", "workflow_id", "failure_reason", "status_reason",
-            "created_at", "updated_at")
-    return web.json_response({
-        "orgs": [{k: org_view(r)[k] for k in keys} for r in rows],
-        "next_cursor": _encode_cursor(rows[-1]["slug"]) if more and rows else None,
-    })
-
-
-async def org_or_404(request: web.Request) -> dict:
-    """For operator routes under /cp/orgs/{slug}: authenticated, validated, existing."""
-    require_operator(request)
-    slug = slug_param(request)
-    row = await request.app[ORGS].get_by_slug(slug)
-    if row is None:
-        raise ApiError(404, "ORG_NOT_FOUND", f"no org '{slug}'")
-    return row
+    rows = rows[: int(raw_limit)]
+    keys = (
+        "id",
+        "slug",
+        "name",
+        "plan",
+        "status",
+        "operation",
+        "workflow_id",
+        "failure_reason",
+        "status_reason",
+        "created_at",
+        "updated_at",
+    )
+    return web.json_response(
+        {
+            "orgs": [{k: org_view(r)[k] for k in keys} for r in rows],
+            "next_cursor": _encode_cursor(rows[-1]["slug"]) if more and rows else None,
+        }
+    )
 
 
 @routes.get("/cp/orgs/{slug}")
@@ -170,11 +173,18 @@ async def get_org(request: web.Request) -> web.Response:
     row = await request.app[ORGS].get_by_slug(slug)
     if row is None:
         # A hard-deleted org answers with its purge receipt, which outlives it.
-        receipt = await latest_receipt(request.app[POOL], slug)
+        receipt = await request.app[ORGS].latest_receipt(slug)
         if receipt is None:
             raise ApiError(404, "ORG_NOT_FOUND", f"no org '{slug}'")
-        return web.json_response({"id": receipt["org_id"], "slug": slug, "status": OrgStatus.deleted.value,
-                                  "deleted_at": receipt["deleted_at"], "receipt": receipt})
+        return web.json_response(
+            {
+                "id": receipt["org_id"],
+                "slug": slug,
+                "status": OrgStatus.deleted.value,
+                "deleted_at": receipt["deleted_at"],
+                "receipt": receipt,
+            }
+        )
     return web.json_response(org_view(row, await org_progress(request, row)))
 
 

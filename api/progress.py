@@ -17,7 +17,7 @@ import structlog
 from prometheus_client import Counter
 from temporalio.client import Client
 
-from domain.models import Progress
+from domain.operations import PROGRESS_QUERY, Progress
 
 log = structlog.get_logger("tenantflow.api")
 
@@ -46,16 +46,19 @@ class ProgressQueries:
         try:
             # shield: a poller that gives up (or disconnects) must not cancel the others' query.
             return await asyncio.wait_for(asyncio.shield(task), self._timeout)
-        except (Exception, asyncio.TimeoutError) as err:  # noqa: BLE001 - the record is the fallback
+        except (TimeoutError, Exception) as err:  # noqa: BLE001 - the record is the fallback
             log.info("progress query unavailable", workflow_id=workflow_id, error=type(err).__name__)
             self._polls.labels("unavailable").inc()
             return None
 
     async def _query(self, workflow_id: str) -> Progress:
         handle = self._client.get_workflow_handle(workflow_id)
-        return await handle.query("progress", result_type=Progress, rpc_timeout=timedelta(seconds=self._timeout))
+        progress: Progress = await handle.query(
+            PROGRESS_QUERY, result_type=Progress, rpc_timeout=timedelta(seconds=self._timeout)
+        )
+        return progress
 
-    def _forget(self, workflow_id: str, task: asyncio.Task) -> None:
+    def _forget(self, workflow_id: str, task: asyncio.Task[Progress]) -> None:
         if self._in_flight.get(workflow_id) is task:
             del self._in_flight[workflow_id]
         if not task.cancelled():

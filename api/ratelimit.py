@@ -12,6 +12,7 @@ import time
 from dataclasses import dataclass
 
 from aiohttp import web
+from aiohttp.typedefs import Handler
 
 from api.errors import error_response
 from api.state import SETTINGS
@@ -60,14 +61,15 @@ LIMITER = web.AppKey("rate_limiter", RateLimiter)
 
 
 @web.middleware
-async def rate_limit_middleware(request: web.Request, handler) -> web.StreamResponse:
+async def rate_limit_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     if request.path in EXEMPT:
         return await handler(request)
     wait = request.app[LIMITER].take(credential_key(request))
     if wait > 0:
         limit = request.app[SETTINGS].rate_limit_per_minute
-        response = error_response(request, 429, "RATE_LIMITED",
-                                  f"rate limit of {limit:g} requests per minute for this credential exceeded")
+        response = error_response(
+            request, 429, "RATE_LIMITED", f"rate limit of {limit:g} requests per minute for this credential exceeded"
+        )
         response.headers["Retry-After"] = str(max(1, math.ceil(wait)))
         return response
     return await handler(request)

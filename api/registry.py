@@ -7,10 +7,11 @@ from aiohttp import web
 
 from api.auth import bearer_token
 from api.errors import ApiError, read_json
+from api.schemas import AgentHeartbeatRequest, AgentRegisterRequest
 from api.state import SETTINGS, TEMPORAL, WORKSPACES
 from db.workspaces import TokenRefused
-from domain.models import AgentHeartbeatRequest, AgentRegisterRequest, AgentRegistration
-from workflows.deprovision_workspace import provision_workflow_id
+from domain.operations import provision_workflow_id
+from domain.provision_workspace import AgentRegistration
 from workflows.provision_workspace import ProvisionWorkspaceWorkflow
 
 routes = web.RouteTableDef()
@@ -30,18 +31,26 @@ async def register(request: web.Request) -> web.Response:
         # Checked, then the workflow woken, then spent: no database lock is held across the
         # Temporal call, and a failed signal leaves the token unspent for the agent's retry.
         ws = await workspaces.check_registration_token(token, req.workspace_id)
-        await request.app[TEMPORAL].get_workflow_handle(provision_workflow_id(ws["id"])).signal(
-            ProvisionWorkspaceWorkflow.agent_registered, AgentRegistration())
+        await (
+            request.app[TEMPORAL]
+            .get_workflow_handle(provision_workflow_id(ws["id"]))
+            .signal(ProvisionWorkspaceWorkflow.agent_registered, AgentRegistration())
+        )
         ws, workspace_token = await workspaces.redeem_registration_token(token, req.workspace_id)
     except TokenRefused as refused:
         log.warning("registration refused", workspace_id=req.workspace_id, reason=str(refused))
-        raise ApiError(401, "REGISTRATION_REFUSED", "registration token invalid, expired, used or not for this workspace") from None
+        raise ApiError(
+            401, "REGISTRATION_REFUSED", "registration token invalid, expired, used or not for this workspace"
+        ) from None
     log.info("agent registered", workspace_id=ws["id"])
-    return web.json_response({
-        "workspace_id": ws["id"],
-        "workspace_token": workspace_token,
-        "heartbeat_interval_seconds": request.app[SETTINGS].agent_heartbeat_interval_seconds,
-    }, headers={"Cache-Control": "no-store"})
+    return web.json_response(
+        {
+            "workspace_id": ws["id"],
+            "workspace_token": workspace_token,
+            "heartbeat_interval_seconds": request.app[SETTINGS].agent_heartbeat_interval_seconds,
+        },
+        headers={"Cache-Control": "no-store"},
+    )
 
 
 @routes.post("/registry/heartbeat")

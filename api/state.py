@@ -2,23 +2,27 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from aiohttp import web
-from psycopg_pool import AsyncConnectionPool
 from temporalio.client import Client
 
 from api.progress import ProgressQueries
+from db.audit import AuditRepo
 from db.keys import OrgKeyRepo
 from db.orgs import OrgRepo
+from db.pool import Pool
 from db.workspaces import WorkspaceRepo
 from domain.settings import Settings
 
 SETTINGS = web.AppKey("settings", Settings)
-POOL = web.AppKey("pool", AsyncConnectionPool)
+POOL = web.AppKey("pool", Pool)
 ORGS = web.AppKey("orgs", OrgRepo)
 ORG_KEYS = web.AppKey("org_keys", OrgKeyRepo)
 WORKSPACES = web.AppKey("workspaces", WorkspaceRepo)
+AUDIT = web.AppKey("audit", AuditRepo)
 TEMPORAL = web.AppKey("temporal", Client)
 PROGRESS = web.AppKey("progress", ProgressQueries)
 REQUEST_ID = web.RequestKey("request_id", str)
 # The org a tenant request is authenticated as (from its key alone).
-TENANT_ORG = web.RequestKey("tenant_org", dict)
+TENANT_ORG = web.RequestKey("tenant_org", dict[str, Any])

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 from aiohttp import web
+from aiohttp.typedefs import Handler
 
 API_V1 = "/api/v1"
 # RFC 9745 Deprecation (a date as @epoch) and RFC 8594 Sunset.
@@ -14,7 +15,7 @@ UNVERSIONED = {"/healthz", "/readyz", "/metrics", "/openapi.yaml"}
 
 def canonical(legacy_path: str) -> str:
     """``/cp/orgs/{slug}`` -> ``/api/v1/orgs/{slug}``; ``/workspaces`` -> ``/api/v1/workspaces``."""
-    return API_V1 + (legacy_path[len("/cp"):] if legacy_path.startswith("/cp/") else legacy_path)
+    return API_V1 + (legacy_path[len("/cp") :] if legacy_path.startswith("/cp/") else legacy_path)
 
 
 def v1(path: str) -> str:
@@ -31,7 +32,7 @@ def add_versioned_routes(app: web.Application, *tables: web.RouteTableDef) -> No
 
 
 @web.middleware
-async def deprecation_middleware(request: web.Request, handler) -> web.StreamResponse:
+async def deprecation_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     response = await handler(request)
     path = request.path
     if not path.startswith(API_V1 + "/") and path not in UNVERSIONED:

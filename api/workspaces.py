@@ -4,43 +4,56 @@ from __future__ import annotations
 
 import re
 import secrets
-from datetime import timedelta
+from datetime import datetime, timedelta
+from typing import Any
 
 import structlog
 from aiohttp import web
 from temporalio.client import Client
-from temporalio.common import SearchAttributePair, TypedSearchAttributes, WorkflowIDConflictPolicy
 from temporalio.service import RPCError
 
 from api.auth import require_org_key
 from api.errors import ApiError, read_json
-from api.orgs import org_or_404
-from api.versioning import v1
+from api.lookup import org_or_404
+from api.schemas import WorkspaceCreateRequest
 from api.state import PROGRESS, SETTINGS, TEMPORAL, WORKSPACES
-from db.workspaces import WorkspaceRefused
-from domain.models import (
-    TIER_INSTANCE_TYPES,
-    DeprovisionWorkspaceInput,
+from api.versioning import v1
+from db.workspaces import Refusal, WorkspaceRefused
+from domain.deprovision_workspace import DeprovisionWorkspaceInput
+from domain.operations import (
     Progress,
-    ProvisionWorkspaceInput,
-    WorkspaceCreateRequest,
-    WorkspaceStatus,
+    deprovision_start,
+    deprovision_workflow_id,
+    provision_start,
+    provision_workflow_id,
+    start_or_attach,
 )
+from domain.provision_workspace import ProvisionWorkspaceInput
+from domain.resources import TIER_INSTANCE_TYPES
 from domain.settings import Settings
-from domain.temporal import OPERATION, ORG_SLUG, WORKSPACE_ID
-from workflows.deprovision_workspace import DeprovisionWorkspaceWorkflow, provision_workflow_id
+from domain.status import WorkspaceStatus
+from workflows.deprovision_workspace import DeprovisionWorkspaceWorkflow
 from workflows.provision_workspace import ProvisionWorkspaceWorkflow
 
 routes = web.RouteTableDef()
 log = structlog.get_logger("tenantflow.api")
 _WORKSPACE_ID = re.compile(r"^ws_[0-9a-f]{12}$")
+# What a refused creation answers: the status and the machine code.
+REFUSALS = {
+    Refusal.org_missing: (404, "ORG_NOT_FOUND"),
+    Refusal.org_suspended: (409, "ORG_SUSPENDED"),
+    Refusal.org_not_active: (409, "ORG_NOT_ACTIVE"),
+    Refusal.tier_not_allowed: (409, "TIER_NOT_ALLOWED"),
+    Refusal.quota_exceeded: (409, "QUOTA_EXCEEDED"),
+    Refusal.name_taken: (409, "WORKSPACE_NAME_TAKEN"),
+}
 
 
-def _iso(value) -> str | None:
+def _iso(value: datetime | None) -> str | None:
     return value.isoformat() if value else None
 
 
-def workspace_view(row: dict, progress: Progress | None = None) -> dict:
+def workspace_view(row: dict[str, Any], progress: Progress | None = None) -> dict[str, Any]:
     return {
         "id": row["id"],
         "name": row["name"],
@@ -61,32 +74,37 @@ def workspace_view(row: dict, progress: Progress | None = None) -> dict:
     }
 
 
-def _search_attributes(org_slug: str, workspace_id: str, operation: str) -> TypedSearchAttributes:
-    return TypedSearchAttributes([SearchAttributePair(ORG_SLUG, org_slug), SearchAttributePair(WORKSPACE_ID, workspace_id),
-                                  SearchAttributePair(OPERATION, operation)])
-
-
-def provision_input(settings: Settings, org: dict, ws: dict) -> ProvisionWorkspaceInput:
+def provision_input(settings: Settings, org: dict[str, Any], ws: dict[str, Any]) -> ProvisionWorkspaceInput:
     return ProvisionWorkspaceInput(
-        workspace_id=ws["id"], org_id=org["id"], org_slug=org["slug"], name=ws["name"], role=ws["role"],
-        runtime=ws["runtime"], tier=ws["tier"], model=ws["model"], instance_type=ws["instance_type"],
-        subnet_id=ws["subnet_id"], security_group_id=org["security_group_id"], ami_id=settings.agent_ami_id,
-        platform_url=settings.public_url, registration_timeout_seconds=settings.registration_timeout_seconds,
+        workspace_id=ws["id"],
+        org_id=org["id"],
+        org_slug=org["slug"],
+        name=ws["name"],
+        role=ws["role"],
+        runtime=ws["runtime"],
+        tier=ws["tier"],
+        model=ws["model"],
+        instance_type=ws["instance_type"],
+        subnet_id=ws["subnet_id"],
+        security_group_id=org["security_group_id"],
+        ami_id=settings.agent_ami_id,
+        platform_url=settings.public_url,
+        registration_timeout_seconds=settings.registration_timeout_seconds,
         agent_check_timeout_seconds=settings.agent_check_timeout_seconds,
     )
 
 
-async def start_provisioning(client: Client, settings: Settings, org: dict, ws: dict) -> None:
-    await client.start_workflow(
-        ProvisionWorkspaceWorkflow.run, provision_input(settings, org, ws),
-        id=provision_workflow_id(ws["id"]), task_queue=settings.task_queue,
-        id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
-        static_summary=f"Provision workspace {ws['name']} ({ws['instance_type']}) for {org['slug']}",
-        search_attributes=_search_attributes(org["slug"], ws["id"], "provision"),
+async def start_provisioning(client: Client, settings: Settings, org: dict[str, Any], ws: dict[str, Any]) -> None:
+    await start_or_attach(
+        client,
+        ProvisionWorkspaceWorkflow.run,
+        provision_input(settings, org, ws),
+        provision_start(org["slug"], ws["id"], ws["name"], ws["instance_type"]),
+        task_queue=settings.task_queue,
     )
 
 
-async def workspace_progress(request: web.Request, row: dict) -> Progress | None:
+async def workspace_progress(request: web.Request, row: dict[str, Any]) -> Progress | None:
     if row["status"] == WorkspaceStatus.provisioning:
         return await request.app[PROGRESS].get(provision_workflow_id(row["id"]))
     if row["status"] == WorkspaceStatus.deleting:
@@ -94,11 +112,7 @@ async def workspace_progress(request: web.Request, row: dict) -> Progress | None
     return None
 
 
-def deprovision_workflow_id(workspace_id: str) -> str:
-    return f"ws-deprovision:{workspace_id}"
-
-
-async def tenant_workspace(request: web.Request) -> tuple[dict, dict]:
+async def tenant_workspace(request: web.Request) -> tuple[dict[str, Any], dict[str, Any]]:
     """The caller's org and one of its workspaces; another org's workspace is simply not found."""
     org = await require_org_key(request)
     workspace_id = request.match_info["workspace_id"]
@@ -117,24 +131,43 @@ async def create_workspace(request: web.Request) -> web.Response:
     workspace_id = f"ws_{secrets.token_hex(6)}"
     subnet_id = org["subnet_ids"][int(workspace_id[3:], 16) % len(org["subnet_ids"])]
     try:
-        ws = await repo.reserve(org["id"], workspace_id=workspace_id, name=req.name, role=req.role, runtime=req.runtime,
-                                tier=req.tier, model=req.model, instance_type=TIER_INSTANCE_TYPES[req.tier],
-                                subnet_id=subnet_id, actor=f"org_key:{org['key_id']}")
+        ws = await repo.reserve(
+            org["id"],
+            workspace_id=workspace_id,
+            name=req.name,
+            role=req.role,
+            runtime=req.runtime,
+            tier=req.tier,
+            model=req.model,
+            instance_type=TIER_INSTANCE_TYPES[req.tier],
+            subnet_id=subnet_id,
+            actor=f"org_key:{org['key_id']}",
+        )
     except WorkspaceRefused as refused:
-        status = 404 if refused.code == "ORG_NOT_FOUND" else 409
-        raise ApiError(status, refused.code, str(refused)) from None
+        status, code = REFUSALS[refused.reason]
+        raise ApiError(status, code, str(refused)) from None
     try:
         await start_provisioning(request.app[TEMPORAL], settings, org, ws)
     except RPCError:
         # No workflow means nobody would ever free the slot: give it back before answering.
-        await repo.update(ws["id"], actor="api", action="workspace.fail", outcome="failed",
-                          status=WorkspaceStatus.failed.value, holds_slot=False,
-                          failure_reason="could not start provisioning: Temporal unavailable")
+        await repo.update(
+            ws["id"],
+            actor="api",
+            action="workspace.fail",
+            outcome="failed",
+            status=WorkspaceStatus.failed.value,
+            holds_slot=False,
+            failure_reason="could not start provisioning: Temporal unavailable",
+        )
         raise
-    log.info("workspace requested", org_slug=org["slug"], workspace_id=ws["id"],
-             workflow_id=provision_workflow_id(ws["id"]))
-    return web.json_response({"id": ws["id"], "status": ws["status"]}, status=202,
-                             headers={"Location": v1(f"/workspaces/{ws['id']}"), "Retry-After": "5"})
+    log.info(
+        "workspace requested", org_slug=org["slug"], workspace_id=ws["id"], workflow_id=provision_workflow_id(ws["id"])
+    )
+    return web.json_response(
+        {"id": ws["id"], "status": ws["status"]},
+        status=202,
+        headers={"Location": v1(f"/workspaces/{ws['id']}"), "Retry-After": "5"},
+    )
 
 
 @routes.get("/workspaces")
@@ -154,18 +187,20 @@ async def get_workspace(request: web.Request) -> web.Response:
 async def delete_workspace(request: web.Request) -> web.Response:
     org, row = await tenant_workspace(request)
     settings = request.app[SETTINGS]
-    await request.app[TEMPORAL].start_workflow(
+    # A repeated DELETE attaches to the deletion already under way.
+    await start_or_attach(
+        request.app[TEMPORAL],
         DeprovisionWorkspaceWorkflow.run,
         DeprovisionWorkspaceInput(workspace_id=row["id"], org_id=org["id"], org_slug=org["slug"]),
-        id=deprovision_workflow_id(row["id"]), task_queue=settings.task_queue,
-        # A repeated DELETE attaches to the deletion already under way.
-        id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
-        static_summary=f"Deprovision workspace {row['name']} of {org['slug']}",
-        search_attributes=_search_attributes(org["slug"], row["id"], "deprovision"),
+        deprovision_start(org["slug"], row["id"], row["name"]),
+        task_queue=settings.task_queue,
     )
     log.info("workspace deletion requested", org_slug=org["slug"], workspace_id=row["id"])
-    return web.json_response({"id": row["id"], "status": WorkspaceStatus.deleting.value}, status=202,
-                             headers={"Location": v1(f"/workspaces/{row['id']}"), "Retry-After": "5"})
+    return web.json_response(
+        {"id": row["id"], "status": WorkspaceStatus.deleting.value},
+        status=202,
+        headers={"Location": v1(f"/workspaces/{row['id']}"), "Retry-After": "5"},
+    )
 
 
 @routes.get("/cp/orgs/{slug}/workspaces")
@@ -173,8 +208,9 @@ async def operator_list_workspaces(request: web.Request) -> web.Response:
     org = await org_or_404(request)
     rows = await request.app[WORKSPACES].list(org["id"])
     keys = ("id", "name", "runtime", "tier", "instance_id", "status", "last_seen")
-    return web.json_response({"org": org["slug"],
-                              "workspaces": [{k: workspace_view(r)[k] for k in keys} for r in rows]})
+    return web.json_response(
+        {"org": org["slug"], "workspaces": [{k: workspace_view(r)[k] for k in keys} for r in rows]}
+    )
 
 
 @routes.get("/cp/orgs/{slug}/metrics")
@@ -182,10 +218,12 @@ async def operator_metrics(request: web.Request) -> web.Response:
     org = await org_or_404(request)
     window = timedelta(seconds=request.app[SETTINGS].active_agent_window_seconds)
     m = await request.app[WORKSPACES].metrics(org["id"], active_within=window)
-    return web.json_response({
-        "org": org["slug"],
-        "total_workspaces": m["total_workspaces"],
-        "active_agents": m["active_agents"],
-        "avg_response_time_ms": round(float(m["avg_response_time_ms"]), 3),
-        "total_tasks_dispatched": int(m["total_tasks_dispatched"]),
-    })
+    return web.json_response(
+        {
+            "org": org["slug"],
+            "total_workspaces": m["total_workspaces"],
+            "active_agents": m["active_agents"],
+            "avg_response_time_ms": round(float(m["avg_response_time_ms"]), 3),
+            "total_tasks_dispatched": int(m["total_tasks_dispatched"]),
+        }
+    )

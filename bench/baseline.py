@@ -9,7 +9,8 @@ from temporalio import workflow
 with workflow.unsafe.imports_passed_through():
     from activities.lifecycle import OrgLifecycleActivities
     from bench.standins import BaselineInput, NoopInput
-    from domain.models import AgentRegistration, OrgTransition
+    from domain.org_entity import OrgTransition
+    from domain.provision_workspace import AgentRegistration
     from workflows.common import CALL_TIMEOUT, CLEANUP_DEADLINE, RETRY, STEP_DEADLINE, run_activity
 
 
@@ -28,9 +29,13 @@ class BaselineWorkflow:
             if inp.signal_after is not None and i == inp.signal_after:
                 await workflow.wait_condition(lambda: self._signalled)
             sig = workflow.info().workflow_id if i == (inp.signal_after or 0) - 1 else None
-            await workflow.execute_activity("bench_noop", NoopInput(latency=latency, signal_workflow_id=sig),
-                                            start_to_close_timeout=CALL_TIMEOUT, schedule_to_close_timeout=STEP_DEADLINE,
-                                            retry_policy=RETRY)
+            await workflow.execute_activity(
+                "bench_noop",
+                NoopInput(latency=latency, signal_workflow_id=sig),
+                start_to_close_timeout=CALL_TIMEOUT,
+                schedule_to_close_timeout=STEP_DEADLINE,
+                retry_policy=RETRY,
+            )
         return len(inp.latencies)
 
 

@@ -25,17 +25,37 @@ GOAL_S = 15.0
 def one(state: Path) -> float:
     from devstack.procs import free_port
 
-    ports = {k: str(free_port()) for k in ("TEMPORAL_PORT", "TEMPORAL_UI_PORT", "POSTGRES_PORT", "MOTO_PORT",
-                                            "NEON_PORT", "BOOT_EMULATOR_PORT", "API_PORT")}
-    env = {**os.environ, "TENANTFLOW_STATE_DIR": str(state), **{f"TENANTFLOW_{k}": v for k, v in ports.items()},
-           "TENANTFLOW_PUBLIC_URL": f"http://127.0.0.1:{ports['API_PORT']}"}
+    ports = {
+        k: str(free_port())
+        for k in (
+            "TEMPORAL_PORT",
+            "TEMPORAL_UI_PORT",
+            "POSTGRES_PORT",
+            "MOTO_PORT",
+            "NEON_PORT",
+            "BOOT_EMULATOR_PORT",
+            "API_PORT",
+        )
+    }
+    env = {
+        **os.environ,
+        "TENANTFLOW_STATE_DIR": str(state),
+        **{f"TENANTFLOW_{k}": v for k, v in ports.items()},
+        "TENANTFLOW_PUBLIC_URL": f"http://127.0.0.1:{ports['API_PORT']}",
+    }
     env.pop("TEMPORAL_ADDRESS", None)
     env["TEMPORAL_ADDRESS"] = f"127.0.0.1:{ports['TEMPORAL_PORT']}"
     url = f"http://127.0.0.1:{ports['API_PORT']}/healthz"
     log = (state.parent / f"{state.name}-devstack.log").open("ab")
     t0 = time.perf_counter()
-    proc = subprocess.Popen([sys.executable, "-m", "devstack", "--no-demo"], cwd=ROOT, env=env, stdout=log,
-                            stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "devstack", "--no-demo"],
+        cwd=ROOT,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+    )
     try:
         while True:
             try:
@@ -68,9 +88,18 @@ async def main(argv=None) -> dict:
     finally:
         shutil.rmtree(base, ignore_errors=True)
     s = summary(times or [first])
-    return save("coldstart", {"params": {"reps": reps}, "results": {
-        "fresh_state_dir_s": round(first, 2), "reused_state_dir_s": s if times else None,
-        "goal": f"<= {GOAL_S} s", "status": goal(s["p99"] <= GOAL_S and first <= GOAL_S)}})
+    return save(
+        "coldstart",
+        {
+            "params": {"reps": reps},
+            "results": {
+                "fresh_state_dir_s": round(first, 2),
+                "reused_state_dir_s": s if times else None,
+                "goal": f"<= {GOAL_S} s",
+                "status": goal(s["p99"] <= GOAL_S and first <= GOAL_S),
+            },
+        },
+    )
 
 
 if __name__ == "__main__":

@@ -5,8 +5,8 @@ records the new status with the real ``transition_org`` activity before it answe
 Update runs the same ``transition_org`` (same database write, on a row of its own). Same server,
 worker and database. Each cycle: suspend, wait until settled (the child workflow finished, the
 org is recorded suspended and the entity is idle), resume, wait until settled; a bare update
-before or after each command, alternated. A third arm sends the same Update-with-Start from this process (no HTTP, auth or
-record lookup), to split the API's cost from Temporal's.
+before or after each command, alternated. A third arm sends the same Update-with-Start from this
+process (no HTTP, auth or record lookup), to split the API's cost from Temporal's.
 
     python -m bench.commands [--quick] [--cycles N]
 """
@@ -17,14 +17,13 @@ import secrets
 import time
 from datetime import timedelta
 
-from temporalio.client import WithStartWorkflowOperation
-
 from bench.baseline import BaselineEntityWorkflow
 from bench.common import cli, goal, parse, save, summary
 from bench.stack import ApiStack
 from bench.workloads import insert_active_org
-from domain.models import OrgStatus, OrgTransition
-from domain.org_entity import Operation, ResumeCommand, SuspendCommand, operation_workflow_id, org_workflow_id
+from domain.operations import Operation, operation_workflow_id, org_entity_start, org_workflow_id, with_start
+from domain.org_entity import OrgTransition, ResumeCommand, SuspendCommand
+from domain.status import OrgStatus
 from workflows.org import OrgWorkflow
 
 GOAL = 1.5
@@ -32,8 +31,10 @@ SETTLED = {"suspend": OrgStatus.suspended.value, "resume": OrgStatus.active.valu
 
 
 def ratios(measured: dict, base: dict) -> dict:
-    return {"ratio_median": round(measured["median"] / base["median"], 3),
-            "ratio_p99": round(measured["p99"] / base["p99"], 3)}
+    return {
+        "ratio_median": round(measured["median"] / base["median"], 3),
+        "ratio_p99": round(measured["p99"] / base["p99"], 3),
+    }
 
 
 class Arms:
@@ -41,8 +42,13 @@ class Arms:
 
     def __init__(self, st: ApiStack, org: dict, base_row: dict, baseline) -> None:
         self.st, self.org, self.base_row, self.baseline = st, org, base_row, baseline
-        self.times: dict[str, list[float]] = {"api_suspend": [], "api_resume": [], "direct_suspend": [],
-                                              "direct_resume": [], "bare": []}
+        self.times: dict[str, list[float]] = {
+            "api_suspend": [],
+            "api_resume": [],
+            "direct_suspend": [],
+            "direct_resume": [],
+            "bare": [],
+        }
         self._bare_status = OrgStatus.resuming
 
     async def api(self, name: str, record: bool) -> None:
@@ -53,15 +59,22 @@ class Arms:
 
     async def direct(self, name: str, record: bool) -> None:
         """The API's own call (api.commands.send_command), from this process."""
-        from api.commands import _start_options, entity_input
+        from api.commands import entity_input
 
         row = await self._row()
-        operation = WithStartWorkflowOperation(OrgWorkflow.run, entity_input(row, new=False),
-                                               task_queue=self.st.settings.task_queue, **_start_options(row))
-        update, arg = (OrgWorkflow.suspend, SuspendCommand()) if name == "suspend" else (OrgWorkflow.resume, ResumeCommand())
+        operation = with_start(
+            OrgWorkflow.run,
+            entity_input(row, new=False),
+            org_entity_start(row["id"], row["slug"], row["plan"]),
+            task_queue=self.st.settings.task_queue,
+        )
+        update, arg = (
+            (OrgWorkflow.suspend, SuspendCommand()) if name == "suspend" else (OrgWorkflow.resume, ResumeCommand())
+        )
         t = time.perf_counter()
-        await self.st.client.execute_update_with_start_workflow(update, arg, start_workflow_operation=operation,
-                                                                rpc_timeout=timedelta(seconds=30))
+        await self.st.client.execute_update_with_start_workflow(
+            update, arg, start_workflow_operation=operation, rpc_timeout=timedelta(seconds=30)
+        )
         elapsed = time.perf_counter() - t
         await self.st.wait_settled(self.org["id"], SETTLED[name])
         if record:
@@ -76,9 +89,14 @@ class Arms:
         # The entity's write, alternating like suspend/resume: status, operation and its workflow id.
         self._bare_status = OrgStatus.suspending if self._bare_status == OrgStatus.resuming else OrgStatus.resuming
         op = Operation.suspend if self._bare_status == OrgStatus.suspending else Operation.resume
-        change = OrgTransition(org_id=self.base_row["id"], status=self._bare_status, only_from=list(OrgStatus),
-                               actor="operator", operation=op.value,
-                               workflow_id=operation_workflow_id(op, self.base_row["id"]))
+        change = OrgTransition(
+            org_id=self.base_row["id"],
+            status=self._bare_status,
+            only_from=list(OrgStatus),
+            actor="operator",
+            operation=op.value,
+            workflow_id=operation_workflow_id(op, self.base_row["id"]),
+        )
         t = time.perf_counter()
         await self.baseline.execute_update(BaselineEntityWorkflow.command, change)
         if record:
@@ -86,11 +104,18 @@ class Arms:
 
     async def cycle(self, i: int, record: bool) -> None:
         """API suspend/resume, direct suspend/resume, four bare updates; order alternated."""
-        steps = [lambda: self.api("suspend", record), lambda: self.bare(record), lambda: self.api("resume", record),
-                 lambda: self.bare(record), lambda: self.direct("suspend", record), lambda: self.bare(record),
-                 lambda: self.direct("resume", record), lambda: self.bare(record)]
+        steps = [
+            lambda: self.api("suspend", record),
+            lambda: self.bare(record),
+            lambda: self.api("resume", record),
+            lambda: self.bare(record),
+            lambda: self.direct("suspend", record),
+            lambda: self.bare(record),
+            lambda: self.direct("resume", record),
+            lambda: self.bare(record),
+        ]
         if i % 2:  # each bare update before its command instead of after it
-            steps = [s for pair in zip(steps[1::2], steps[0::2]) for s in pair]
+            steps = [s for pair in zip(steps[1::2], steps[0::2], strict=False) for s in pair]
         for step in steps:
             await step()
 
@@ -101,8 +126,9 @@ async def measure(cycles: int, warmup: int) -> dict:
         org = await st.create_org(slug)
         await st.wait_settled(org["id"], OrgStatus.active.value)
         base_row = await insert_active_org(st.pool)
-        baseline = await st.client.start_workflow(BaselineEntityWorkflow.run, id=f"baseline-entity-{secrets.token_hex(4)}",
-                                                  task_queue=st.settings.task_queue)
+        baseline = await st.client.start_workflow(
+            BaselineEntityWorkflow.run, id=f"baseline-entity-{secrets.token_hex(4)}", task_queue=st.settings.task_queue
+        )
         arms = Arms(st, org, base_row, baseline)
         t0 = time.perf_counter()
         for i in range(warmup + cycles):
@@ -116,9 +142,16 @@ async def measure(cycles: int, warmup: int) -> dict:
     api_all = summary(t["api_suspend"] + t["api_resume"], 1000)
     direct_all = summary(t["direct_suspend"] + t["direct_resume"], 1000)
     out = {
-        "api_ms": {"suspend": summary(t["api_suspend"], 1000), "resume": summary(t["api_resume"], 1000), "all": api_all},
-        "direct_update_with_start_ms": {"suspend": summary(t["direct_suspend"], 1000),
-                                        "resume": summary(t["direct_resume"], 1000), "all": direct_all},
+        "api_ms": {
+            "suspend": summary(t["api_suspend"], 1000),
+            "resume": summary(t["api_resume"], 1000),
+            "all": api_all,
+        },
+        "direct_update_with_start_ms": {
+            "suspend": summary(t["direct_suspend"], 1000),
+            "resume": summary(t["direct_resume"], 1000),
+            "all": direct_all,
+        },
         "bare_update_ms": bare,
         **ratios(api_all, bare),
         "direct_vs_bare": ratios(direct_all, bare),
@@ -137,9 +170,17 @@ async def main(argv=None) -> dict:
     a = p.parse_args(argv)
     cycles = a.cycles or (8 if a.quick else 100)
     warmup = 2
-    return save("commands", {"params": {"cycles": cycles, "warmup_cycles": warmup,
-                                        "samples_per_arm": {"api": 2 * cycles, "direct": 2 * cycles, "bare": 4 * cycles}},
-                             "results": await measure(cycles, warmup)})
+    return save(
+        "commands",
+        {
+            "params": {
+                "cycles": cycles,
+                "warmup_cycles": warmup,
+                "samples_per_arm": {"api": 2 * cycles, "direct": 2 * cycles, "bare": 4 * cycles},
+            },
+            "results": await measure(cycles, warmup),
+        },
+    )
 
 
 if __name__ == "__main__":

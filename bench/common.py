@@ -49,15 +49,24 @@ def pct(values: list[float], p: float) -> float:
 def summary(values: list[float], scale: float = 1.0) -> dict:
     """median / p99 / mean / n of ``values`` (multiplied by ``scale``, e.g. 1000 for ms)."""
     v = [x * scale for x in values]
-    return {"median": round(statistics.median(v), 3) if v else None, "p99": round(pct(v, 99), 3) if v else None,
-            "mean": round(statistics.fmean(v), 3) if v else None, "min": round(min(v), 3) if v else None,
-            "max": round(max(v), 3) if v else None, "n": len(v)}
+    return {
+        "median": round(statistics.median(v), 3) if v else None,
+        "p99": round(pct(v, 99), 3) if v else None,
+        "mean": round(statistics.fmean(v), 3) if v else None,
+        "min": round(min(v), 3) if v else None,
+        "max": round(max(v), 3) if v else None,
+        "n": len(v),
+    }
 
 
 def machine() -> dict:
-    return {"cores": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform(),
-            "load_avg_at_start": [round(x, 2) for x in os.getloadavg()],
-            "memory_total_mb": round(psutil.virtual_memory().total / 2**20)}
+    return {
+        "cores": os.cpu_count(),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "load_avg_at_start": [round(x, 2) for x in os.getloadavg()],
+        "memory_total_mb": round(psutil.virtual_memory().total / 2**20),
+    }
 
 
 def rss_mb(pid: int | None = None) -> float:
@@ -67,12 +76,14 @@ def rss_mb(pid: int | None = None) -> float:
 @contextlib.asynccontextmanager
 async def temporal_env():
     """A fresh Temporal dev server (in-memory), as the tests start it."""
-    from domain.temporal import SEARCH_ATTRIBUTES
+    from domain.operations import SEARCH_ATTRIBUTES
 
     env = await WorkflowEnvironment.start_local(
-        data_converter=pydantic_data_converter, dev_server_existing_path=binary("temporal"),
+        data_converter=pydantic_data_converter,
+        dev_server_existing_path=binary("temporal"),
         search_attributes=[SearchAttributeKey.for_keyword(n) for n in SEARCH_ATTRIBUTES],
-        dev_server_log_level="error")
+        dev_server_log_level="error",
+    )
     try:
         yield env
     finally:
@@ -84,9 +95,14 @@ def make_worker(client: Client, task_queue: str, activities: list, **options: An
     from bench.baseline import BaselineEntityWorkflow, BaselineWorkflow
     from worker import WORKFLOWS
 
-    return Worker(client, task_queue=task_queue, workflows=[*WORKFLOWS, BaselineWorkflow, BaselineEntityWorkflow],
-                  activities=activities,
-                  graceful_shutdown_timeout=timedelta(seconds=2), **options)
+    return Worker(
+        client,
+        task_queue=task_queue,
+        workflows=[*WORKFLOWS, BaselineWorkflow, BaselineEntityWorkflow],
+        activities=activities,
+        graceful_shutdown_timeout=timedelta(seconds=2),
+        **options,
+    )
 
 
 def new_queue() -> str:
@@ -116,11 +132,20 @@ class Postgres:
 def bench_settings(database_url: str, **extra: Any):
     from domain.settings import Settings
 
-    return Settings(database_url=database_url, provision_secret=f"tfp_bench_{secrets.token_urlsafe(16)}",
-                    aws_endpoint_url="http://127.0.0.1:9", platform_cidr="10.0.0.0/16",
-                    neon_api_key="unused", neon_base_url="http://127.0.0.1:9/api/v2/", neon_project_id="bench",
-                    # The pollers are one credential: the limiter would otherwise dominate what is measured.
-                    rate_limit_per_minute=10_000_000.0, rate_limit_burst=1_000_000, log_level="WARNING", **extra)
+    return Settings(
+        database_url=database_url,
+        provision_secret=f"tfp_bench_{secrets.token_urlsafe(16)}",
+        aws_endpoint_url="http://127.0.0.1:9",
+        platform_cidr="10.0.0.0/16",
+        neon_api_key="unused",
+        neon_base_url="http://127.0.0.1:9/api/v2/",
+        neon_project_id="bench",
+        # The pollers are one credential: the limiter would otherwise dominate what is measured.
+        rate_limit_per_minute=10_000_000.0,
+        rate_limit_burst=1_000_000,
+        log_level="WARNING",
+        **extra,
+    )
 
 
 def save(name: str, result: dict) -> dict:

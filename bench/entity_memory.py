@@ -14,7 +14,7 @@ import secrets
 from bench.common import cli, parse, save
 from bench.memory import measure
 from bench.workloads import org_row, start_org_entity
-from domain.models import OrgStatus
+from domain.status import OrgStatus
 from workflows.org import OrgWorkflow
 
 

@@ -38,7 +38,7 @@ class Entity:
         self.st, self.row, self.handle = st, row, handle
 
     @classmethod
-    async def new(cls, st: ApiStack) -> "Entity":
+    async def new(cls, st: ApiStack) -> Entity:
         row = await insert_active_org(st.pool, f"ev-{secrets.token_hex(4)}")
         handle = await start_org_entity(st.client, st.settings.task_queue, row, history_limit=HISTORY_LIMIT)
         return cls(st, row, handle)
@@ -78,13 +78,21 @@ async def measure(sizes: list[int], reps: int) -> dict:
             await st.stop_worker()
             await st.start_worker()
             await warmers[rep].command("suspend")  # the new worker's first activations, discarded
-            for size in (sizes if rep % 2 == 0 else sizes[::-1]):
+            for size in sizes if rep % 2 == 0 else sizes[::-1]:
                 e = entities[(rep, size)]
                 events = await history_length(e.handle)
-                rows.append({"target": size, "events": events, "evicted_suspend": await e.command("suspend"),
-                             "cached_resume": await e.command("resume"), "cached_suspend": await e.command("suspend")})
-        continued = [e.row["slug"] for e in entities.values()
-                     if (await e.handle.describe()).run_id != e.handle.result_run_id]
+                rows.append(
+                    {
+                        "target": size,
+                        "events": events,
+                        "evicted_suspend": await e.command("suspend"),
+                        "cached_resume": await e.command("resume"),
+                        "cached_suspend": await e.command("suspend"),
+                    }
+                )
+        continued = [
+            e.row["slug"] for e in entities.values() if (await e.handle.describe()).run_id != e.handle.result_run_id
+        ]
     out: dict = {"by_size": {}, "entities_that_continued_as_new": continued}
     cached_all = [r["cached_suspend"] for r in rows] + [r["cached_resume"] for r in rows]
     out["cached_ms_all_sizes"] = summary(cached_all, 1000)
@@ -94,9 +102,11 @@ async def measure(sizes: list[int], reps: int) -> dict:
         cached = summary([r["cached_suspend"] for r in mine], 1000)
         out["by_size"][f"~{size}"] = {
             "history_events": sorted({r["events"] for r in mine}),
-            "evicted_suspend_ms": evicted, "cached_suspend_ms": cached,
+            "evicted_suspend_ms": evicted,
+            "cached_suspend_ms": cached,
             "cached_resume_ms": summary([r["cached_resume"] for r in mine], 1000),
-            "ratio_median_evicted_to_cached": round(evicted["median"] / cached["median"], 3)}
+            "ratio_median_evicted_to_cached": round(evicted["median"] / cached["median"], 3),
+        }
     out["samples"] = [{k: (round(v * 1000, 1) if isinstance(v, float) else v) for k, v in r.items()} for r in rows]
     return out
 
@@ -108,8 +118,13 @@ async def main(argv=None) -> dict:
     a = p.parse_args(argv)
     sizes = [int(x) for x in (a.sizes or ("10,100,300" if a.quick else "10,100,1000")).split(",")]
     reps = a.reps or (1 if a.quick else 5)
-    return save("evicted", {"params": {"sizes": sizes, "reps": reps, "history_limit": HISTORY_LIMIT},
-                            "results": await measure(sizes, reps)})
+    return save(
+        "evicted",
+        {
+            "params": {"sizes": sizes, "reps": reps, "history_limit": HISTORY_LIMIT},
+            "results": await measure(sizes, reps),
+        },
+    )
 
 
 if __name__ == "__main__":

@@ -63,14 +63,21 @@ def own_network(harness) -> tuple[str, list[str]]:
     """A VPC in a loopback /16 nothing listens in, with two subnets in two zones (as the demo's)."""
     import psutil
 
-    busy = {c.laddr.ip.split(".")[1] for c in psutil.net_connections(kind="tcp")
-            if c.laddr and c.laddr.ip.startswith("127.")}
+    busy = {
+        c.laddr.ip.split(".")[1]
+        for c in psutil.net_connections(kind="tcp")
+        if c.laddr and c.laddr.ip.startswith("127.")
+    }
     octet = next(n for n in OWN_NETWORKS if str(n) not in busy)
     ec2 = harness.ec2()
     vpc_id = ec2.create_vpc(CidrBlock=f"127.{octet}.0.0/16")["Vpc"]["VpcId"]
     region = harness.settings.aws_region
-    subnets = [ec2.create_subnet(VpcId=vpc_id, CidrBlock=f"127.{octet}.{i}.0/24", AvailabilityZone=f"{region}{zone}")
-               ["Subnet"]["SubnetId"] for i, zone in enumerate("ab")]
+    subnets = [
+        ec2.create_subnet(VpcId=vpc_id, CidrBlock=f"127.{octet}.{i}.0/24", AvailabilityZone=f"{region}{zone}")[
+            "Subnet"
+        ]["SubnetId"]
+        for i, zone in enumerate("ab")
+    ]
     return vpc_id, sorted(subnets)
 
 
@@ -95,8 +102,9 @@ def soak(argv: list[str], lenient: bool) -> int:
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description="tools.soak as bench.strict_cloud runs it; other arguments go to it",
-                                     allow_abbrev=False)
+    parser = argparse.ArgumentParser(
+        description="tools.soak as bench.strict_cloud runs it; other arguments go to it", allow_abbrev=False
+    )
     parser.add_argument("--cloud", choices=("strict", "lenient"), required=True)
     known, rest = parser.parse_known_args()
     sys.exit(soak(rest, lenient=known.cloud == "lenient"))

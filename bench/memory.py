@@ -54,9 +54,20 @@ async def measure(n: int, start=start_provision, parked=provision_parked, warm_u
     kind too when ``warm_up_kind``)."""
     async with temporal_env() as env:
         tq = new_queue()
-        proc = subprocess.Popen([sys.executable, "-m", "bench.worker_proc", "--address",
-                                 env.client.service_client.config.target_host, "--task-queue", tq],
-                                cwd=ROOT, stdout=subprocess.PIPE, stdin=subprocess.DEVNULL)
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "bench.worker_proc",
+                "--address",
+                env.client.service_client.config.target_host,
+                "--task-queue",
+                tq,
+            ],
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            stdin=subprocess.DEVNULL,
+        )
         try:
             assert (await asyncio.to_thread(proc.stdout.readline)).strip() == b"ready"
             cold = await settled_rss(proc.pid, 2)
@@ -81,11 +92,15 @@ async def measure(n: int, start=start_provision, parked=provision_parked, warm_u
             proc.wait(15)
     delta = loaded - warm
     per_1000 = delta * 1000 / n
-    return {"workflows_parked": n_parked, "seconds_to_park_all": round(park_s, 1),
-            "worker_rss_mb": {"started": round(cold, 1), "idle_warm": round(warm, 1), "with_parked": round(loaded, 1)},
-            "delta_mb": round(delta, 1), "delta_mb_per_1000": round(per_1000, 1),
-            "kib_per_workflow": round(delta * 1024 / n, 1),
-            "note": "quick runs park fewer workflows and scale the delta to 1,000" if n != 1000 else ""}
+    return {
+        "workflows_parked": n_parked,
+        "seconds_to_park_all": round(park_s, 1),
+        "worker_rss_mb": {"started": round(cold, 1), "idle_warm": round(warm, 1), "with_parked": round(loaded, 1)},
+        "delta_mb": round(delta, 1),
+        "delta_mb_per_1000": round(per_1000, 1),
+        "kib_per_workflow": round(delta * 1024 / n, 1),
+        "note": "quick runs park fewer workflows and scale the delta to 1,000" if n != 1000 else "",
+    }
 
 
 async def main(argv=None) -> dict:
@@ -94,7 +109,9 @@ async def main(argv=None) -> dict:
     a = p.parse_args(argv)
     n = a.workflows or (100 if a.quick else 1000)
     res = await measure(n)
-    res.update(goal=f"<= {GOAL_MB_PER_1000} MB above idle per 1,000", status=goal(res["delta_mb_per_1000"] <= GOAL_MB_PER_1000))
+    res.update(
+        goal=f"<= {GOAL_MB_PER_1000} MB above idle per 1,000", status=goal(res["delta_mb_per_1000"] <= GOAL_MB_PER_1000)
+    )
     return save("memory", {"params": {"workflows": n, "max_cached_workflows": 1000}, "results": res})
 
 

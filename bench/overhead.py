@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 
-from bench.common import cli, goal, make_worker, new_queue, parse, run, save, summary, temporal_env
+from bench.common import cli, goal, make_worker, new_queue, parse, save, summary, temporal_env
 from bench.standins import StandIns
 from bench.workloads import run_one
 
@@ -27,7 +27,7 @@ async def measure(reps: int, ext: float, db: float) -> dict:
             times: dict[str, list[float]] = {k: [] for k in kinds}
             for i in range(reps):
                 # Interleaved, order alternated, so drift on the shared machine hits both sides.
-                for kind in (kinds if i % 2 == 0 else kinds[::-1]):
+                for kind in kinds if i % 2 == 0 else kinds[::-1]:
                     t = time.perf_counter()
                     await run_one(env.client, tq, kind, ext, db)
                     times[kind].append(time.perf_counter() - t)
@@ -36,8 +36,14 @@ async def measure(reps: int, ext: float, db: float) -> dict:
         real, base = summary(times[wf], 1000), summary(times[f"baseline-{wf}"], 1000)
         ratio_med = real["median"] / base["median"]
         ratio_p99 = real["p99"] / base["p99"]
-        out[wf] = {"real_ms": real, "baseline_ms": base, "ratio_median": round(ratio_med, 3),
-                   "ratio_p99": round(ratio_p99, 3), "goal": f"ratio <= {GOAL}", "status": goal(ratio_med <= GOAL)}
+        out[wf] = {
+            "real_ms": real,
+            "baseline_ms": base,
+            "ratio_median": round(ratio_med, 3),
+            "ratio_p99": round(ratio_p99, 3),
+            "goal": f"ratio <= {GOAL}",
+            "status": goal(ratio_med <= GOAL),
+        }
     return out
 
 
@@ -49,9 +55,18 @@ async def main(argv=None) -> dict:
     a = p.parse_args(argv)
     reps = a.reps or (3 if a.quick else 30)
     res = await measure(reps, a.ext, a.db)
-    return save("overhead", {"params": {"reps": reps, "ext_latency_s": a.ext, "db_latency_s": a.db,
-                                        "activities": {"onboard": 8, "provision": "5 + registration signal"}},
-                             "results": res})
+    return save(
+        "overhead",
+        {
+            "params": {
+                "reps": reps,
+                "ext_latency_s": a.ext,
+                "db_latency_s": a.db,
+                "activities": {"onboard": 8, "provision": "5 + registration signal"},
+            },
+            "results": res,
+        },
+    )
 
 
 if __name__ == "__main__":

@@ -43,8 +43,12 @@ async def load(concurrency: int, seconds: float, call) -> dict:
     t0 = time.perf_counter()
     await asyncio.gather(*(poller() for _ in range(concurrency)))
     elapsed = time.perf_counter() - t0
-    return {"latency_ms": summary(lat, 1000), "requests_per_s": round(len(lat) / elapsed, 1),
-            "errors": sum(errors.values()), "error_kinds": errors}
+    return {
+        "latency_ms": summary(lat, 1000),
+        "requests_per_s": round(len(lat) / elapsed, 1),
+        "errors": sum(errors.values()),
+        "error_kinds": errors,
+    }
 
 
 def delta(before: dict[str, int], after: dict[str, int]) -> dict[str, int]:
@@ -65,8 +69,9 @@ async def measure(seconds: float, levels: list[int], uncached_levels=(1, 10)) ->
         await st.wait_org(done, lambda o: o["status"] == "active")
         org = await st.create_org(parked)
         org = await st.wait_org(parked, lambda o: (o.get("progress") or {}).get("step") == "create_database")
-        handle = st.client.get_workflow_handle(org["workflow_id"] if org.get("workflow_id") else
-                                               f"org-onboard:{org['id']}")
+        handle = st.client.get_workflow_handle(
+            org["workflow_id"] if org.get("workflow_id") else f"org-onboard:{org['id']}"
+        )
         done_org = await st.get_org(done)
         done_handle = st.client.get_workflow_handle(done_org["workflow_id"] or f"org-onboard:{done_org['id']}")
 
@@ -96,7 +101,7 @@ async def measure(seconds: float, levels: list[int], uncached_levels=(1, 10)) ->
             stop = asyncio.Event()
             sampler = asyncio.create_task(sample_rss(st.api.pid, stop, rss)) if c == max(levels) else None
             pair = {}
-            for name in (("api", "bare") if i % 2 == 0 else ("bare", "api")):
+            for name in ("api", "bare") if i % 2 == 0 else ("bare", "api"):
                 before = await st.progress_polls()
                 pair[name] = await load(c, seconds, api_parked if name == "api" else bare)
                 if name == "api":
@@ -106,16 +111,24 @@ async def measure(seconds: float, levels: list[int], uncached_levels=(1, 10)) ->
                 await sampler
             ratio = pair["api"]["latency_ms"]["p99"] / pair["bare"]["latency_ms"]["p99"]
             out["parked"][f"pollers={c}"] = {
-                "api": pair["api"], "bare_query": pair["bare"], "ratio_p99": round(ratio, 3),
-                "ratio_median": round(pair["api"]["latency_ms"]["median"] / pair["bare"]["latency_ms"]["median"], 3)}
+                "api": pair["api"],
+                "bare_query": pair["bare"],
+                "ratio_p99": round(ratio, 3),
+                "ratio_median": round(pair["api"]["latency_ms"]["median"] / pair["bare"]["latency_ms"]["median"], 3),
+            }
         top = out["parked"][f"pollers={max(levels)}"]
         top["goal"] = f"API p99 <= {GOAL}x bare p99 at {max(levels)} pollers, zero errors"
         top["status"] = goal(top["ratio_p99"] <= GOAL and top["api"]["errors"] == 0)
-        out["api_rss_mb"] = {"idle": round(api_rss_idle, 1), "under_max_pollers_peak": round(max(rss), 1) if rss else None,
-                             "under_max_pollers_median": round(sorted(rss)[len(rss) // 2], 1) if rss else None}
+        out["api_rss_mb"] = {
+            "idle": round(api_rss_idle, 1),
+            "under_max_pollers_peak": round(max(rss), 1) if rss else None,
+            "under_max_pollers_median": round(sorted(rss)[len(rss) // 2], 1) if rss else None,
+        }
         c = max(levels)
-        out["completed_org"] = {f"pollers={c}": {"api": await load(c, seconds, api_done)},
-                                "pollers=10": {"bare_query_of_closed_workflow": await load(10, seconds, bare_done)}}
+        out["completed_org"] = {
+            f"pollers={c}": {"api": await load(c, seconds, api_done)},
+            "pollers=10": {"bare_query_of_closed_workflow": await load(10, seconds, bare_done)},
+        }
     # Uncached: a worker that keeps no workflow in its cache replays the history on every query
     # (a stack of its own: restarting a worker leaves queries on the old sticky queue for a while).
     async with ApiStack(park=lambda slug: slug.startswith("park"), max_cached_workflows=0) as st:
@@ -143,8 +156,13 @@ async def main(argv=None) -> dict:
     seconds = a.seconds or (1.0 if a.quick else 8.0)
     # Quick runs skip the 10-poller uncached phase: its dropped queries each wait out a 30 s timeout.
     res = await measure(seconds, [1, 10, 50], (1,) if a.quick else (1, 10))
-    return save("polling", {"params": {"seconds_per_phase": seconds, "levels": [1, 10, 50],
-                                       "progress_query_timeout_s": 2.0}, "results": res})
+    return save(
+        "polling",
+        {
+            "params": {"seconds_per_phase": seconds, "levels": [1, 10, 50], "progress_query_timeout_s": 2.0},
+            "results": res,
+        },
+    )
 
 
 if __name__ == "__main__":

@@ -19,7 +19,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from bench.common import ROOT, Postgres, bench_settings, make_worker, new_queue, temporal_env
 from bench.standins import StandIns
 from bench.workloads import org_request
-from domain.org_entity import org_workflow_id
+from domain.operations import org_workflow_id
 
 
 class ApiStack:
@@ -28,7 +28,7 @@ class ApiStack:
         self.worker = None
         self.api: subprocess.Popen | None = None
 
-    async def __aenter__(self) -> "ApiStack":
+    async def __aenter__(self) -> ApiStack:
         from db.pool import open_pool
         from db.workspaces import WorkspaceRepo
         from devstack.procs import free_port
@@ -38,11 +38,13 @@ class ApiStack:
         self.env = await self._env_cm.__aenter__()
         self.client = self.env.client
         self.port = free_port()
-        self.settings = bench_settings(self.pg.url, task_queue=new_queue(), api_port=self.port,
-                                       public_url=f"http://127.0.0.1:{self.port}")
+        self.settings = bench_settings(
+            self.pg.url, task_queue=new_queue(), api_port=self.port, public_url=f"http://127.0.0.1:{self.port}"
+        )
         self.pool = await open_pool(self.pg.url, max_size=10)
-        self.standins = StandIns(self.client, ext=self.ext, db=0.0, park=self.park, park_seconds=3600,
-                                 workspaces=WorkspaceRepo(self.pool))
+        self.standins = StandIns(
+            self.client, ext=self.ext, db=0.0, park=self.park, park_seconds=3600, workspaces=WorkspaceRepo(self.pool)
+        )
         await self.start_worker(**self.worker_options)
         self.start_api()
         self.http = aiohttp.ClientSession(base_url=self.url, connector=aiohttp.TCPConnector(limit=200))
@@ -71,17 +73,30 @@ class ApiStack:
 
     def start_api(self) -> None:
         s = self.settings
-        env = {**os.environ, "TEMPORAL_ADDRESS": self.client.service_client.config.target_host,
-               "TEMPORAL_NAMESPACE": "default", "TENANTFLOW_DATABASE_URL": self.pg.url,
-               "TENANTFLOW_PROVISION_SECRET": s.provision_secret.get_secret_value(),
-               "TENANTFLOW_API_HOST": "127.0.0.1", "TENANTFLOW_API_PORT": str(self.port),
-               "TENANTFLOW_PUBLIC_URL": self.url, "TENANTFLOW_TASK_QUEUE": s.task_queue,
-               "TENANTFLOW_RATE_LIMIT_PER_MINUTE": str(s.rate_limit_per_minute),
-               "TENANTFLOW_RATE_LIMIT_BURST": str(s.rate_limit_burst), "TENANTFLOW_LOG_LEVEL": "WARNING",
-               "TENANTFLOW_AWS_ENDPOINT_URL": "http://127.0.0.1:9"}
+        env = {
+            **os.environ,
+            "TEMPORAL_ADDRESS": self.client.service_client.config.target_host,
+            "TEMPORAL_NAMESPACE": "default",
+            "TENANTFLOW_DATABASE_URL": self.pg.url,
+            "TENANTFLOW_PROVISION_SECRET": s.provision_secret.get_secret_value(),
+            "TENANTFLOW_API_HOST": "127.0.0.1",
+            "TENANTFLOW_API_PORT": str(self.port),
+            "TENANTFLOW_PUBLIC_URL": self.url,
+            "TENANTFLOW_TASK_QUEUE": s.task_queue,
+            "TENANTFLOW_RATE_LIMIT_PER_MINUTE": str(s.rate_limit_per_minute),
+            "TENANTFLOW_RATE_LIMIT_BURST": str(s.rate_limit_burst),
+            "TENANTFLOW_LOG_LEVEL": "WARNING",
+            "TENANTFLOW_AWS_ENDPOINT_URL": "http://127.0.0.1:9",
+        }
         self.api_log = Path(tempfile.mkstemp(prefix="tf-bench-api-", suffix=".log")[1])
-        self.api = subprocess.Popen([sys.executable, "-m", "api"], cwd=ROOT, env=env, stdin=subprocess.DEVNULL,
-                                    stdout=self.api_log.open("wb"), stderr=subprocess.STDOUT)
+        self.api = subprocess.Popen(
+            [sys.executable, "-m", "api"],
+            cwd=ROOT,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=self.api_log.open("wb"),
+            stderr=subprocess.STDOUT,
+        )
 
     async def wait_healthz(self, timeout: float = 60) -> None:
         deadline = time.monotonic() + timeout
@@ -141,9 +156,13 @@ class ApiStack:
         """The API's live-progress lookups so far, by outcome (sent / joined / unavailable)."""
         async with self.http.get("/metrics") as r:
             text = await r.text()
-        return {sample.labels["outcome"]: int(sample.value)
-                for family in text_string_to_metric_families(text) if family.name == "tenantflow_api_progress_polls"
-                for sample in family.samples if sample.name.endswith("_total")}
+        return {
+            sample.labels["outcome"]: int(sample.value)
+            for family in text_string_to_metric_families(text)
+            if family.name == "tenantflow_api_progress_polls"
+            for sample in family.samples
+            if sample.name.endswith("_total")
+        }
 
     async def wait_org(self, slug: str, pred, timeout: float = 60) -> dict:
         deadline = time.monotonic() + timeout

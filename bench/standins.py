@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import Any, Callable
+from typing import Any
 
 from pydantic import BaseModel
 from temporalio import activity
@@ -20,14 +21,36 @@ from temporalio.client import Client
 
 from activities.instances import agent_url
 from domain import credentials
-from domain.models import (
-    AgentCardCheck, AgentRegistration, NeonOperationsInput, NetworkCheckInput, OrgFailure, OrgRef, OrgResources,
-    ProvisionWorkspaceInput, SecurityGroup, SecurityGroupInput, TenantDatabase, TenantDatabaseInput,
-    WorkspaceFailure, WorkspaceInstance, WorkspaceRef, InstanceRef,
+from domain.onboard_org import (
+    NeonOperationsInput,
+    NetworkCheckInput,
+    OrgFailure,
+    OrgResources,
+    SecurityGroup,
+    SecurityGroupInput,
+    TenantDatabase,
+    TenantDatabaseInput,
 )
+from domain.provision_workspace import (
+    AgentCardCheck,
+    AgentRegistration,
+    InstanceRef,
+    ProvisionWorkspaceInput,
+    WorkspaceFailure,
+    WorkspaceInstance,
+)
+from domain.refs import OrgRef, WorkspaceRef
 
-EXTERNAL = {"validate_network", "ensure_tenant_database", "wait_for_neon_operations", "ensure_security_group",
-            "launch_instance", "wait_instance_running", "check_agent_card", "terminate_instances"}
+EXTERNAL = {
+    "validate_network",
+    "ensure_tenant_database",
+    "wait_for_neon_operations",
+    "ensure_security_group",
+    "launch_instance",
+    "wait_instance_running",
+    "check_agent_card",
+    "terminate_instances",
+}
 
 
 class NoopInput(BaseModel):
@@ -63,8 +86,9 @@ class StandIns:
         return table.setdefault(key, asyncio.Event())
 
     async def _signal(self, workflow_id: str) -> None:
-        await self.client.get_workflow_handle(workflow_id).signal("agent_registered",
-                                                                   AgentRegistration(agent_url="http://10.0.0.1:8443"))
+        await self.client.get_workflow_handle(workflow_id).signal(
+            "agent_registered", AgentRegistration(agent_url="http://10.0.0.1:8443")
+        )
 
     # --- external calls ---------------------------------------------------------------------
     @activity.defn(name="validate_network")
@@ -74,8 +98,13 @@ class StandIns:
     @activity.defn(name="ensure_tenant_database")
     async def ensure_tenant_database(self, req: TenantDatabaseInput) -> TenantDatabase:
         await asyncio.sleep(self.park_seconds if self.park(req.slug) else self.ext)
-        return TenantDatabase(mode=req.mode, name=f"tenant-{req.slug}", project_id="bench-project",
-                              branch_id=f"br-{req.org_id}", operation_ids=[f"op-{req.org_id}"])
+        return TenantDatabase(
+            mode=req.mode,
+            name=f"tenant-{req.slug}",
+            project_id="bench-project",
+            branch_id=f"br-{req.org_id}",
+            operation_ids=[f"op-{req.org_id}"],
+        )
 
     @activity.defn(name="wait_for_neon_operations")
     async def wait_for_neon_operations(self, req: NeonOperationsInput) -> None:
@@ -92,14 +121,16 @@ class StandIns:
         if self.workspaces is not None:
             token = credentials.mint(credentials.REGISTRATION_TOKEN)
             await self.workspaces.record_registration_token(
-                inp.workspace_id, token, timedelta(seconds=inp.registration_timeout_seconds + 60))
+                inp.workspace_id, token, timedelta(seconds=inp.registration_timeout_seconds + 60)
+            )
             self.tokens[inp.workspace_id] = token.secret
             self.event(self.token_ready, inp.workspace_id).set()
         elif self.signal_on_launch:
             await self._signal(activity.info().workflow_id)
         # The platform's address of the agent, as the real launch derives it (the check stand-in dials nothing).
-        return WorkspaceInstance(workspace_id=inp.workspace_id, instance_id=f"i-{inp.workspace_id[3:]}",
-                                 agent_url=agent_url("10.0.0.1", 443))
+        return WorkspaceInstance(
+            workspace_id=inp.workspace_id, instance_id=f"i-{inp.workspace_id[3:]}", agent_url=agent_url("10.0.0.1", 443)
+        )
 
     @activity.defn(name="wait_instance_running")
     async def wait_instance_running(self, ref: WorkspaceInstance) -> None:
@@ -153,19 +184,33 @@ class StandIns:
             await self._signal(inp.signal_workflow_id)
 
     def all(self) -> list:
-        return [self.validate_network, self.ensure_tenant_database, self.wait_for_neon_operations,
-                self.ensure_security_group, self.launch_instance, self.wait_instance_running, self.check_agent_card,
-                self.terminate_instances, self.record_org_provisioning, self.record_org_resources,
-                self.mark_org_active, self.mark_org_failed, self.confirm_workspace_slot,
-                self.mark_workspace_running, self.mark_workspace_failed, self.bench_noop]
+        return [
+            self.validate_network,
+            self.ensure_tenant_database,
+            self.wait_for_neon_operations,
+            self.ensure_security_group,
+            self.launch_instance,
+            self.wait_instance_running,
+            self.check_agent_card,
+            self.terminate_instances,
+            self.record_org_provisioning,
+            self.record_org_resources,
+            self.mark_org_active,
+            self.mark_org_failed,
+            self.confirm_workspace_slot,
+            self.mark_workspace_running,
+            self.mark_workspace_failed,
+            self.bench_noop,
+        ]
 
     def activities(self, real: list | None = None) -> list:
         """All stand-ins, or ``real`` with its external activities replaced by stand-ins."""
         if real is None:
             return self.all()
         mine = {activity._Definition.must_from_callable(fn).name: fn for fn in self.all()}
-        out = [mine[name] if (name := activity._Definition.must_from_callable(fn).name) in EXTERNAL else fn
-               for fn in real]
+        out = [
+            mine[name] if (name := activity._Definition.must_from_callable(fn).name) in EXTERNAL else fn for fn in real
+        ]
         return out + [self.bench_noop]
 
 

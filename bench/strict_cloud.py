@@ -39,20 +39,20 @@ import psutil
 from bench.common import ROOT, cli, parse, save, summary
 from bench.lenient_cloud import SUMMARY
 
-FILES = ["tests/test_workspace_workflow.py", "tests/test_onboard_workflow.py", "tests/test_lifecycle.py",
-         "tests/test_org_workflow.py"]
+FILES = [
+    "tests/test_workspace_workflow.py",
+    "tests/test_onboard_workflow.py",
+    "tests/test_lifecycle.py",
+    "tests/test_org_workflow.py",
+]
 QUICK_FILES = ["tests/test_org_workflow.py"]
 # Left out of both modes, so that both run the same tests and pass.
 DESELECT = {
-    "tests/test_workspace_workflow.py::test_launch_committed_but_answer_lost_at_ec2_is_one_instance":
-        "needs strict EC2 (ClientToken idempotency): fails lenient by design",
-    "tests/test_workspace_workflow.py::test_launch_with_other_parameters_under_the_same_token_adopts_the_first":
-        "needs strict EC2 (ClientToken idempotency): fails lenient by design",
-    "tests/test_org_workflow.py::test_delete_preempts_a_suspend_in_the_middle_of_a_step":
-        "needs strict EC2 (a stop that takes time, so that the delete lands mid-step): fails lenient",
-    "tests/test_lifecycle.py::test_parked_step_retry_concurrent_delete_and_reset":
-        "racy in either mode: its poll after the retry can see the step still parked from before, and the "
-        "abandon that follows is refused (409) until the step has parked again",
+    "tests/test_workspace_workflow.py::test_launch_committed_but_answer_lost_at_ec2_is_one_instance": "needs strict EC2 (ClientToken idempotency): fails lenient by design",
+    "tests/test_workspace_workflow.py::test_launch_with_other_parameters_under_the_same_token_adopts_the_first": "needs strict EC2 (ClientToken idempotency): fails lenient by design",
+    "tests/test_org_workflow.py::test_delete_preempts_a_suspend_in_the_middle_of_a_step": "needs strict EC2 (a stop that takes time, so that the delete lands mid-step): fails lenient",
+    "tests/test_lifecycle.py::test_parked_step_retry_concurrent_delete_and_reset": "racy in either mode: its poll after the retry can see the step still parked from before, and the "
+    "abandon that follows is refused (409) until the step has parked again",
 }
 MODES = ("strict", "lenient")
 # Every local stack (tools.soak, tools.chaos, the demo) puts its instances in 127.42.0.0/16
@@ -72,8 +72,19 @@ def run_tests(files: list[str], mode: str) -> dict:
         junit = tmp / "junit.xml"
         # Its own basetemp (the shared /tmp/pytest-of-<user> is pruned by concurrent sessions).
         deselect = [arg for test in DESELECT for arg in ("--deselect", test)]
-        args = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", f"--basetemp={tmp / 'bt'}",
-                f"--junitxml={junit}", *(["-p", "bench.lenient_cloud"] if mode == "lenient" else []), *deselect, *files]
+        args = [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            f"--basetemp={tmp / 'bt'}",
+            f"--junitxml={junit}",
+            *(["-p", "bench.lenient_cloud"] if mode == "lenient" else []),
+            *deselect,
+            *files,
+        ]
         wall, proc = _run(args, timeout=1800)
         last = (proc.stdout.strip().splitlines() or [""])[-1]
         counts = {k: int(n) for n, k in re.findall(r"(\d+) (passed|failed|errors?|skipped)", last)}
@@ -88,33 +99,65 @@ def run_tests(files: list[str], mode: str) -> dict:
         # pytest -q's short summary: "FAILED tests/x.py::test - AssertionError: ..."
         reasons = [line[:300] for line in proc.stdout.splitlines() if line.startswith(("FAILED ", "ERROR "))]
         switched = [line.split(":", 1)[1].strip() for line in proc.stdout.splitlines() if line.startswith(SUMMARY)]
-        return {"wall_s": round(wall, 2), "exit": proc.returncode, "counts": counts, "summary": last,
-                "lenient_servers": switched[0] if switched else None,
-                "test_seconds_by_file": per_file, "failed": failed, "failure_lines": reasons}
+        return {
+            "wall_s": round(wall, 2),
+            "exit": proc.returncode,
+            "counts": counts,
+            "summary": last,
+            "lenient_servers": switched[0] if switched else None,
+            "test_seconds_by_file": per_file,
+            "failed": failed,
+            "failure_lines": reasons,
+        }
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
 def demo_network_listeners() -> list[str]:
     """Addresses in the local stacks' instance network that something already listens on."""
-    return sorted({f"{c.laddr.ip}:{c.laddr.port}" for c in psutil.net_connections(kind="tcp")
-                   if c.status == psutil.CONN_LISTEN and c.laddr and c.laddr.ip.startswith(DEMO_NETWORK)})
+    return sorted(
+        {
+            f"{c.laddr.ip}:{c.laddr.port}"
+            for c in psutil.net_connections(kind="tcp")
+            if c.status == psutil.CONN_LISTEN and c.laddr and c.laddr.ip.startswith(DEMO_NETWORK)
+        }
+    )
 
 
 def run_soak(orgs: int, workspaces: int, faults: bool, mode: str) -> dict:
     others = demo_network_listeners()
     with tempfile.TemporaryDirectory(prefix="tf-bench-soak-") as tmp:
         report_path = Path(tmp) / "report.json"
-        wall, proc = _run([sys.executable, "-m", "bench.lenient_cloud", "--cloud", mode, "--orgs", str(orgs),
-                           "--workspaces", str(workspaces), *([] if faults else ["--no-faults"]),
-                           "--report", str(report_path)], timeout=1800)
+        wall, proc = _run(
+            [
+                sys.executable,
+                "-m",
+                "bench.lenient_cloud",
+                "--cloud",
+                mode,
+                "--orgs",
+                str(orgs),
+                "--workspaces",
+                str(workspaces),
+                *([] if faults else ["--no-faults"]),
+                "--report",
+                str(report_path),
+            ],
+            timeout=1800,
+        )
         if not report_path.exists():
             return {"wall_s": round(wall, 2), "exit": proc.returncode, "error": proc.stderr[-2000:]}
         report = json.loads(report_path.read_text())
-    return {"wall_s": round(wall, 2), "exit": proc.returncode, "ok": report["ok"],
-            "other_stack_listening_at_start": others,
-            "soak_elapsed_s": report["elapsed_seconds"], "operation_seconds": report["operation_seconds"],
-            "unexpected": report["unexpected"], "leaked_total": report["leaked_total"]}
+    return {
+        "wall_s": round(wall, 2),
+        "exit": proc.returncode,
+        "ok": report["ok"],
+        "other_stack_listening_at_start": others,
+        "soak_elapsed_s": report["elapsed_seconds"],
+        "operation_seconds": report["operation_seconds"],
+        "unexpected": report["unexpected"],
+        "leaked_total": report["leaked_total"],
+    }
 
 
 def compare(runs: dict[str, list[dict]], key: str) -> dict:
@@ -144,17 +187,28 @@ async def main(argv=None) -> dict:
     p.add_argument("--files", default=None, help="comma-separated test files")
     p.add_argument("--soak-orgs", type=int, default=None)
     p.add_argument("--soak-workspaces", type=int, default=None)
-    p.add_argument("--soak-faults", action="store_true",
-                   help="with the soak's Neon and EC2 faults (lenient runs then fail: see the docstring)")
+    p.add_argument(
+        "--soak-faults",
+        action="store_true",
+        help="with the soak's Neon and EC2 faults (lenient runs then fail: see the docstring)",
+    )
     a = p.parse_args(argv)
     files = a.files.split(",") if a.files else (QUICK_FILES if a.quick else FILES)
     soak_size = (a.soak_orgs or (2 if a.quick else 4), a.soak_workspaces or (2 if a.quick else 8))
     reps = a.reps or (1 if a.quick else 2)
-    return save("strict_cloud", {"params": {"files": files, "deselected": DESELECT,
-                                            "soak": {"orgs": soak_size[0], "workspaces": soak_size[1],
-                                                     "faults": a.soak_faults},
-                                            "reps": reps, "order": "strict first in even repetitions"},
-                                 "results": await measure(files, soak_size, a.soak_faults, reps)})
+    return save(
+        "strict_cloud",
+        {
+            "params": {
+                "files": files,
+                "deselected": DESELECT,
+                "soak": {"orgs": soak_size[0], "workspaces": soak_size[1], "faults": a.soak_faults},
+                "reps": reps,
+                "order": "strict first in even repetitions",
+            },
+            "results": await measure(files, soak_size, a.soak_faults, reps),
+        },
+    )
 
 
 if __name__ == "__main__":

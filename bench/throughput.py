@@ -49,10 +49,15 @@ async def measure(sizes: list[int], reps: int, ext: float, db: float) -> dict:
         real, base = summary(rates["onboard"]), summary(rates["baseline-onboard"])
         ratio = real["median"] / base["median"]
         out[f"N={n}"] = {
-            "n": n, "onboard_wf_per_s": real, "baseline_wf_per_s": base, "ratio_median": round(ratio, 3),
+            "n": n,
+            "onboard_wf_per_s": real,
+            "baseline_wf_per_s": base,
+            "ratio_median": round(ratio, 3),
             "onboard_latency_ms": summary(lats["onboard"], 1000),
             "baseline_latency_ms": summary(lats["baseline-onboard"], 1000),
-            "goal": f"ratio >= {GOAL} at N=100", "status": goal(ratio >= GOAL) if n == 100 else "n/a"}
+            "goal": f"ratio >= {GOAL} at N=100",
+            "status": goal(ratio >= GOAL) if n == 100 else "n/a",
+        }
     return out
 
 
@@ -66,8 +71,19 @@ async def main(argv=None) -> dict:
     sizes = [int(x) for x in (a.sizes or ("10" if a.quick else "10,100,500")).split(",")]
     reps = a.reps or (1 if a.quick else 3)
     res = await measure(sizes, reps, a.ext, a.db)
-    return save("throughput", {"params": {"sizes": sizes, "reps": reps, "ext_latency_s": a.ext, "db_latency_s": a.db,
-                                          "activities_per_workflow": 8}, "results": res})
+    return save(
+        "throughput",
+        {
+            "params": {
+                "sizes": sizes,
+                "reps": reps,
+                "ext_latency_s": a.ext,
+                "db_latency_s": a.db,
+                "activities_per_workflow": 8,
+            },
+            "results": res,
+        },
+    )
 
 
 if __name__ == "__main__":

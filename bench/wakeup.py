@@ -14,7 +14,7 @@ import time
 
 from bench.common import cli, goal, parse, save, summary
 from bench.stack import ApiStack
-from workflows.deprovision_workspace import provision_workflow_id
+from domain.operations import provision_workflow_id
 from workflows.provision_workspace import ProvisionWorkspaceWorkflow
 
 GOAL_MS = 100.0
@@ -32,7 +32,13 @@ async def measure(reps: int) -> dict:
             key = (await r.json())["key"]
         wake, post = [], []
         for i in range(reps + 2):
-            body = {"name": f"agent-{i}", "role": "Bench worker", "runtime": "hermes", "tier": 1, "model": "claude-sonnet-4"}
+            body = {
+                "name": f"agent-{i}",
+                "role": "Bench worker",
+                "runtime": "hermes",
+                "tier": 1,
+                "model": "claude-sonnet-4",
+            }
             async with st.http.post("/api/v1/workspaces", json=body, headers={"Authorization": f"Bearer {key}"}) as r:
                 assert r.status == 202, await r.text()
                 ws = (await r.json())["id"]
@@ -42,8 +48,11 @@ async def measure(reps: int) -> dict:
                 await asyncio.sleep(0.01)
             await asyncio.sleep(0.05)  # parked, as a booting agent would find it
             t0 = time.perf_counter()
-            async with st.http.post("/api/v1/registry/register", json={"workspace_id": ws, "agent_url": "http://10.0.0.9:8443"},
-                                    headers={"Authorization": f"Bearer {st.standins.tokens[ws]}"}) as r:
+            async with st.http.post(
+                "/api/v1/registry/register",
+                json={"workspace_id": ws, "agent_url": "http://10.0.0.9:8443"},
+                headers={"Authorization": f"Bearer {st.standins.tokens[ws]}"},
+            ) as r:
                 assert r.status == 200, await r.text()
                 await r.read()
             t1 = time.perf_counter()
@@ -53,11 +62,15 @@ async def measure(reps: int) -> dict:
                 post.append(t1 - t0)
             await handle.result()
     s = summary(wake, 1000)
-    return {"wakeup_after_response_ms": s, "register_request_ms": summary(post, 1000),
-            "request_start_to_workflow_ms": summary([w + p for w, p in zip(wake, post)], 1000),
-            "goal": f"p99 <= {GOAL_MS} ms", "status": goal(s["p99"] <= GOAL_MS),
-            "note": "negative values: the workflow had already moved on before the HTTP response was read "
-                    "(the API signals the workflow before it commits and answers)"}
+    return {
+        "wakeup_after_response_ms": s,
+        "register_request_ms": summary(post, 1000),
+        "request_start_to_workflow_ms": summary([w + p for w, p in zip(wake, post, strict=False)], 1000),
+        "goal": f"p99 <= {GOAL_MS} ms",
+        "status": goal(s["p99"] <= GOAL_MS),
+        "note": "negative values: the workflow had already moved on before the HTTP response was read "
+        "(the API signals the workflow before it commits and answers)",
+    }
 
 
 async def main(argv=None) -> dict:

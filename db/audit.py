@@ -12,14 +12,26 @@ from datetime import UTC, datetime
 from typing import Any
 
 import psycopg
+from psycopg.types.json import Jsonb
+
+from db.pool import Pool
 
 GENESIS = "0" * 64
 # Serialises appends so that two writers never chain onto the same predecessor.
 _AUDIT_LOCK = 7_233_002
 
 
-def record_hash(prev_hash: str, at: datetime, actor: str, action: str, org_id: str | None, org_slug: str | None,
-                resource_ids: dict, outcome: str, detail: dict) -> str:
+def record_hash(
+    prev_hash: str,
+    at: datetime,
+    actor: str,
+    action: str,
+    org_id: str | None,
+    org_slug: str | None,
+    resource_ids: dict[str, Any],
+    outcome: str,
+    detail: dict[str, Any],
+) -> str:
     canonical = json.dumps(
         [prev_hash, at.astimezone(UTC).isoformat(), actor, action, org_id, org_slug, resource_ids, outcome, detail],
         sort_keys=True,
@@ -30,7 +42,7 @@ def record_hash(prev_hash: str, at: datetime, actor: str, action: str, org_id: s
 
 
 async def append(
-    conn: psycopg.AsyncConnection,
+    conn: psycopg.AsyncConnection[Any],
     *,
     actor: str,
     action: str,
@@ -51,8 +63,7 @@ async def append(
     await conn.execute(
         """INSERT INTO audit_log (at, actor, action, org_id, org_slug, resource_ids, outcome, detail, prev_hash, hash)
            VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)""",
-        (at, actor, action, org_id, org_slug, psycopg.types.json.Jsonb(resource_ids), outcome,
-         psycopg.types.json.Jsonb(detail), prev, digest),
+        (at, actor, action, org_id, org_slug, Jsonb(resource_ids), outcome, Jsonb(detail), prev, digest),
     )
     return digest
 
@@ -61,28 +72,60 @@ def _col(row: Any, name: str) -> Any:
     return row[name] if isinstance(row, dict) else row[0]
 
 
-async def verify_chain(conn: psycopg.AsyncConnection) -> dict:
+async def verify_chain(conn: psycopg.AsyncConnection[Any]) -> dict[str, Any]:
     """Recompute every record's hash and link; name the first broken one."""
     prev = GENESIS
     count = 0
     cur = conn.cursor()
-    async for row in cur.stream("SELECT * FROM audit_log ORDER BY seq"):
-        row = row if isinstance(row, dict) else dict(zip([c.name for c in cur.description], row))
+    async for raw in cur.stream("SELECT * FROM audit_log ORDER BY seq"):
+        row = raw if isinstance(raw, dict) else dict(zip([c.name for c in cur.description or []], raw, strict=True))
         count += 1
         if row["prev_hash"] != prev:
-            return {"valid": False, "records": count, "first_broken_seq": row["seq"],
-                    "reason": "does not link to the record before it"}
-        expected = record_hash(row["prev_hash"], row["at"], row["actor"], row["action"], row["org_id"],
-                               row["org_slug"], row["resource_ids"], row["outcome"], row["detail"])
+            return {
+                "valid": False,
+                "records": count,
+                "first_broken_seq": row["seq"],
+                "reason": "does not link to the record before it",
+            }
+        expected = record_hash(
+            row["prev_hash"],
+            row["at"],
+            row["actor"],
+            row["action"],
+            row["org_id"],
+            row["org_slug"],
+            row["resource_ids"],
+            row["outcome"],
+            row["detail"],
+        )
         if expected != row["hash"]:
-            return {"valid": False, "records": count, "first_broken_seq": row["seq"],
-                    "reason": "content does not match its hash"}
+            return {
+                "valid": False,
+                "records": count,
+                "first_broken_seq": row["seq"],
+                "reason": "content does not match its hash",
+            }
         prev = row["hash"]
     return {"valid": True, "records": count, "first_broken_seq": None, "reason": None}
 
 
-async def records_for(conn: psycopg.AsyncConnection, slug: str, limit: int = 1000) -> list[dict]:
+async def records_for(conn: psycopg.AsyncConnection[Any], slug: str, limit: int = 1000) -> list[dict[str, Any]]:
     cur = await conn.execute(
         "SELECT seq, at, actor, action, org_id, org_slug, resource_ids, outcome, detail, hash FROM audit_log "
-        "WHERE org_slug = %s ORDER BY seq LIMIT %s", (slug, limit))
-    return await cur.fetchall()
+        "WHERE org_slug = %s ORDER BY seq LIMIT %s",
+        (slug, limit),
+    )
+    records: list[dict[str, Any]] = await cur.fetchall()
+    return records
+
+
+class AuditRepo:
+    """The audit trail as the API shows it."""
+
+    def __init__(self, pool: Pool):
+        self._pool = pool
+
+    async def trail(self, slug: str, limit: int = 1000) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+        """The org's records (they outlive it), and a verification of the whole chain."""
+        async with self._pool.connection() as conn:
+            return await records_for(conn, slug, limit), await verify_chain(conn)

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from psycopg_pool import AsyncConnectionPool
+from typing import Any
 
 from db import audit
+from db.pool import Pool, required
 from domain import credentials
 
 _PUBLIC = "id, org_id, name, created_by, created_at, last_used_at, revoked_at"
@@ -19,39 +20,53 @@ class OrgNotActive(Exception):
 
 
 class OrgKeyRepo:
-    def __init__(self, pool: AsyncConnectionPool):
+    def __init__(self, pool: Pool):
         self._pool = pool
 
-    async def mint(self, org: dict, name: str, *, actor: str) -> tuple[dict, str]:
+    async def mint(self, org: dict[str, Any], name: str, *, actor: str) -> tuple[dict[str, Any], str]:
         """A new key for an active org; returns its public record and the secret, which is never
         stored. The org row is share-locked while the key is written, so a suspension either
         commits first (and the key is refused) or waits until the key exists (and is revoked)."""
         minted = credentials.mint(credentials.ORG_KEY)
         async with self._pool.connection() as conn, conn.transaction():
-            current = await (await conn.execute(
-                "SELECT status FROM orgs WHERE id = %s FOR SHARE", (org["id"],))).fetchone()
+            current = await (
+                await conn.execute("SELECT status FROM orgs WHERE id = %s FOR SHARE", (org["id"],))
+            ).fetchone()
             if current is None or current["status"] != "active":
                 raise OrgNotActive(current["status"] if current else "deleted")
-            row = await (await conn.execute(
-                f"""INSERT INTO org_api_keys (id, org_id, name, key_hash, created_by)
+            row = await (
+                await conn.execute(
+                    f"""INSERT INTO org_api_keys (id, org_id, name, key_hash, created_by)
                     VALUES (%s, %s, %s, %s, %s) RETURNING {_PUBLIC}""",
-                (minted.id, org["id"], name, minted.hash, actor),
-            )).fetchone()
-            await audit.append(conn, actor=actor, action="org_key.mint", outcome="ok", org_id=org["id"],
-                               org_slug=org["slug"], resource_ids={"org_key": minted.id}, detail={"name": name})
-        return row, minted.secret
+                    (minted.id, org["id"], name, minted.hash, actor),
+                )
+            ).fetchone()
+            await audit.append(
+                conn,
+                actor=actor,
+                action="org_key.mint",
+                outcome="ok",
+                org_id=org["id"],
+                org_slug=org["slug"],
+                resource_ids={"org_key": minted.id},
+                detail={"name": name},
+            )
+        return required(row), minted.secret
 
-    async def authenticate(self, secret: str) -> dict | None:
+    async def authenticate(self, secret: str) -> dict[str, Any] | None:
         """The org a live key belongs to (whatever the org's status: the caller refuses an org
         that is not active, with the reason), or None. Touches ``last_used_at``."""
         key_id = credentials.parse(secret, credentials.ORG_KEY)
         if key_id is None:
             return None
         async with self._pool.connection() as conn:
-            row = await (await conn.execute(
-                "SELECT k.key_hash, k.revoked_at, o.* FROM org_api_keys k JOIN orgs o ON o.id = k.org_id WHERE k.id = %s",
-                (key_id,),
-            )).fetchone()
+            row = await (
+                await conn.execute(
+                    "SELECT k.key_hash, k.revoked_at, o.* FROM org_api_keys k JOIN orgs o ON o.id = k.org_id "
+                    "WHERE k.id = %s",
+                    (key_id,),
+                )
+            ).fetchone()
             if row is None or row["revoked_at"] is not None or not credentials.matches(secret, row["key_hash"]):
                 return None
             await conn.execute("UPDATE org_api_keys SET last_used_at = now() WHERE id = %s", (key_id,))
@@ -59,27 +74,47 @@ class OrgKeyRepo:
         org["key_id"] = key_id
         return org
 
-    async def list(self, org_id: str) -> list[dict]:
+    async def list(self, org_id: str) -> list[dict[str, Any]]:
         async with self._pool.connection() as conn:
-            return await (await conn.execute(
-                f"SELECT {_PUBLIC} FROM org_api_keys WHERE org_id = %s ORDER BY created_at", (org_id,))).fetchall()
+            return await (
+                await conn.execute(
+                    f"SELECT {_PUBLIC} FROM org_api_keys WHERE org_id = %s ORDER BY created_at", (org_id,)
+                )
+            ).fetchall()
 
-    async def revoke(self, org: dict, key_id: str, *, actor: str) -> dict | None:
+    async def revoke(self, org: dict[str, Any], key_id: str, *, actor: str) -> dict[str, Any] | None:
         async with self._pool.connection() as conn, conn.transaction():
-            row = await (await conn.execute(
-                f"""UPDATE org_api_keys SET revoked_at = COALESCE(revoked_at, now())
+            row = await (
+                await conn.execute(
+                    f"""UPDATE org_api_keys SET revoked_at = COALESCE(revoked_at, now())
                     WHERE id = %s AND org_id = %s RETURNING {_PUBLIC}""",
-                (key_id, org["id"]),
-            )).fetchone()
+                    (key_id, org["id"]),
+                )
+            ).fetchone()
             if row is not None:
-                await audit.append(conn, actor=actor, action="org_key.revoke", outcome="ok", org_id=org["id"],
-                                   org_slug=org["slug"], resource_ids={"org_key": key_id})
+                await audit.append(
+                    conn,
+                    actor=actor,
+                    action="org_key.revoke",
+                    outcome="ok",
+                    org_id=org["id"],
+                    org_slug=org["slug"],
+                    resource_ids={"org_key": key_id},
+                )
             return row
 
-    async def revoke_all(self, org: dict, *, actor: str) -> int:
+    async def revoke_all(self, org: dict[str, Any], *, actor: str) -> int:
         async with self._pool.connection() as conn, conn.transaction():
             cur = await conn.execute(
-                "UPDATE org_api_keys SET revoked_at = now() WHERE org_id = %s AND revoked_at IS NULL", (org["id"],))
-            await audit.append(conn, actor=actor, action="org_key.revoke_all", outcome="ok", org_id=org["id"],
-                               org_slug=org["slug"], detail={"revoked": cur.rowcount})
+                "UPDATE org_api_keys SET revoked_at = now() WHERE org_id = %s AND revoked_at IS NULL", (org["id"],)
+            )
+            await audit.append(
+                conn,
+                actor=actor,
+                action="org_key.revoke_all",
+                outcome="ok",
+                org_id=org["id"],
+                org_slug=org["slug"],
+                detail={"revoked": cur.rowcount},
+            )
             return cur.rowcount

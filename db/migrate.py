@@ -22,7 +22,8 @@ async def apply_migrations(conn: psycopg.AsyncConnection) -> list[str]:
     await conn.execute("SELECT pg_advisory_lock(%s)", (_MIGRATION_LOCK,))
     try:
         await conn.execute(
-            "CREATE TABLE IF NOT EXISTS schema_migrations (version text PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())"
+            "CREATE TABLE IF NOT EXISTS schema_migrations "
+            "(version text PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())"
         )
         done = {r[0] for r in await (await conn.execute("SELECT version FROM schema_migrations")).fetchall()}
         for name, sql in migration_files():

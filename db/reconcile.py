@@ -7,68 +7,138 @@ from datetime import datetime
 from typing import Any
 
 from psycopg.types.json import Jsonb
-from psycopg_pool import AsyncConnectionPool
 
 from db import audit
+from db.pool import Pool, required
+from domain.resources import LedgerStatus, ResourceKind
 
 ACTOR = "reconciler"
-RESOURCE_KINDS = ["ec2_instance", "security_group", "neon_branch", "neon_project"]
+RESOURCE_KINDS = [kind.value for kind in ResourceKind]
+_LEDGER_COLUMNS = "business_key, kind, cloud_id, status, org_id, org_slug, detail, updated_at"
 
 
 class ReconcileRepo:
-    def __init__(self, pool: AsyncConnectionPool):
+    def __init__(self, pool: Pool):
         self._pool = pool
 
-    async def records(self, *, business_keys: list[str], org_ids: list[str], workspace_ids: list[str],
-                      created_in_orgs: list[str] | None) -> dict[str, Any]:
+    async def records(
+        self,
+        *,
+        business_keys: list[str],
+        org_ids: list[str],
+        workspace_ids: list[str],
+        created_in_orgs: list[str] | None,
+    ) -> dict[str, Any]:
         """The ledger rows of ``business_keys`` (any status) and every ``created`` row of
         ``created_in_orgs`` (None: of all orgs), plus which of ``org_ids`` and ``workspace_ids``
         still have rows."""
         async with self._pool.connection() as conn:
-            ledger = await (await conn.execute(
-                """SELECT business_key, kind, cloud_id, status, org_id, org_slug, detail, updated_at FROM resources
-                   WHERE business_key = ANY(%(keys)s::text[])
-                      OR (status = 'created' AND kind = ANY(%(kinds)s::text[])
-                          AND (%(all_orgs)s OR org_id = ANY(%(orgs)s::text[])))
-                   ORDER BY id""",
-                {"keys": business_keys, "kinds": RESOURCE_KINDS, "all_orgs": created_in_orgs is None,
-                 "orgs": created_in_orgs or []},
-            )).fetchall()
-            orgs = await (await conn.execute(
-                "SELECT id, slug FROM orgs WHERE id = ANY(%s::text[])", (org_ids,))).fetchall()
-            workspaces = await (await conn.execute(
-                "SELECT id FROM workspaces WHERE id = ANY(%s::text[])", (workspace_ids,))).fetchall()
-        return {"ledger": ledger, "orgs": {r["id"]: r["slug"] for r in orgs},
-                "workspaces": [r["id"] for r in workspaces]}
+            ledger = await (
+                await conn.execute(
+                    f"""SELECT {_LEDGER_COLUMNS} FROM resources
+                    WHERE business_key = ANY(%(keys)s::text[])
+                       OR (status = %(created)s AND kind = ANY(%(kinds)s::text[])
+                           AND (%(all_orgs)s OR org_id = ANY(%(orgs)s::text[])))
+                    ORDER BY id""",
+                    {
+                        "keys": business_keys,
+                        "kinds": RESOURCE_KINDS,
+                        "all_orgs": created_in_orgs is None,
+                        "orgs": created_in_orgs or [],
+                        "created": LedgerStatus.created.value,
+                    },
+                )
+            ).fetchall()
+            orgs = await (
+                await conn.execute("SELECT id, slug FROM orgs WHERE id = ANY(%s::text[])", (org_ids,))
+            ).fetchall()
+            workspaces = await (
+                await conn.execute("SELECT id FROM workspaces WHERE id = ANY(%s::text[])", (workspace_ids,))
+            ).fetchall()
+        return {
+            "ledger": ledger,
+            "orgs": {r["id"]: r["slug"] for r in orgs},
+            "workspaces": [r["id"] for r in workspaces],
+        }
 
-    async def record_deletion(self, *, kind: str, cloud_id: str, business_key: str | None, org_id: str | None,
-                              org_slug: str | None, outcome: str, detail: dict[str, Any]) -> bool:
+    async def created_rows(self, *, after: int, limit: int, org_ids: list[str] | None) -> list[dict[str, Any]]:
+        """A page of ``created`` ledger rows (of ``org_ids``; None: of every org), by row id after
+        ``after``."""
+        async with self._pool.connection() as conn:
+            rows: list[dict[str, Any]] = await (
+                await conn.execute(
+                    f"""SELECT id, {_LEDGER_COLUMNS} FROM resources
+                    WHERE status = %(created)s AND kind = ANY(%(kinds)s::text[]) AND id > %(after)s
+                      AND (%(all_orgs)s OR org_id = ANY(%(orgs)s::text[]))
+                    ORDER BY id LIMIT %(limit)s""",
+                    {
+                        "created": LedgerStatus.created.value,
+                        "kinds": RESOURCE_KINDS,
+                        "after": after,
+                        "all_orgs": org_ids is None,
+                        "orgs": org_ids or [],
+                        "limit": limit,
+                    },
+                )
+            ).fetchall()
+        return rows
+
+    async def record_deletion(
+        self,
+        *,
+        kind: str,
+        cloud_id: str,
+        business_key: str | None,
+        org_id: str | None,
+        org_slug: str | None,
+        outcome: str,
+        detail: dict[str, Any],
+    ) -> bool:
         """Mark the resource's ledger row (if any) deleted and audit the deletion, atomically.
         Returns whether a ledger row changed."""
         async with self._pool.connection() as conn, conn.transaction():
             row = None
             if business_key:
                 # Only the row of this very resource: a same-named successor keeps its record.
-                row = await (await conn.execute(
-                    """UPDATE resources SET status = 'deleted', updated_at = now(),
+                row = await (
+                    await conn.execute(
+                        """UPDATE resources SET status = 'deleted', updated_at = now(),
                               detail = detail || jsonb_build_object('deleted_by', %s::text)
                        WHERE business_key = %s AND status <> 'deleted' AND (cloud_id IS NULL OR cloud_id = %s)
                        RETURNING org_slug""",
-                    (ACTOR, business_key, cloud_id),
-                )).fetchone()
-            await audit.append(conn, actor=ACTOR, action="reconcile.delete", outcome=outcome, org_id=org_id,
-                               org_slug=org_slug or (row["org_slug"] if row else None),
-                               resource_ids={kind: cloud_id},
-                               detail={**detail, "business_key": business_key, "ledger_updated": row is not None})
+                        (ACTOR, business_key, cloud_id),
+                    )
+                ).fetchone()
+            await audit.append(
+                conn,
+                actor=ACTOR,
+                action="reconcile.delete",
+                outcome=outcome,
+                org_id=org_id,
+                org_slug=org_slug or (row["org_slug"] if row else None),
+                resource_ids={kind: cloud_id},
+                detail={**detail, "business_key": business_key, "ledger_updated": row is not None},
+            )
         return row is not None
 
-    async def save_report(self, *, workflow_id: str, run_id: str, started_at: datetime, finished_at: datetime,
-                          dry_run: bool, cap_exceeded: bool, findings: list[dict], deleted: list[dict],
-                          detail: dict[str, Any]) -> int:
+    async def save_report(
+        self,
+        *,
+        workflow_id: str,
+        run_id: str,
+        started_at: datetime,
+        finished_at: datetime,
+        dry_run: bool,
+        cap_exceeded: bool,
+        findings: list[dict[str, Any]],
+        deleted: list[dict[str, Any]],
+        detail: dict[str, Any],
+    ) -> int:
         """Store a run's report; a retried save of the same run overwrites instead of duplicating."""
         async with self._pool.connection() as conn:
-            row = await (await conn.execute(
-                """INSERT INTO reconcile_reports
+            row = await (
+                await conn.execute(
+                    """INSERT INTO reconcile_reports
                        (workflow_id, run_id, started_at, finished_at, dry_run, cap_exceeded, findings, deleted, detail)
                    VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)
                    ON CONFLICT (workflow_id, run_id) DO UPDATE
@@ -76,16 +146,50 @@ class ReconcileRepo:
                            cap_exceeded = EXCLUDED.cap_exceeded, findings = EXCLUDED.findings,
                            deleted = EXCLUDED.deleted, detail = EXCLUDED.detail
                    RETURNING id""",
-                (workflow_id, run_id, started_at, finished_at, dry_run, cap_exceeded, Jsonb(findings),
-                 Jsonb(deleted), Jsonb(detail)),
-            )).fetchone()
-        return row["id"]
+                    (
+                        workflow_id,
+                        run_id,
+                        started_at,
+                        finished_at,
+                        dry_run,
+                        cap_exceeded,
+                        Jsonb(findings),
+                        Jsonb(deleted),
+                        Jsonb(detail),
+                    ),
+                )
+            ).fetchone()
+        report_id: int = required(row)["id"]
+        return report_id
 
-    async def reports(self, *, workflow_id: str | None = None, limit: int = 20) -> list[dict]:
+    async def extend_findings(
+        self, *, workflow_id: str, run_id: str, offset: int, findings: list[dict[str, Any]]
+    ) -> int:
+        """Set the stored report's findings from ``offset`` on (those before it stay): a report too
+        large for one write is stored in parts, and a part written again replaces itself."""
+        async with self._pool.connection() as conn:
+            row = await (
+                await conn.execute(
+                    """UPDATE reconcile_reports SET findings = COALESCE(
+                       (SELECT jsonb_agg(f ORDER BY n) FROM jsonb_array_elements(findings) WITH ORDINALITY AS t(f, n)
+                        WHERE n <= %(offset)s), '[]'::jsonb) || %(findings)s
+                   WHERE workflow_id = %(workflow_id)s AND run_id = %(run_id)s
+                   RETURNING id""",
+                    {"offset": offset, "findings": Jsonb(findings), "workflow_id": workflow_id, "run_id": run_id},
+                )
+            ).fetchone()
+        if row is None:
+            raise LookupError(f"no report of {workflow_id} run {run_id} to extend")
+        report_id: int = row["id"]
+        return report_id
+
+    async def reports(self, *, workflow_id: str | None = None, limit: int = 20) -> list[dict[str, Any]]:
         """The latest reports, newest first (of one workflow id, if given)."""
         async with self._pool.connection() as conn:
-            return await (await conn.execute(
-                """SELECT * FROM reconcile_reports WHERE %(wf)s::text IS NULL OR workflow_id = %(wf)s
+            return await (
+                await conn.execute(
+                    """SELECT * FROM reconcile_reports WHERE %(wf)s::text IS NULL OR workflow_id = %(wf)s
                    ORDER BY id DESC LIMIT %(limit)s""",
-                {"wf": workflow_id, "limit": limit},
-            )).fetchall()
+                    {"wf": workflow_id, "limit": limit},
+                )
+            ).fetchall()

@@ -3,21 +3,34 @@
 from __future__ import annotations
 
 from datetime import timedelta
+from enum import StrEnum
 from typing import Any
 
 import psycopg
-from psycopg_pool import AsyncConnectionPool
 
 from db import audit
+from db.pool import Pool, required
 from domain import credentials
+from domain.status import OrgStatus
+
+
+class Refusal(StrEnum):
+    """Why a workspace was not created."""
+
+    org_missing = "org_missing"
+    org_suspended = "org_suspended"
+    org_not_active = "org_not_active"
+    tier_not_allowed = "tier_not_allowed"
+    quota_exceeded = "quota_exceeded"
+    name_taken = "name_taken"
 
 
 class WorkspaceRefused(Exception):
-    """Creation refused before anything was written; ``code`` is the API's machine code."""
+    """Creation refused before anything was written."""
 
-    def __init__(self, code: str, message: str):
+    def __init__(self, reason: Refusal, message: str):
         super().__init__(message)
-        self.code = code
+        self.reason = reason
 
 
 class TokenRefused(Exception):
@@ -25,11 +38,23 @@ class TokenRefused(Exception):
 
 
 class WorkspaceRepo:
-    def __init__(self, pool: AsyncConnectionPool):
+    def __init__(self, pool: Pool):
         self._pool = pool
 
-    async def reserve(self, org_id: str, *, workspace_id: str, name: str, role: str, runtime: str, tier: int,
-                      model: str, instance_type: str, subnet_id: str, actor: str) -> dict:
+    async def reserve(
+        self,
+        org_id: str,
+        *,
+        workspace_id: str,
+        name: str,
+        role: str,
+        runtime: str,
+        tier: int,
+        model: str,
+        instance_type: str,
+        subnet_id: str,
+        actor: str,
+    ) -> dict[str, Any]:
         """Take a quota slot and record the workspace as provisioning, or refuse.
 
         The org row is locked for the count and the insert, so N concurrent creates against a
@@ -38,59 +63,102 @@ class WorkspaceRepo:
         async with self._pool.connection() as conn, conn.transaction():
             org = await (await conn.execute("SELECT * FROM orgs WHERE id = %s FOR UPDATE", (org_id,))).fetchone()
             if org is None:
-                raise WorkspaceRefused("ORG_NOT_FOUND", "org not found")
-            if org["status"] in ("suspending", "suspended", "resuming"):
-                raise WorkspaceRefused("ORG_SUSPENDED", "org suspended: workspace creation is frozen")
-            if org["status"] != "active":
-                raise WorkspaceRefused("ORG_NOT_ACTIVE", f"org is {org['status']}, not active")
+                raise WorkspaceRefused(Refusal.org_missing, "org not found")
+            if org["status"] in (OrgStatus.suspending, OrgStatus.suspended, OrgStatus.resuming):
+                raise WorkspaceRefused(Refusal.org_suspended, "org suspended: workspace creation is frozen")
+            if org["status"] != OrgStatus.active:
+                raise WorkspaceRefused(Refusal.org_not_active, f"org is {org['status']}, not active")
             if tier > org["max_tier"]:
-                raise WorkspaceRefused("TIER_NOT_ALLOWED", f"tier {tier} is above this org's max_tier "
-                                       f"{org['max_tier']}: upgrade your plan to use higher tiers")
-            used = (await (await conn.execute(
-                "SELECT count(*) AS n FROM workspaces WHERE org_id = %s AND holds_slot", (org_id,))).fetchone())["n"]
+                raise WorkspaceRefused(
+                    Refusal.tier_not_allowed,
+                    f"tier {tier} is above this org's max_tier "
+                    f"{org['max_tier']}: upgrade your plan to use higher tiers",
+                )
+            used = required(
+                await (
+                    await conn.execute(
+                        "SELECT count(*) AS n FROM workspaces WHERE org_id = %s AND holds_slot", (org_id,)
+                    )
+                ).fetchone()
+            )["n"]
             if used >= org["max_workspaces"]:
-                raise WorkspaceRefused("QUOTA_EXCEEDED", f"workspace limit reached ({used}/{org['max_workspaces']}): "
-                                       "upgrade your plan or delete a workspace to create another")
+                raise WorkspaceRefused(
+                    Refusal.quota_exceeded,
+                    f"workspace limit reached ({used}/"
+                    f"{org['max_workspaces']}): upgrade your plan or delete a workspace to create "
+                    "another",
+                )
             try:
-                row = await (await conn.execute(
-                    """INSERT INTO workspaces (id, org_id, name, role, runtime, tier, model, status, instance_type, subnet_id)
+                row = await (
+                    await conn.execute(
+                        """INSERT INTO workspaces (id, org_id, name, role, runtime, tier, model, status, instance_type,
+                                                   subnet_id)
                        VALUES (%s, %s, %s, %s, %s, %s, %s, 'provisioning', %s, %s) RETURNING *""",
-                    (workspace_id, org_id, name, role, runtime, tier, model, instance_type, subnet_id),
-                )).fetchone()
+                        (workspace_id, org_id, name, role, runtime, tier, model, instance_type, subnet_id),
+                    )
+                ).fetchone()
             except psycopg.errors.UniqueViolation:
-                raise WorkspaceRefused("WORKSPACE_NAME_TAKEN", f"a workspace named '{name}' already exists") from None
-            await audit.append(conn, actor=actor, action="workspace.create", outcome="accepted", org_id=org_id,
-                               org_slug=org["slug"], resource_ids={"workspace": workspace_id},
-                               detail={"tier": tier, "runtime": runtime})
-            return row
+                raise WorkspaceRefused(Refusal.name_taken, f"a workspace named '{name}' already exists") from None
+            await audit.append(
+                conn,
+                actor=actor,
+                action="workspace.create",
+                outcome="accepted",
+                org_id=org_id,
+                org_slug=org["slug"],
+                resource_ids={"workspace": workspace_id},
+                detail={"tier": tier, "runtime": runtime},
+            )
+            return required(row)
 
-    async def get(self, workspace_id: str, org_id: str | None = None) -> dict | None:
+    async def get(self, workspace_id: str, org_id: str | None = None) -> dict[str, Any] | None:
         async with self._pool.connection() as conn:
             if org_id is None:
                 return await (await conn.execute("SELECT * FROM workspaces WHERE id = %s", (workspace_id,))).fetchone()
-            return await (await conn.execute(
-                "SELECT * FROM workspaces WHERE id = %s AND org_id = %s", (workspace_id, org_id))).fetchone()
+            return await (
+                await conn.execute("SELECT * FROM workspaces WHERE id = %s AND org_id = %s", (workspace_id, org_id))
+            ).fetchone()
 
-    async def list(self, org_id: str, *, include_deleted: bool = False) -> list[dict]:
+    async def list(self, org_id: str, *, include_deleted: bool = False) -> list[dict[str, Any]]:
         async with self._pool.connection() as conn:
-            return await (await conn.execute(
-                "SELECT * FROM workspaces WHERE org_id = %s AND (%s OR status <> 'deleted') ORDER BY created_at",
-                (org_id, include_deleted))).fetchall()
+            return await (
+                await conn.execute(
+                    "SELECT * FROM workspaces WHERE org_id = %s AND (%s OR status <> 'deleted') ORDER BY created_at",
+                    (org_id, include_deleted),
+                )
+            ).fetchall()
 
-    async def update(self, workspace_id: str, *, actor: str, action: str | None = None, outcome: str = "ok",
-                     detail: dict[str, Any] | None = None, **fields: Any) -> dict | None:
+    async def update(
+        self,
+        workspace_id: str,
+        *,
+        actor: str,
+        action: str | None = None,
+        outcome: str = "ok",
+        detail: dict[str, Any] | None = None,
+        **fields: Any,
+    ) -> dict[str, Any] | None:
         """Set columns (names come from code, never input) and audit the change."""
         async with self._pool.connection() as conn, conn.transaction():
             sets = ", ".join([*(f"{k} = %({k})s" for k in fields), "updated_at = now()"])
-            row = await (await conn.execute(
-                f"UPDATE workspaces SET {sets} WHERE id = %(workspace_id)s RETURNING *",
-                {**fields, "workspace_id": workspace_id},
-            )).fetchone()
+            row = await (
+                await conn.execute(
+                    f"UPDATE workspaces SET {sets} WHERE id = %(workspace_id)s RETURNING *",
+                    {**fields, "workspace_id": workspace_id},
+                )
+            ).fetchone()
             if row is not None and action:
                 org = await (await conn.execute("SELECT slug FROM orgs WHERE id = %s", (row["org_id"],))).fetchone()
-                await audit.append(conn, actor=actor, action=action, outcome=outcome, org_id=row["org_id"],
-                                   org_slug=org["slug"] if org else None, detail=detail or {},
-                                   resource_ids={"workspace": workspace_id, "instance": row["instance_id"]})
+                await audit.append(
+                    conn,
+                    actor=actor,
+                    action=action,
+                    outcome=outcome,
+                    org_id=row["org_id"],
+                    org_slug=org["slug"] if org else None,
+                    detail=detail or {},
+                    resource_ids={"workspace": workspace_id, "instance": row["instance_id"]},
+                )
             return row
 
     # -- tokens -------------------------------------------------------------------------------
@@ -104,23 +172,29 @@ class WorkspaceRepo:
                 """UPDATE workspace_tokens SET revoked_at = now()
                    WHERE workspace_id = %s AND kind = 'registration' AND id <> %s
                      AND revoked_at IS NULL AND used_at IS NULL""",
-                (workspace_id, minted.id))
+                (workspace_id, minted.id),
+            )
             await conn.execute(
                 """INSERT INTO workspace_tokens (id, workspace_id, kind, token_hash, expires_at)
                    VALUES (%s, %s, 'registration', %s, now() + %s) ON CONFLICT (id) DO NOTHING""",
-                (minted.id, workspace_id, minted.hash, ttl))
+                (minted.id, workspace_id, minted.hash, ttl),
+            )
 
-    async def check_registration_token(self, secret: str, workspace_id: str) -> dict:
+    async def check_registration_token(self, secret: str, workspace_id: str) -> dict[str, Any]:
         """The workspace a live registration token may register, or ``TokenRefused``. Reads only."""
         token_id = credentials.parse(secret, credentials.REGISTRATION_TOKEN)
         if token_id is None:
             raise TokenRefused("not a registration token")
         async with self._pool.connection() as conn:
-            row = await (await conn.execute(
-                """SELECT t.token_hash, t.used_at, t.revoked_at, t.workspace_id AS token_workspace,
+            row = await (
+                await conn.execute(
+                    """SELECT t.token_hash, t.used_at, t.revoked_at, t.workspace_id AS token_workspace,
                           now() < t.expires_at AS alive, w.*
                    FROM workspace_tokens t JOIN workspaces w ON w.id = t.workspace_id
-                   WHERE t.id = %s AND t.kind = 'registration'""", (token_id,))).fetchone()
+                   WHERE t.id = %s AND t.kind = 'registration'""",
+                    (token_id,),
+                )
+            ).fetchone()
         if row is None or not credentials.matches(secret, row["token_hash"]):
             raise TokenRefused("unknown registration token")
         if row["used_at"] is not None or row["revoked_at"] is not None:
@@ -131,9 +205,11 @@ class WorkspaceRepo:
             raise TokenRefused("registration token belongs to another workspace")
         if row["status"] != "provisioning":
             raise TokenRefused("workspace is not waiting for registration")
-        return {k: v for k, v in row.items() if k not in ("token_hash", "used_at", "revoked_at", "token_workspace", "alive")}
+        return {
+            k: v for k, v in row.items() if k not in ("token_hash", "used_at", "revoked_at", "token_workspace", "alive")
+        }
 
-    async def redeem_registration_token(self, secret: str, workspace_id: str) -> tuple[dict, str]:
+    async def redeem_registration_token(self, secret: str, workspace_id: str) -> tuple[dict[str, Any], str]:
         """Spend a registration token for exactly its workspace and issue a workspace token.
 
         The spend is a compare-and-set on a token that is unused, unrevoked, unexpired and whose
@@ -143,36 +219,59 @@ class WorkspaceRepo:
         if token_id is None:
             raise TokenRefused("not a registration token")
         async with self._pool.connection() as conn, conn.transaction():
-            spent = await (await conn.execute(
-                """UPDATE workspace_tokens t SET used_at = now()
+            spent = await (
+                await conn.execute(
+                    """UPDATE workspace_tokens t SET used_at = now()
                    FROM workspaces w
                    WHERE t.id = %s AND t.kind = 'registration' AND t.workspace_id = %s AND w.id = t.workspace_id
                      AND t.used_at IS NULL AND t.revoked_at IS NULL AND now() < t.expires_at
                      AND w.status = 'provisioning'
-                   RETURNING t.token_hash""", (token_id, workspace_id))).fetchone()
+                   RETURNING t.token_hash""",
+                    (token_id, workspace_id),
+                )
+            ).fetchone()
             if spent is None or not credentials.matches(secret, spent["token_hash"]):
                 raise TokenRefused("registration token no longer valid")
             minted = credentials.mint(credentials.WORKSPACE_TOKEN)
             await conn.execute(
                 "INSERT INTO workspace_tokens (id, workspace_id, kind, token_hash) VALUES (%s, %s, 'workspace', %s)",
-                (minted.id, workspace_id, minted.hash))
-            ws = await (await conn.execute(
-                """UPDATE workspaces SET registered_at = now(), last_seen = now(), updated_at = now()
-                   WHERE id = %s RETURNING *""", (workspace_id,))).fetchone()
-            org = await (await conn.execute("SELECT slug FROM orgs WHERE id = %s", (ws["org_id"],))).fetchone()
-            await audit.append(conn, actor=f"agent:{workspace_id}", action="workspace.register", outcome="ok",
-                               org_id=ws["org_id"], org_slug=org["slug"],
-                               resource_ids={"workspace": workspace_id, "instance": ws["instance_id"]})
+                (minted.id, workspace_id, minted.hash),
+            )
+            ws = required(
+                await (
+                    await conn.execute(
+                        """UPDATE workspaces SET registered_at = now(), last_seen = now(), updated_at = now()
+                   WHERE id = %s RETURNING *""",
+                        (workspace_id,),
+                    )
+                ).fetchone()
+            )
+            org = required(
+                await (await conn.execute("SELECT slug FROM orgs WHERE id = %s", (ws["org_id"],))).fetchone()
+            )
+            await audit.append(
+                conn,
+                actor=f"agent:{workspace_id}",
+                action="workspace.register",
+                outcome="ok",
+                org_id=ws["org_id"],
+                org_slug=org["slug"],
+                resource_ids={"workspace": workspace_id, "instance": ws["instance_id"]},
+            )
             return ws, minted.secret
 
-    async def authenticate_workspace_token(self, secret: str) -> dict | None:
+    async def authenticate_workspace_token(self, secret: str) -> dict[str, Any] | None:
         token_id = credentials.parse(secret, credentials.WORKSPACE_TOKEN)
         if token_id is None:
             return None
         async with self._pool.connection() as conn:
-            row = await (await conn.execute(
-                """SELECT t.token_hash, w.* FROM workspace_tokens t JOIN workspaces w ON w.id = t.workspace_id
-                   WHERE t.id = %s AND t.kind = 'workspace' AND t.revoked_at IS NULL""", (token_id,))).fetchone()
+            row = await (
+                await conn.execute(
+                    """SELECT t.token_hash, w.* FROM workspace_tokens t JOIN workspaces w ON w.id = t.workspace_id
+                   WHERE t.id = %s AND t.kind = 'workspace' AND t.revoked_at IS NULL""",
+                    (token_id,),
+                )
+            ).fetchone()
         if row is None or not credentials.matches(secret, row.pop("token_hash")):
             return None
         return row
@@ -182,21 +281,30 @@ class WorkspaceRepo:
             await conn.execute(
                 """UPDATE workspaces SET last_seen = now(), tasks_handled = %s,
                        avg_response_time_ms = COALESCE(%s, avg_response_time_ms)
-                   WHERE id = %s""", (tasks_handled, avg_response_time_ms, workspace_id))
+                   WHERE id = %s""",
+                (tasks_handled, avg_response_time_ms, workspace_id),
+            )
 
     async def revoke_tokens(self, workspace_id: str) -> None:
         async with self._pool.connection() as conn:
             await conn.execute(
                 "UPDATE workspace_tokens SET revoked_at = now() WHERE workspace_id = %s AND revoked_at IS NULL",
-                (workspace_id,))
+                (workspace_id,),
+            )
 
-    async def metrics(self, org_id: str, *, active_within: timedelta) -> dict:
+    async def metrics(self, org_id: str, *, active_within: timedelta) -> dict[str, Any]:
         async with self._pool.connection() as conn:
-            return await (await conn.execute(
-                """SELECT count(*) FILTER (WHERE status <> 'deleted') AS total_workspaces,
+            return required(
+                await (
+                    await conn.execute(
+                        """SELECT count(*) FILTER (WHERE status <> 'deleted') AS total_workspaces,
                           count(*) FILTER (WHERE status = 'running' AND last_seen > now() - %s) AS active_agents,
                           COALESCE(sum(avg_response_time_ms * tasks_handled) FILTER (WHERE tasks_handled > 0)
                                    / NULLIF(sum(tasks_handled) FILTER (WHERE tasks_handled > 0), 0), 0)
                               AS avg_response_time_ms,
                           COALESCE(sum(tasks_handled), 0) AS total_tasks_dispatched
-                   FROM workspaces WHERE org_id = %s""", (active_within, org_id))).fetchone()
+                   FROM workspaces WHERE org_id = %s""",
+                        (active_within, org_id),
+                    )
+                ).fetchone()
+            )

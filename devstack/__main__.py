@@ -8,8 +8,8 @@ import sys
 import time
 
 from devstack.demo import demo_org_key, ensure_demo_network, onboard_demo_org, run_demo_workspace
+from devstack.settings import StackSettings
 from devstack.stack import LocalStack, load_or_create_secrets, wait_http_ok
-from domain.settings import Settings
 from starter import OperatorClient, TenantClient
 
 
@@ -20,12 +20,15 @@ def _interrupt(*_: object) -> None:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--no-demo", action="store_true", help="start the stack without onboarding the demo org")
-    parser.add_argument("--lenient", action="store_true",
-                        help="a kinder local cloud for demos (plain moto, no Neon limits); never for tests, which "
-                             "must pass against the strict default (docs/production.md)")
+    parser.add_argument(
+        "--lenient",
+        action="store_true",
+        help="a kinder local cloud for demos (plain moto, no Neon limits); never for tests, which "
+        "must pass against the strict default (docs/production.md)",
+    )
     args = parser.parse_args()
 
-    settings = Settings()
+    settings = StackSettings()
     stack = LocalStack(settings, lenient=args.lenient)
     # SIGTERM behaves like Ctrl-C: whatever the stack is doing, it stops everything it started.
     signal.signal(signal.SIGTERM, _interrupt)
@@ -47,11 +50,18 @@ def main() -> int:
             vpc_id, subnets = ensure_demo_network(stack.aws_endpoint, settings.aws_region)
             operator = OperatorClient(stack.api_url, secret)
             org = onboard_demo_org(operator, settings.demo_org_slug, vpc_id, subnets)
-            print(f"demo org {org['slug']}: {org['status']}  (workflow {org['workflow_id']} in the Temporal UI)",
-                  flush=True)
+            print(
+                f"demo org {org['slug']}: {org['status']}  (workflow {org['workflow_id']} in the Temporal UI)",
+                flush=True,
+            )
             if org["status"] == "active":
-                key = demo_org_key(operator, stack.api_url, org["slug"], stack.state_dir,
-                                   load_or_create_secrets(stack.state_dir).get("demo_org_key"))
+                key = demo_org_key(
+                    operator,
+                    stack.api_url,
+                    org["slug"],
+                    stack.state_dir,
+                    load_or_create_secrets(stack.state_dir).get("demo_org_key"),
+                )
                 print(f"  demo org key   Authorization: Bearer {key}  (tenant routes: /workspaces)", flush=True)
                 ws = run_demo_workspace(TenantClient(stack.api_url, key), settings.demo_workspace_name)
                 print(f"demo workspace {ws['name']}: {ws['status']} on {ws['instance_id']}", flush=True)

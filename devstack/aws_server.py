@@ -152,10 +152,18 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=5055)
     parser.add_argument("--state-file", type=Path, default=None)
-    parser.add_argument("--forget-terminated-after", type=float, default=_DEFAULT_FORGET_AFTER_SECONDS,
-                        metavar="SECONDS", help="how long a terminated instance stays visible (default %(default)s)")
-    parser.add_argument("--lenient", action="store_true",
-                        help="plain moto: no token checks, instant state changes, no lag, no drain (demos only)")
+    parser.add_argument(
+        "--forget-terminated-after",
+        type=float,
+        default=_DEFAULT_FORGET_AFTER_SECONDS,
+        metavar="SECONDS",
+        help="how long a terminated instance stays visible (default %(default)s)",
+    )
+    parser.add_argument(
+        "--lenient",
+        action="store_true",
+        help="plain moto: no token checks, instant state changes, no lag, no drain (demos only)",
+    )
     timings = {
         "--pending-seconds": "how long RunInstances/StartInstances leave an instance pending",
         "--stopping-seconds": "how long StopInstances leaves an instance stopping",

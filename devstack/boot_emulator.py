@@ -49,13 +49,11 @@ from devstack.imds import InstanceMetadata
 from devstack.instance_host import LOOPBACK, InstanceHost
 from devstack.moto_client import moto_ec2_client
 from devstack.netns import OVERLAID
+from domain.resources import GONE_STATES, HALTED_STATES, MANAGED_TAG, WORKSPACE_TAG, tag_filter, tags_of
 
 log = logging.getLogger("devstack.boot_emulator")
 
-WORKSPACE_TAG = "tenantflow:workspace-id"
 REQUIRED_TOOLS = ("unshare", "nsenter", "ip", "setpriv", "mount")
-_HALTED_STATES = {"stopping", "stopped", "shutting-down", "terminated"}
-_TERMINAL_STATES = {"shutting-down", "terminated"}
 _BOOT_RETRY_SECONDS = 5.0
 _TICK_SECONDS = 0.1
 
@@ -102,11 +100,19 @@ class Ec2View:
 
 
 class BootEmulator:
-    def __init__(self, ec2_endpoint_url: str, region: str = "us-east-1", *, log_dir: Path,
-                 poll_interval: float = 0.3, tag_filters: dict[str, str] | None = None,
-                 egress: list[tuple[str, int]] | None = None, ami_venv: Path | str = sys.prefix,
-                 stop_timeout: float = 10.0):
-        """``tag_filters`` narrows the instances it boots further (e.g. ``{"tenantflow:org-id": ...}``), so
+    def __init__(
+        self,
+        ec2_endpoint_url: str,
+        region: str = "us-east-1",
+        *,
+        log_dir: Path,
+        poll_interval: float = 0.3,
+        tag_filters: dict[str, str] | None = None,
+        egress: list[tuple[str, int]] | None = None,
+        ami_venv: Path | str = sys.prefix,
+        stop_timeout: float = 10.0,
+    ):
+        """``tag_filters`` narrows the instances it boots further (e.g. ``{ORG_ID_TAG: ...}``), so
         tests sharing one moto server each see only their own instances. ``egress`` lists the only
         destinations instances can reach (the platform API). ``stop_timeout``: SIGTERM to SIGKILL."""
         self._ec2 = moto_ec2_client(ec2_endpoint_url, region)
@@ -115,8 +121,7 @@ class BootEmulator:
         self.egress = list(egress or [])
         self.ami = Path(ami_venv)
         self.stop_timeout = stop_timeout
-        self._filters = [{"Name": f"tag:{k}", "Values": [v]}
-                         for k, v in {"tenantflow:managed": "true", **(tag_filters or {})}.items()]
+        self._filters = [tag_filter(k, v) for k, v in {MANAGED_TAG: "true", **(tag_filters or {})}.items()]
         self._hosts: dict[str, InstanceHost] = {}
         self._never_boot: set[str] = set()  # workspace ids
         self._crashed: set[str] = set()  # instance ids
@@ -216,7 +221,7 @@ class BootEmulator:
                 await self._apply(view)
             except asyncio.CancelledError:
                 raise
-            except Exception as exc:  # moto restarting, a transient error: try again next round
+            except Exception as exc:  # noqa: BLE001 - moto restarting, a transient error: try again next round
                 log.warning("polling EC2 failed: %s: %s", type(exc).__name__, exc)
             await asyncio.sleep(self.poll_interval)
 
@@ -242,14 +247,24 @@ class BootEmulator:
 
     def _read_ec2(self) -> Ec2View:
         view = Ec2View(self._instances(self._filters))
-        groups = {g["GroupId"] for i in view.instances if i["State"]["Name"] == "running"
-                  for g in i.get("SecurityGroups", [])}
+        groups = {
+            g["GroupId"] for i in view.instances if i["State"]["Name"] == "running" for g in i.get("SecurityGroups", [])
+        }
         view.permissions = self._permissions(groups)
-        referenced = {pair["GroupId"] for perms in view.permissions.values() for perm in perms
-                      for pair in perm.get("UserIdGroupPairs", []) if pair.get("GroupId")}
+        referenced = {
+            pair["GroupId"]
+            for perms in view.permissions.values()
+            for perm in perms
+            for pair in perm.get("UserIdGroupPairs", [])
+            if pair.get("GroupId")
+        }
         if referenced:
-            for inst in self._instances([{"Name": "instance.group-id", "Values": sorted(referenced)},
-                                         {"Name": "instance-state-name", "Values": ["running"]}]):
+            for inst in self._instances(
+                [
+                    {"Name": "instance.group-id", "Values": sorted(referenced)},
+                    {"Name": "instance-state-name", "Values": ["running"]},
+                ]
+            ):
                 for group in inst.get("SecurityGroups", []):
                     if group["GroupId"] in referenced and inst.get("PrivateIpAddress"):
                         view.members.setdefault(group["GroupId"], []).append(inst["PrivateIpAddress"])
@@ -273,12 +288,17 @@ class BootEmulator:
         iid, state = inst["InstanceId"], inst["State"]["Name"]
         host = self._hosts.get(iid)
         if host is None:
-            host = self._hosts[iid] = InstanceHost(iid, self.log_dir / "instances", ami=self.ami, egress=self.egress,
-                                                   stop_timeout=self.stop_timeout, warn_once=self._warn_once)
-        tags = {t["Key"]: t["Value"] for t in inst.get("Tags", [])}
-        host.workspace_id = tags.get(WORKSPACE_TAG, "")
+            host = self._hosts[iid] = InstanceHost(
+                iid,
+                self.log_dir / "instances",
+                ami=self.ami,
+                egress=self.egress,
+                stop_timeout=self.stop_timeout,
+                warn_once=self._warn_once,
+            )
+        host.workspace_id = tags_of(inst).get(WORKSPACE_TAG, "")
         host.private_ip = inst.get("PrivateIpAddress") or ""
-        if state in _HALTED_STATES:
+        if state in HALTED_STATES:
             await self._halt(host, state)
             return
         if state != "running":
@@ -300,14 +320,19 @@ class BootEmulator:
         except ValueError:
             inside = False
         if not inside:
-            self._warn_once(f"not booting {host.instance_id}: its private IP {host.private_ip or '(none)'} is not "
-                            f"in 127.0.0.0/8; launch it in a subnet of a VPC with a 127.x CIDR")
+            self._warn_once(
+                f"not booting {host.instance_id}: its private IP {host.private_ip or '(none)'} is not "
+                f"in 127.0.0.0/8; launch it in a subnet of a VPC with a 127.x CIDR"
+            )
             return False
-        twin = next((h.instance_id for h in self._hosts.values()
-                     if h.running and h.private_ip == host.private_ip), None)
+        twin = next(
+            (h.instance_id for h in self._hosts.values() if h.running and h.private_ip == host.private_ip), None
+        )
         if twin is not None:
-            self._warn_once(f"not booting {host.instance_id} yet: {twin} already has its private IP {host.private_ip} "
-                            f"(overlapping VPCs: give each a distinct 127.x CIDR)")
+            self._warn_once(
+                f"not booting {host.instance_id} yet: {twin} already has its private IP {host.private_ip} "
+                f"(overlapping VPCs: give each a distinct 127.x CIDR)"
+            )
             return False
         return time.monotonic() >= host.retry_at
 
@@ -317,9 +342,13 @@ class BootEmulator:
         try:
             raw = await asyncio.get_running_loop().run_in_executor(self._ec2_thread, self._user_data, host.instance_id)
             options = inst.get("MetadataOptions", {})
-            meta = InstanceMetadata(host.instance_id, host.private_ip, base64.b64decode(raw) if raw else None,
-                                    http_tokens=options.get("HttpTokens", "optional"),
-                                    http_endpoint=options.get("HttpEndpoint", "enabled"))
+            meta = InstanceMetadata(
+                host.instance_id,
+                host.private_ip,
+                base64.b64decode(raw) if raw else None,
+                http_tokens=options.get("HttpTokens", "optional"),
+                http_endpoint=options.get("HttpEndpoint", "enabled"),
+            )
             await host.boot(meta, decode_user_data(raw))
         except Exception as exc:  # noqa: BLE001 - report, retry a little later
             host.retry_at = time.monotonic() + _BOOT_RETRY_SECONDS
@@ -331,12 +360,13 @@ class BootEmulator:
         if host.running:
             log.info("instance %s is %s: powering it off", host.instance_id, state)
             await host.shutdown()
-        if (state in _TERMINAL_STATES or state == "gone") and not host.terminated:
+        if (state in GONE_STATES or state == "gone") and not host.terminated:
             host.terminated = True
             host.destroy_disk()
 
 
 # -- command line and admin endpoint ----------------------------------------------------------
+
 
 async def _serve_admin(emulator: BootEmulator, port: int) -> None:
     from aiohttp import web
@@ -346,8 +376,9 @@ async def _serve_admin(emulator: BootEmulator, port: int) -> None:
             value = (await request.json()).get(key)
             if isinstance(value, str) and value:
                 return value
-        raise web.HTTPBadRequest(text=json.dumps({"error": f"JSON body with a string {key!r} required"}),
-                                 content_type="application/json")
+        raise web.HTTPBadRequest(
+            text=json.dumps({"error": f"JSON body with a string {key!r} required"}), content_type="application/json"
+        )
 
     async def never_boot(request: web.Request) -> web.Response:
         workspace_id = await body_field(request, "workspace_id")
@@ -388,21 +419,43 @@ def main() -> None:
     parser.add_argument("--log-dir", type=Path, required=True, help="instance disks, consoles and journals go here")
     parser.add_argument("--admin-port", type=int, required=True)
     parser.add_argument("--poll-interval", type=float, default=0.3)
-    parser.add_argument("--tag-filter", action="append", default=[], metavar="KEY=VALUE",
-                        help="boot only instances with this tag too (repeatable)")
-    parser.add_argument("--egress", action="append", default=[], type=parse_endpoint, metavar="HOST:PORT",
-                        help="a destination instances may reach, e.g. the platform API (repeatable)")
-    parser.add_argument("--ami-venv", type=Path, default=Path(sys.prefix),
-                        help="the virtualenv mounted at /opt/tenantflow/venv in every instance (default: this one)")
+    parser.add_argument(
+        "--tag-filter",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="boot only instances with this tag too (repeatable)",
+    )
+    parser.add_argument(
+        "--egress",
+        action="append",
+        default=[],
+        type=parse_endpoint,
+        metavar="HOST:PORT",
+        help="a destination instances may reach, e.g. the platform API (repeatable)",
+    )
+    parser.add_argument(
+        "--ami-venv",
+        type=Path,
+        default=Path(sys.prefix),
+        help="the virtualenv mounted at /opt/tenantflow/venv in every instance (default: this one)",
+    )
     parser.add_argument("--stop-timeout", type=float, default=10.0, help="seconds from SIGTERM to SIGKILL")
     args = parser.parse_args()
     tag_filters = dict(item.split("=", 1) for item in args.tag_filter)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("botocore").setLevel(logging.WARNING)
 
-    emulator = BootEmulator(args.ec2_endpoint, args.region, log_dir=args.log_dir, poll_interval=args.poll_interval,
-                            tag_filters=tag_filters, egress=args.egress, ami_venv=args.ami_venv,
-                            stop_timeout=args.stop_timeout)
+    emulator = BootEmulator(
+        args.ec2_endpoint,
+        args.region,
+        log_dir=args.log_dir,
+        poll_interval=args.poll_interval,
+        tag_filters=tag_filters,
+        egress=args.egress,
+        ami_venv=args.ami_venv,
+        stop_timeout=args.stop_timeout,
+    )
     try:
         emulator.start()
     except EmulatorUnavailable as exc:

@@ -26,24 +26,31 @@ def ensure_demo_network(endpoint_url: str, region: str) -> tuple[str, list[str]]
     """A VPC with two subnets in two zones, all tagged, found by tag so a restarted stack reuses them."""
     ec2 = moto_ec2_client(endpoint_url, region)
     tags = [{"Key": "Name", "Value": DEMO_VPC_TAG}]
-    found = ec2.describe_vpcs(Filters=[{"Name": "tag:Name", "Values": [DEMO_VPC_TAG]},
-                                       {"Name": "cidr", "Values": [DEMO_VPC_CIDR]}])["Vpcs"]
+    found = ec2.describe_vpcs(
+        Filters=[{"Name": "tag:Name", "Values": [DEMO_VPC_TAG]}, {"Name": "cidr", "Values": [DEMO_VPC_CIDR]}]
+    )["Vpcs"]
     if found:
         vpc_id = found[0]["VpcId"]
     else:
-        vpc_id = ec2.create_vpc(CidrBlock=DEMO_VPC_CIDR, TagSpecifications=[
-            {"ResourceType": "vpc", "Tags": tags}])["Vpc"]["VpcId"]
+        vpc_id = ec2.create_vpc(CidrBlock=DEMO_VPC_CIDR, TagSpecifications=[{"ResourceType": "vpc", "Tags": tags}])[
+            "Vpc"
+        ]["VpcId"]
     subnets = ec2.describe_subnets(Filters=[{"Name": "vpc-id", "Values": [vpc_id]}])["Subnets"]
     if not subnets:
         for i, zone in enumerate((f"{region}a", f"{region}b")):
-            ec2.create_subnet(VpcId=vpc_id, CidrBlock=f"127.42.{i}.0/24", AvailabilityZone=zone,
-                              TagSpecifications=[{"ResourceType": "subnet", "Tags": tags}])
+            ec2.create_subnet(
+                VpcId=vpc_id,
+                CidrBlock=f"127.42.{i}.0/24",
+                AvailabilityZone=zone,
+                TagSpecifications=[{"ResourceType": "subnet", "Tags": tags}],
+            )
         subnets = ec2.describe_subnets(Filters=[{"Name": "vpc-id", "Values": [vpc_id]}])["Subnets"]
     return vpc_id, sorted(s["SubnetId"] for s in subnets)
 
 
-def onboard_demo_org(client: OperatorClient, slug: str, vpc_id: str, subnet_ids: list[str],
-                     out: TextIO = sys.stdout) -> dict:
+def onboard_demo_org(
+    client: OperatorClient, slug: str, vpc_id: str, subnet_ids: list[str], out: TextIO = sys.stdout
+) -> dict:
     try:
         org = client.org(slug)
     except ApiError as err:
@@ -80,8 +87,9 @@ def run_demo_workspace(tenant: TenantClient, name: str, out: TextIO = sys.stdout
         out.write(f"demo workspace '{name}' is already running: {current['id']}\n")
     else:
         if current is None:
-            current = tenant.create_workspace(name=name, role="Demo agent", runtime="hermes", tier=2,
-                                              model="claude-sonnet-4")
+            current = tenant.create_workspace(
+                name=name, role="Demo agent", runtime="hermes", tier=2, model="claude-sonnet-4"
+            )
             out.write(f"creating demo workspace '{name}': {current['id']}\n")
         current = follow_workspace(tenant, current["id"], out)
     ws = tenant.workspace(current["id"])

@@ -56,9 +56,12 @@ _MOTO_RESET = "/moto-api/reset"
 # https://docs.aws.amazon.com/AWSEC2/latest/APIReference/errors-overview.html#api-error-codes-table-server
 FAULT_DEFAULTS = {
     "RequestLimitExceeded": (503, "Request limit exceeded."),
-    "InsufficientInstanceCapacity": (500, "We currently do not have sufficient capacity in the Availability Zone "
-                                          "you requested. Our system will be working on provisioning additional "
-                                          "capacity."),
+    "InsufficientInstanceCapacity": (
+        500,
+        "We currently do not have sufficient capacity in the Availability Zone "
+        "you requested. Our system will be working on provisioning additional "
+        "capacity.",
+    ),
     "InternalError": (500, "An internal error has occurred."),
     "Unavailable": (503, "The server is overloaded and can't handle the request."),
     "ServiceUnavailable": (503, "The request has failed due to a temporary failure of the server."),
@@ -182,8 +185,10 @@ class Stats:
 
     def snapshot(self, reset: bool = False) -> dict[str, Any]:
         with self._lock:
-            stats = {"requests": dict(self._requests),
-                     "errors": {action: dict(codes) for action, codes in self._errors.items()}}
+            stats = {
+                "requests": dict(self._requests),
+                "errors": {action: dict(codes) for action, codes in self._errors.items()},
+            }
             if reset:
                 self._requests.clear()
                 self._errors.clear()
@@ -257,8 +262,9 @@ class Ec2Frontend:
         handler = self._routes.get((method, route))
         if handler is None:
             allowed = sorted(m for m, r in self._routes if r == route)
-            return _json(405 if allowed else 404, {"error": f"{method} {ADMIN_PREFIX}{route}: not a route",
-                                                   "allowed": allowed})
+            return _json(
+                405 if allowed else 404, {"error": f"{method} {ADMIN_PREFIX}{route}: not a route", "allowed": allowed}
+            )
         try:
             body = json.loads(read_body(environ) or b"{}")
             if not isinstance(body, dict):

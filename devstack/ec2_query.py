@@ -62,8 +62,10 @@ def _phrase(status: int) -> str:
 
 
 def error_answer(code: str, message: str, status: int = 400) -> Answer:
-    body = (f"<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Response><Errors><Error><Code>{escape(code)}</Code>"
-            f"<Message>{escape(message)}</Message></Error></Errors><RequestID>{uuid.uuid4()}</RequestID></Response>")
+    body = (
+        f'<?xml version="1.0" encoding="UTF-8"?>\n<Response><Errors><Error><Code>{escape(code)}</Code>'
+        f"<Message>{escape(message)}</Message></Error></Errors><RequestID>{uuid.uuid4()}</RequestID></Response>"
+    )
     return Answer(status, [("Content-Type", "text/xml;charset=UTF-8")], body.encode())
 
 
@@ -138,15 +140,17 @@ class Ec2Call:
 
     def values(self, name: str) -> list[str]:
         """A parameter given once (``GroupId``) or as a list (``InstanceId.1``, ``InstanceId.2``)."""
-        found = [(int(k[len(name) + 1:]), v) for k, v in self.params.items()
-                 if k.startswith(name + ".") and k[len(name) + 1:].isdigit()]
+        found = [
+            (int(k[len(name) + 1 :]), v)
+            for k, v in self.params.items()
+            if k.startswith(name + ".") and k[len(name) + 1 :].isdigit()
+        ]
         single = [self.params[name]] if name in self.params else []
         return single + [v for _n, v in sorted(found)]
 
     def filter_numbers(self, name: str) -> list[str]:
         """The N of each ``Filter.N.Name`` that names this filter."""
-        return [k.split(".")[1] for k, v in self.params.items()
-                if v == name and re.fullmatch(r"Filter\.\d+\.Name", k)]
+        return [k.split(".")[1] for k, v in self.params.items() if v == name and re.fullmatch(r"Filter\.\d+\.Name", k)]
 
     def with_params(self, params: dict[str, str]) -> Ec2Call:
         return Ec2Call(params.get("Action", self.action), params, self.account, self.region, self.environ)

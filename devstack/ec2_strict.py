@@ -194,8 +194,11 @@ class ClientTokens:
     def token(call: Ec2Call) -> str | None:
         token = call.params.get("ClientToken") or None
         if token is not None and (len(token) > MAX_TOKEN_LENGTH or not token.isascii()):
-            raise Ec2Error("InvalidParameterValue", f"Value ({token}) for parameter clientToken is invalid. "
-                           f"The client token must be at most {MAX_TOKEN_LENGTH} ASCII characters.")
+            raise Ec2Error(
+                "InvalidParameterValue",
+                f"Value ({token}) for parameter clientToken is invalid. "
+                f"The client token must be at most {MAX_TOKEN_LENGTH} ASCII characters.",
+            )
         return token
 
     def _fingerprint(self, call: Ec2Call) -> str:
@@ -208,13 +211,16 @@ class ClientTokens:
         if record is None:
             return None
         if record.fingerprint != self._fingerprint(call):
-            raise Ec2Error("IdempotentParameterMismatch",
-                           "Arguments on this idempotent request are inconsistent with arguments used in "
-                           "previous request(s).")
+            raise Ec2Error(
+                "IdempotentParameterMismatch",
+                "Arguments on this idempotent request are inconsistent with arguments used in previous request(s).",
+            )
         if self._is_terminated(record, ec2_backend(*call.scope), now):
-            raise Ec2Error("IdempotentInstanceTerminated",
-                           "The client token you have provided is associated with a resource that is already "
-                           "deleted. Please use a different client token.")
+            raise Ec2Error(
+                "IdempotentInstanceTerminated",
+                "The client token you have provided is associated with a resource that is already "
+                "deleted. Please use a different client token.",
+            )
         return record
 
     @staticmethod
@@ -276,15 +282,19 @@ class Transitions:
         "StopInstances": (frozenset({"running", "stopping", "stopped"}), "stopped"),
     }
 
-    def __init__(self, state: StrictState, config: StrictConfig,
-                 on_terminated: Callable[[Key, Any, float], None]) -> None:
+    def __init__(
+        self, state: StrictState, config: StrictConfig, on_terminated: Callable[[Key, Any, float], None]
+    ) -> None:
         self._transitions = state.transitions
         self._config = config
         self._on_terminated = on_terminated
 
     def _duration(self, target: str) -> float:
-        return {"running": self._config.pending_seconds, "stopped": self._config.stopping_seconds,
-                "terminated": self._config.shutting_down_seconds}[target]
+        return {
+            "running": self._config.pending_seconds,
+            "stopped": self._config.stopping_seconds,
+            "terminated": self._config.shutting_down_seconds,
+        }[target]
 
     def check(self, action: str, instances: Iterable[Any]) -> None:
         if action not in self._ACCEPTS:
@@ -292,11 +302,15 @@ class Transitions:
         accepted, verb = self._ACCEPTS[action]
         for instance in instances:
             if action == "StopInstances" and instance.state == "pending":  # EC2's own words for this case
-                raise Ec2Error("IncorrectInstanceState", f"Instance '{instance.id}' cannot be stopped as it has "
-                                                         "never reached the 'running' state.")
+                raise Ec2Error(
+                    "IncorrectInstanceState",
+                    f"Instance '{instance.id}' cannot be stopped as it has never reached the 'running' state.",
+                )
             if instance.state not in accepted:
-                raise Ec2Error("IncorrectInstanceState",
-                               f"The instance '{instance.id}' is not in a state from which it can be {verb}.")
+                raise Ec2Error(
+                    "IncorrectInstanceState",
+                    f"The instance '{instance.id}' is not in a state from which it can be {verb}.",
+                )
 
     def moved(self, action: str, scope: tuple[str, str], instance: Any, before: str, now: float) -> str:
         """Puts the instance moto has just changed into the state EC2 would show; returns it."""
@@ -342,8 +356,12 @@ class VisibilityLag:
         named = [i for i in call.values(name) if i in hidden] if name else []
         instances = [i for i in named if i.startswith("i-")]
         if instances:
-            raise Ec2Error("InvalidInstanceID.NotFound", f"The instance ID '{instances[0]}' does not exist"
-                           if len(instances) == 1 else f"The instance IDs '{', '.join(instances)}' do not exist")
+            raise Ec2Error(
+                "InvalidInstanceID.NotFound",
+                f"The instance ID '{instances[0]}' does not exist"
+                if len(instances) == 1
+                else f"The instance IDs '{', '.join(instances)}' do not exist",
+            )
         if named:
             raise Ec2Error("InvalidGroup.NotFound", f"The security group '{named[0]}' does not exist")
 
@@ -379,10 +397,14 @@ class EniDrain:
             group_id = group.id if group else None
         if group_id is None:
             return  # moto gives the error
-        in_use = any(instance.state != "terminated" and group_id in instance_groups(instance)
-                     for instance in backend.all_instances())
-        draining = any(key[:2] == call.scope and group_id in drain.group_ids and self._draining_at(drain, now)
-                       for key, drain in self._draining.items())
+        in_use = any(
+            instance.state != "terminated" and group_id in instance_groups(instance)
+            for instance in backend.all_instances()
+        )
+        draining = any(
+            key[:2] == call.scope and group_id in drain.group_ids and self._draining_at(drain, now)
+            for key, drain in self._draining.items()
+        )
         if in_use or draining:
             raise Ec2Error("DependencyViolation", f"resource {group_id} has a dependent object")
 
@@ -401,8 +423,9 @@ class StrictEC2:
     Calls that change state run one at a time (under ``_mutex``), so two launches with one token
     cannot both miss the token table, and no state moves on halfway through a call."""
 
-    def __init__(self, config: StrictConfig, state: StrictState | None = None,
-                 clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self, config: StrictConfig, state: StrictState | None = None, clock: Callable[[], float] = time.time
+    ) -> None:
         self.config = config
         self.state = state or StrictState()
         self._clock = clock

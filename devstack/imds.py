@@ -31,8 +31,11 @@ class InstanceMetadata:
     _tokens: dict[str, float] = field(default_factory=dict, repr=False)  # token -> expiry (monotonic)
 
     def meta_data(self) -> dict[str, str]:
-        return {"instance-id": self.instance_id, "local-ipv4": self.private_ip,
-                "local-hostname": f"ip-{self.private_ip.replace('.', '-')}.ec2.internal"}
+        return {
+            "instance-id": self.instance_id,
+            "local-ipv4": self.private_ip,
+            "local-hostname": f"ip-{self.private_ip.replace('.', '-')}.ec2.internal",
+        }
 
 
 def _text(body: str | bytes) -> web.Response:

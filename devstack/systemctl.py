@@ -27,8 +27,10 @@ _FLAGS = {"--now", "--no-block", "--no-pager", "-q", "--quiet", "--system", "--n
 def install_shim(bin_dir: Path, socket_path: Path) -> None:
     bin_dir.mkdir(parents=True, exist_ok=True)
     shim = bin_dir / "systemctl"
-    shim.write_text(f'#!/bin/sh\nexec {shlex.quote(sys.executable)} -I {shlex.quote(str(SHIM))} '
-                    f'{shlex.quote(str(socket_path))} "$@"\n')
+    shim.write_text(
+        f"#!/bin/sh\nexec {shlex.quote(sys.executable)} -I {shlex.quote(str(SHIM))} "
+        f'{shlex.quote(str(socket_path))} "$@"\n'
+    )
     shim.chmod(0o755)
 
 
@@ -47,8 +49,9 @@ class Systemctl:
         targets = [(t, "wants") for t in unit.words("Install", "WantedBy")]
         targets += [(t, "requires") for t in unit.words("Install", "RequiredBy")]
         if not targets:
-            return 0, (f"The unit files have no installation config (WantedBy=, RequiredBy=, ...). "
-                       f"{name} was not enabled.\n")
+            return 0, (
+                f"The unit files have no installation config (WantedBy=, RequiredBy=, ...). {name} was not enabled.\n"
+            )
         said = []
         for target, kind in targets:
             link = self.sv.root / UNIT_DIR / f"{target}.{kind}" / name
@@ -65,7 +68,7 @@ class Systemctl:
             link = d / name
             if link.is_symlink():
                 link.unlink()
-                said.append(f"Removed \"/{UNIT_DIR}/{d.name}/{name}\".\n")
+                said.append(f'Removed "/{UNIT_DIR}/{d.name}/{name}".\n')
         return 0, "".join(said)
 
     def _status(self, name: str, enabled: bool) -> tuple[int, str]:
@@ -75,9 +78,11 @@ class Systemctl:
         svc = self.sv.services.get(name)
         state = svc.state if svc else "inactive"
         pid = svc.proc.pid if svc and svc.proc else None
-        text = (f"\u25cf {name} - {unit.description}\n"
-                f"     Loaded: loaded (/{UNIT_DIR}/{name}; {'enabled' if enabled else 'disabled'})\n"
-                f"     Active: {state}{' (running)' if pid else ''}\n")
+        text = (
+            f"\u25cf {name} - {unit.description}\n"
+            f"     Loaded: loaded (/{UNIT_DIR}/{name}; {'enabled' if enabled else 'disabled'})\n"
+            f"     Active: {state}{' (running)' if pid else ''}\n"
+        )
         if pid:
             text += f"   Main PID: {pid}\n"
         return (0 if state == "active" else 3), text
@@ -96,8 +101,17 @@ class Systemctl:
         now = "--now" in flags
         if command == "daemon-reload":
             return 0, "", ""
-        if command not in ("enable", "disable", "start", "stop", "restart", "try-restart",
-                           "is-active", "is-enabled", "status"):
+        if command not in (
+            "enable",
+            "disable",
+            "start",
+            "stop",
+            "restart",
+            "try-restart",
+            "is-active",
+            "is-enabled",
+            "status",
+        ):
             return 1, "", f"systemctl (emulated): unsupported command {command!r}\n"
         if not names:
             return 1, "", "Too few arguments.\n"
@@ -150,8 +164,7 @@ class Systemctl:
             return 0, ""
         if problem.startswith("Unit "):
             return 5, f"Failed to start {name}: {problem}\n"
-        return 1, (f"Job for {name} failed.\nSee \"systemctl status {name}\" and "
-                   f"\"journalctl -xeu {name}\" for details.\n")
+        return 1, (f'Job for {name} failed.\nSee "systemctl status {name}" and "journalctl -xeu {name}" for details.\n')
 
 
 async def serve_control(socket_path: Path, systemctl: Systemctl) -> asyncio.Server:

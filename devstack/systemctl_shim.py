@@ -20,8 +20,10 @@ def main() -> int:
             os.chdir(os.path.dirname(sock_path))
             sock.connect(os.path.basename(sock_path))
         except OSError as exc:
-            print(f"System has not been booted with systemd as init system (PID 1). Can't operate. ({exc})",
-                  file=sys.stderr)
+            print(
+                f"System has not been booted with systemd as init system (PID 1). Can't operate. ({exc})",
+                file=sys.stderr,
+            )
             return 1
         sock.sendall(json.dumps({"argv": argv}).encode() + b"\n")
         answer = b""

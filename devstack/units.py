@@ -27,7 +27,7 @@ import subprocess
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 from devstack.netns import in_namespace
@@ -38,11 +38,33 @@ UNIT_DIR = "etc/systemd/system"
 OS_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 _CLEAN_SIGNALS = {signal.SIGHUP, signal.SIGINT, signal.SIGTERM, signal.SIGPIPE}
 _UNDERSTOOD = {
-    "Unit": {"Description", "Documentation", "Wants", "Requires", "After", "Before",
-             "StartLimitIntervalSec", "StartLimitBurst"},
-    "Service": {"Type", "ExecStart", "Environment", "EnvironmentFile", "WorkingDirectory", "User", "Group",
-                "UMask", "Restart", "RestartSec", "TimeoutStopSec", "StateDirectory", "StateDirectoryMode",
-                "NoNewPrivileges", "CapabilityBoundingSet"},
+    "Unit": {
+        "Description",
+        "Documentation",
+        "Wants",
+        "Requires",
+        "After",
+        "Before",
+        "StartLimitIntervalSec",
+        "StartLimitBurst",
+    },
+    "Service": {
+        "Type",
+        "ExecStart",
+        "Environment",
+        "EnvironmentFile",
+        "WorkingDirectory",
+        "User",
+        "Group",
+        "UMask",
+        "Restart",
+        "RestartSec",
+        "TimeoutStopSec",
+        "StateDirectory",
+        "StateDirectoryMode",
+        "NoNewPrivileges",
+        "CapabilityBoundingSet",
+    },
     "Install": {"WantedBy", "RequiredBy"},
 }
 _TIME_UNITS = {"us": 1e-6, "ms": 1e-3, "s": 1.0, "sec": 1.0, "m": 60.0, "min": 60.0, "h": 3600.0, "hr": 3600.0}
@@ -124,8 +146,13 @@ class Service:
     starts: list[float] = field(default_factory=list)
 
     def to_dict(self, enabled: bool) -> dict:
-        return {"state": self.state, "result": self.result, "pid": self.proc.pid if self.proc else None,
-                "restarts": self.restarts, "enabled": enabled}
+        return {
+            "state": self.state,
+            "result": self.result,
+            "pid": self.proc.pid if self.proc else None,
+            "restarts": self.restarts,
+            "enabled": enabled,
+        }
 
 
 def unit_name(name: str) -> str:
@@ -174,8 +201,9 @@ def _capabilities(value: str) -> str:
 class Supervisor:
     """PID 1 of one instance: starts, stops, restarts and reports its services."""
 
-    def __init__(self, *, upper: Path, journal_dir: Path, shim_dir: Path, stop_timeout: float,
-                 warn_once: Callable[[str], None]):
+    def __init__(
+        self, *, upper: Path, journal_dir: Path, shim_dir: Path, stop_timeout: float, warn_once: Callable[[str], None]
+    ):
         self.upper = upper  # the instance disk's upper root (etc/, var/, opt/)
         self.journal_dir = journal_dir
         self.shim_dir = shim_dir
@@ -199,15 +227,20 @@ class Supervisor:
         return UnitFile.parse(name, path.read_text(errors="replace"))
 
     def _links(self, base: Path) -> list[Path]:
-        return [link for pattern in ("*.wants", "*.requires") for d in sorted(base.glob(pattern))
-                for link in sorted(d.iterdir()) if link.is_symlink()]
+        return [
+            link
+            for pattern in ("*.wants", "*.requires")
+            for d in sorted(base.glob(pattern))
+            for link in sorted(d.iterdir())
+            if link.is_symlink()
+        ]
 
     def enabled_units(self) -> list[str]:
         names = {link.name for link in self._links(self.upper / UNIT_DIR)}
         return sorted(name for name in names if (self.upper / UNIT_DIR / name).is_file())
 
     def journal(self, name: str, message: str) -> None:
-        stamp = datetime.now(timezone.utc).strftime("%b %d %H:%M:%S")
+        stamp = datetime.now(UTC).strftime("%b %d %H:%M:%S")
         self.journal_dir.mkdir(parents=True, exist_ok=True)
         with open(self.journal_dir / f"{name}.log", "a") as f:
             f.write(f"{stamp} systemd[1]: {message}\n")
@@ -312,8 +345,15 @@ class Supervisor:
         self.journal_dir.mkdir(parents=True, exist_ok=True)
         with open(self.journal_dir / f"{name}.log", "ab") as out:
             # No preexec_fn: setpriv sets the parent-death signal (after any change of user) itself.
-            svc.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-                                        env=env, umask=umask, start_new_session=True)
+            svc.proc = subprocess.Popen(
+                argv,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                env=env,
+                umask=umask,
+                start_new_session=True,
+            )
         svc.state, svc.result, svc.stop_requested = "active", "", False
         self.journal(name, f"Started {unit.description} (pid {svc.proc.pid}).")
         return None
@@ -357,14 +397,20 @@ class Supervisor:
             svc.state, svc.result = "failed", "signal"
             return
         policy = svc.unit.get("Service", "Restart", "no")
-        restart = {"always": True, "on-failure": not clean, "on-success": clean,
-                   "on-abnormal": rc < 0 and not clean, "on-abort": rc < 0 and not clean}.get(policy, False)
+        restart = {
+            "always": True,
+            "on-failure": not clean,
+            "on-success": clean,
+            "on-abnormal": rc < 0 and not clean,
+            "on-abort": rc < 0 and not clean,
+        }.get(policy, False)
         if restart:
             svc.state, svc.result = "activating", "exit-code" if not clean else "success"
             svc.restarts += 1
             svc.restart_at = time.monotonic() + timespan(svc.unit.get("Service", "RestartSec"), 0.1)
-            self.journal(svc.unit.name,
-                         f"{svc.unit.name}: Scheduled restart job, restart counter is at {svc.restarts}.")
+            self.journal(
+                svc.unit.name, f"{svc.unit.name}: Scheduled restart job, restart counter is at {svc.restarts}."
+            )
         else:
             svc.state, svc.result = ("inactive", "success") if clean else ("failed", "exit-code")
 

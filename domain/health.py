@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 from psycopg_pool import AsyncConnectionPool
 from temporalio.client import Client
 
 
-async def readiness(pool: AsyncConnectionPool, temporal: Client, timeout: float = 3.0) -> dict[str, str]:
+async def readiness(pool: AsyncConnectionPool[Any], temporal: Client, timeout: float = 3.0) -> dict[str, str]:
     async def database() -> None:
         async with pool.connection(timeout=timeout) as conn:
             await conn.execute("SELECT 1")

@@ -9,15 +9,19 @@ from __future__ import annotations
 import logging
 import re
 import sys
+from collections.abc import MutableMapping
 from typing import Any
 
 import structlog
 import temporalio.activity
 import temporalio.workflow
+from structlog.typing import Processor
 
 _SECRET_KEYS = re.compile(r"(secret|token|password|authorization|api_key|apikey|dsn|database_url|uri)", re.I)
 # Values that look like credentials even under an innocent key.
-_SECRET_VALUES = re.compile(r"(Bearer\s+\S+|tfk_[A-Za-z0-9_\-]+|tfr_[A-Za-z0-9_\-]+|tfw_[A-Za-z0-9_\-]+|postgres(ql)?://[^@\s]*@)")
+_SECRET_VALUES = re.compile(
+    r"(Bearer\s+\S+|tfk_[A-Za-z0-9_\-]+|tfr_[A-Za-z0-9_\-]+|tfw_[A-Za-z0-9_\-]+|postgres(ql)?://[^@\s]*@)"
+)
 
 
 def _scrub(value: Any) -> Any:
@@ -30,11 +34,14 @@ def _scrub(value: Any) -> Any:
     return value
 
 
-def redact_secrets(_logger: Any, _method: str, event_dict: dict) -> dict:
-    return _scrub(event_dict)
+def redact_secrets(_logger: Any, _method: str, event_dict: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+    scrubbed: MutableMapping[str, Any] = _scrub(event_dict)
+    return scrubbed
 
 
-def flatten_temporal_context(_logger: Any, _method: str, event_dict: dict) -> dict:
+def flatten_temporal_context(
+    _logger: Any, _method: str, event_dict: MutableMapping[str, Any]
+) -> MutableMapping[str, Any]:
     """Lift the ids temporalio attaches to stdlib records (as extras) into top-level keys."""
     for attr in ("temporal_workflow", "temporal_activity"):
         ctx = event_dict.pop(attr, None)
@@ -52,12 +59,12 @@ _configured = False
 
 def configure_logging(level: str = "INFO", stream: Any = None) -> None:
     global _configured
-    shared: list = [
+    shared: list[Processor] = [
         structlog.contextvars.merge_contextvars,
         structlog.processors.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
     ]
-    renderer_chain = [
+    renderer_chain: list[Processor] = [
         flatten_temporal_context,
         structlog.processors.format_exc_info,
         redact_secrets,
@@ -91,4 +98,5 @@ def configure_logging(level: str = "INFO", stream: Any = None) -> None:
 
 
 def get_logger(name: str = "tenantflow") -> structlog.stdlib.BoundLogger:
-    return structlog.get_logger(name)
+    logger: structlog.stdlib.BoundLogger = structlog.get_logger(name)
+    return logger

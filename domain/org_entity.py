@@ -3,7 +3,7 @@ each state allows. Pure (no I/O): the ``OrgWorkflow`` entity runs it, its Update
 and the API uses it to explain a refusal.
 
     provisioning --ok--> active --suspend--> suspending --> suspended --resume--> resuming --> active
-         |                                                                                    
+         |
          +--fails--> failed --retry--> provisioning
     any state but deleted --delete--> deleting --> deleted (the entity ends)
 
@@ -13,33 +13,15 @@ One operation runs at a time, as a child workflow. ``delete`` preempts the opera
 
 from __future__ import annotations
 
-from enum import StrEnum
+from typing import Annotated, Literal
 
-from pydantic import BaseModel
+from pydantic import BaseModel, ConfigDict, Field
 
-from domain.models import OrgQuotaUpdate, OrgStatus
+from domain.operations import Operation, operation_workflow_id
+from domain.resources import NeonMode, Tier
+from domain.status import OrgStatus
 
-
-def org_workflow_id(org_id: str) -> str:
-    return f"org:{org_id}"
-
-
-class Operation(StrEnum):
-    onboard = "onboard"
-    suspend = "suspend"
-    resume = "resume"
-    delete = "delete"
-    # A run the per-operation design started before the entity existed: waited for, then read back.
-    adopt = "adopt"
-
-
-# The child workflow id of each operation (the ids operators already know from the runbook).
-OPERATION_WORKFLOW_IDS = {
-    Operation.onboard: "org-onboard:{org_id}",
-    Operation.suspend: "org-suspend:{org_id}",
-    Operation.resume: "org-resume:{org_id}",
-    Operation.delete: "org-delete:{org_id}",
-}
+Plan = Literal["free", "starter", "pro", "enterprise"]
 
 # While an operation runs, the org is in its transitional status; what a successful one leaves.
 RUNNING_STATUS = {
@@ -64,8 +46,15 @@ FAILED_STATUS = {
 }
 
 
-def operation_workflow_id(operation: Operation, org_id: str) -> str:
-    return OPERATION_WORKFLOW_IDS[operation].format(org_id=org_id)
+# A run from before the entity existed that an adopting entity waits for, by the org's status.
+LEGACY_RUNS = {OrgStatus.provisioning: Operation.onboard, OrgStatus.deleting: Operation.delete}
+
+
+def legacy_run_id(status: OrgStatus, org_id: str) -> str | None:
+    """The workflow id of an operation started before the org entity existed (which recorded
+    none on the org): found from the org's status."""
+    operation = LEGACY_RUNS.get(status)
+    return operation_workflow_id(operation, org_id) if operation else None
 
 
 class Command(BaseModel):
@@ -101,7 +90,17 @@ class DecisionCommand(BaseModel):
     actor: str = "operator"
 
 
-class QuotaCommand(OrgQuotaUpdate):
+class Quotas(BaseModel):
+    """An org's quota and billing controls (None: unchanged)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    max_workspaces: Annotated[int, Field(strict=True, ge=0, le=10_000)] | None = None
+    max_tier: Tier | None = None
+    billing_plan: Plan | None = None
+
+
+class QuotaCommand(Quotas):
     actor: str = "operator"
 
 
@@ -109,6 +108,20 @@ class QuotaChange(QuotaCommand):
     """What the entity asks its quota activity to write."""
 
     org_id: str
+
+
+class OrgTransition(BaseModel):
+    """A status change of the org entity: applied only while the status is one of ``only_from``.
+    ``operation``, ``failure_reason`` and ``status_reason`` are written as given (None clears them)."""
+
+    org_id: str
+    status: OrgStatus
+    only_from: list[OrgStatus]
+    actor: str
+    operation: Operation | None = None
+    workflow_id: str | None = None
+    failure_reason: str | None = None
+    status_reason: str | None = None
 
 
 class Parked(BaseModel):
@@ -143,7 +156,7 @@ class OrgWorkflowInput(BaseModel):
     plan: str
     vpc_id: str
     subnet_ids: list[str]
-    neon_mode: str
+    neon_mode: NeonMode
     # Set when the entity continues as new; else it starts from ``adopt_status``: None for a new
     # org (onboarding first), or the status of an org that existed before its entity did.
     state: OrgState | None = None

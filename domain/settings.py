@@ -1,6 +1,7 @@
 """One settings model, read from the environment (prefix ``TENANTFLOW_``).
 
-The defaults describe the embedded local stack; every one of them can be overridden by an
+The defaults describe the embedded local stack (whose own ports and state directory are in
+``devstack.settings``); every one of them can be overridden by an
 environment variable of the same name, upper-cased, with the prefix. The Temporal connection is
 not here on purpose: it comes from the SDK's own environment configuration (``TEMPORAL_ADDRESS``,
 ``TEMPORAL_NAMESPACE``, ``TEMPORAL_API_KEY``, ``TEMPORAL_TLS*`` or a ``temporal.toml`` profile), so
@@ -10,10 +11,12 @@ the same worker and API run against a local dev server, a cluster or Temporal Cl
 from __future__ import annotations
 
 from functools import lru_cache
-from typing import Literal
 
-from pydantic import Field, SecretStr
+from pydantic import SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from domain.neon_plans import NeonPlan
+from domain.resources import NeonMode
 
 
 class Settings(BaseSettings):
@@ -66,14 +69,14 @@ class Settings(BaseSettings):
     neon_base_url: str = "https://console.neon.tech/api/v2/"
     # "branch": one branch per tenant inside neon_project_id (Neon plans allow 10-25 branches per
     # project). "project": one project per tenant, for fleets beyond that.
-    neon_mode: Literal["branch", "project"] = "branch"
+    neon_mode: NeonMode = "branch"
     neon_project_id: str = ""
     neon_parent_branch_id: str | None = None
     neon_request_timeout_seconds: float = 30.0
     neon_region_id: str = "aws-us-east-1"
     # The Neon account's plan (domain/neon_plans.py): branch mode refuses a tenant branch beyond
     # the plan's per-project cap and reports a cost warning for branches billed as extras.
-    neon_plan: Literal["free", "launch", "scale", "business"] = "launch"
+    neon_plan: NeonPlan = "launch"
 
     # Workspaces.
     # How long a launched agent has to register before its instance is terminated.
@@ -102,18 +105,6 @@ class Settings(BaseSettings):
 
     # Logging.
     log_level: str = "INFO"
-
-    # Local stack (devstack) only: ports and the state directory.
-    state_dir: str = ".tenantflow"
-    temporal_port: int = 7233
-    temporal_ui_port: int = 8233
-    postgres_port: int = 55432
-    moto_port: int = 5055
-    neon_port: int = 4444
-    boot_emulator_port: int = 5056
-
-    demo_org_slug: str = Field(default="demo")
-    demo_workspace_name: str = "demo-agent"
 
 
 @lru_cache(maxsize=1)

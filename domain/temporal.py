@@ -9,16 +9,9 @@ against the local dev server, a self-hosted cluster or Temporal Cloud.
 from __future__ import annotations
 
 from temporalio.client import Client
-from temporalio.common import SearchAttributeKey
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.envconfig import ClientConfig
 from temporalio.runtime import Runtime
-
-# Custom search attributes: the local stack registers them; see deploy/README.md for clusters.
-ORG_SLUG = SearchAttributeKey.for_keyword("TenantflowOrgSlug")
-WORKSPACE_ID = SearchAttributeKey.for_keyword("TenantflowWorkspaceId")
-OPERATION = SearchAttributeKey.for_keyword("TenantflowOperation")
-SEARCH_ATTRIBUTES = {ORG_SLUG.name: "Keyword", WORKSPACE_ID.name: "Keyword", OPERATION.name: "Keyword"}
 
 
 async def connect_temporal(*, lazy: bool = False, runtime: Runtime | None = None) -> Client:

@@ -26,8 +26,8 @@ from db.pool import open_pool
 from devstack.neon_server import NeonServerConfig, serve
 from devstack.postgres import ensure_database, start_postgres
 from devstack.procs import free_port, spawn, stop, wait_for_port
+from domain.operations import SEARCH_ATTRIBUTES
 from domain.settings import Settings
-from domain.temporal import SEARCH_ATTRIBUTES
 
 os.environ.setdefault("AWS_ACCESS_KEY_ID", "testing")
 os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "testing")
@@ -56,8 +56,13 @@ def database_url(pg) -> str:
 
 # The local EC2 server's strict timings for tests: short, but every transition, lag and drain
 # still happens (the product must wait through each of them).
-STRICT_EC2_TIMINGS = {"--pending-seconds": 0.5, "--stopping-seconds": 0.3, "--shutting-down-seconds": 0.5,
-                      "--visibility-lag-seconds": 0.5, "--eni-drain-seconds": 1.0}
+STRICT_EC2_TIMINGS = {
+    "--pending-seconds": 0.5,
+    "--stopping-seconds": 0.3,
+    "--shutting-down-seconds": 0.5,
+    "--visibility-lag-seconds": 0.5,
+    "--eni-drain-seconds": 1.0,
+}
 
 
 @pytest.fixture(scope="session")
@@ -65,8 +70,11 @@ def moto_url(tmp_path_factory):
     """The local stack's EC2 server (moto behind the strict layer), as a real process."""
     port = free_port()
     options = [str(part) for pair in STRICT_EC2_TIMINGS.items() for part in pair]
-    proc = spawn([os.sys.executable, "-m", "devstack.aws_server", "--port", str(port), *options],
-                 log_path=tmp_path_factory.mktemp("ec2") / "aws.log", cwd=Path(__file__).resolve().parent.parent)
+    proc = spawn(
+        [os.sys.executable, "-m", "devstack.aws_server", "--port", str(port), *options],
+        log_path=tmp_path_factory.mktemp("ec2") / "aws.log",
+        cwd=Path(__file__).resolve().parent.parent,
+    )
     wait_for_port("127.0.0.1", port, proc=proc)
     yield f"http://127.0.0.1:{port}"
     stop(proc)
@@ -77,8 +85,15 @@ def ec2_faults(moto_url):
     """Inject EC2 faults (``devstack.ec2_devtools``); cleared after the test."""
     admin = f"{moto_url}/__devstack/ec2"
 
-    def inject(action: str, code: str | None = None, *, count: int = 1, when: str = "before",
-               delay_seconds: float | None = None, status: int | None = None) -> None:
+    def inject(
+        action: str,
+        code: str | None = None,
+        *,
+        count: int = 1,
+        when: str = "before",
+        delay_seconds: float | None = None,
+        status: int | None = None,
+    ) -> None:
         body = {"action": action, "code": code, "count": count, "when": when, "delay_seconds": delay_seconds}
         if status is not None:
             body["status"] = status
@@ -96,9 +111,15 @@ def ec2_stats(moto_url) -> dict:
 @pytest.fixture(scope="session")
 def neon_url(pg):
     """The local Neon server on its own thread and loop, so that tests may call it synchronously."""
-    config = NeonServerConfig(pg_admin_url=pg.url("postgres"), api_key=f"neon_test_{secrets.token_hex(8)}",
-                              port=free_port(), pg_port=pg.port, seed_project_id=NEON_PROJECT,
-                              scheduling_seconds=0.05, running_seconds=0.15)
+    config = NeonServerConfig(
+        pg_admin_url=pg.url("postgres"),
+        api_key=f"neon_test_{secrets.token_hex(8)}",
+        port=free_port(),
+        pg_port=pg.port,
+        seed_project_id=NEON_PROJECT,
+        scheduling_seconds=0.05,
+        running_seconds=0.15,
+    )
     loop = asyncio.new_event_loop()
     thread = threading.Thread(target=loop.run_forever, daemon=True)
     thread.start()
@@ -170,8 +191,10 @@ def loopback_vpc(ec2) -> tuple[str, list[str]]:
     # 127.100-249: clear of the local stack's demo VPC (127.42/16) and the boot emulator's tests.
     base = f"127.{100 + n // 256 % 150}.{n % 256}"
     vpc_id = ec2.create_vpc(CidrBlock=f"{base}.0/24")["Vpc"]["VpcId"]
-    subnets = [ec2.create_subnet(VpcId=vpc_id, CidrBlock=f"{base}.{half}/25", AvailabilityZone=zone)["Subnet"]["SubnetId"]
-               for half, zone in ((0, "us-east-1a"), (128, "us-east-1b"))]
+    subnets = [
+        ec2.create_subnet(VpcId=vpc_id, CidrBlock=f"{base}.{half}/25", AvailabilityZone=zone)["Subnet"]["SubnetId"]
+        for half, zone in ((0, "us-east-1a"), (128, "us-east-1b"))
+    ]
     return vpc_id, subnets
 
 
@@ -203,9 +226,12 @@ async def skip_env():
         test_server_existing_path=server_binary("temporal-test-server"),
     )
     # Unknown search attributes make this server hang child workflow starts: register ours.
-    await env.client.operator_service.add_search_attributes(AddSearchAttributesRequest(
-        namespace=env.client.namespace,
-        search_attributes={name: IndexedValueType.INDEXED_VALUE_TYPE_KEYWORD for name in SEARCH_ATTRIBUTES}))
+    await env.client.operator_service.add_search_attributes(
+        AddSearchAttributesRequest(
+            namespace=env.client.namespace,
+            search_attributes={name: IndexedValueType.INDEXED_VALUE_TYPE_KEYWORD for name in SEARCH_ATTRIBUTES},
+        )
+    )
     yield env
     await env.shutdown()
 

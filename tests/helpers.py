@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import contextlib
-from typing import Any
 
 import psycopg
 from neon_api import NeonAPI
 
+from api.schemas import OrgCreateRequest
 from db.orgs import OrgRepo
-from domain.models import OnboardOrgInput, OrgCreateRequest, resource_name
+from domain.onboard_org import OnboardOrgInput
+from domain.resources import resource_name
 from domain.settings import Settings
 from tests.conftest import new_org_id
 from tools.soak import neon_list
@@ -18,10 +19,13 @@ from tools.soak import neon_list
 async def seed_org(pool, slug: str, vpc_id: str, subnet_ids: list[str], *, mode: str = "branch") -> OnboardOrgInput:
     """Insert the org row the way ``POST /cp/orgs`` does, and return the workflow input for it."""
     req = OrgCreateRequest(name=f"Org {slug}", slug=slug, plan="pro", vpc_id=vpc_id, subnet_ids=subnet_ids)
-    row, created = await OrgRepo(pool).create_or_get(req, org_id=new_org_id(), neon_mode=mode, actor="test")
+    row, created = await OrgRepo(pool).create_or_get(
+        org_id=new_org_id(), **req.model_dump(), request_hash=req.request_hash(), neon_mode=mode, actor="test"
+    )
     assert created
-    return OnboardOrgInput(org_id=row["id"], slug=slug, name=row["name"], plan="pro", vpc_id=vpc_id,
-                           subnet_ids=subnet_ids, neon_mode=mode)
+    return OnboardOrgInput(
+        org_id=row["id"], slug=slug, name=row["name"], plan="pro", vpc_id=vpc_id, subnet_ids=subnet_ids, neon_mode=mode
+    )
 
 
 def neon_client(settings: Settings) -> NeonAPI:
@@ -29,8 +33,12 @@ def neon_client(settings: Settings) -> NeonAPI:
 
 
 def neon_branches_named(settings: Settings, name: str) -> list[dict]:
-    branches = neon_list(settings.neon_base_url, settings.neon_api_key.get_secret_value(),
-                         f"projects/{settings.neon_project_id}/branches", "branches")
+    branches = neon_list(
+        settings.neon_base_url,
+        settings.neon_api_key.get_secret_value(),
+        f"projects/{settings.neon_project_id}/branches",
+        "branches",
+    )
     return [b for b in branches if b["name"] == name]
 
 
@@ -40,8 +48,9 @@ def neon_projects_named(settings: Settings, name: str) -> list[dict]:
 
 
 def groups_named(ec2, inp: OnboardOrgInput) -> list[dict]:
-    return ec2.describe_security_groups(Filters=[
-        {"Name": "group-name", "Values": [resource_name(inp.slug, inp.org_id)]}])["SecurityGroups"]
+    return ec2.describe_security_groups(
+        Filters=[{"Name": "group-name", "Values": [resource_name(inp.slug, inp.org_id)]}]
+    )["SecurityGroups"]
 
 
 def tenant_connection_uri(settings: Settings, project_id: str, branch_id: str | None) -> str:
@@ -71,16 +80,21 @@ async def onboard_active_org(env, settings, pool, task_queue: str, network, slug
 
     inp = await seed_org(pool, slug, *network)
     async with build_worker(env.client, settings, pool, task_queue=task_queue):
-        await env.client.execute_workflow(OnboardOrgWorkflow.run, inp, id=f"org-onboard:{inp.org_id}",
-                                          task_queue=task_queue)
+        await env.client.execute_workflow(
+            OnboardOrgWorkflow.run, inp, id=f"org-onboard:{inp.org_id}", task_queue=task_queue
+        )
     return await OrgRepo(pool).get(inp.org_id)
 
 
-def instances_of(ec2, workspace_id: str, states=("pending", "running", "stopping", "stopped", "shutting-down")) -> list[dict]:
-    reservations = ec2.describe_instances(Filters=[
-        {"Name": "tag:tenantflow:workspace-id", "Values": [workspace_id]},
-        {"Name": "instance-state-name", "Values": list(states)},
-    ])["Reservations"]
+def instances_of(
+    ec2, workspace_id: str, states=("pending", "running", "stopping", "stopped", "shutting-down")
+) -> list[dict]:
+    reservations = ec2.describe_instances(
+        Filters=[
+            {"Name": "tag:tenantflow:workspace-id", "Values": [workspace_id]},
+            {"Name": "instance-state-name", "Values": list(states)},
+        ]
+    )["Reservations"]
     return [i for r in reservations for i in r["Instances"]]
 
 

@@ -27,14 +27,21 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from psycopg_pool import AsyncConnectionPool  # noqa: E402
 from psycopg.rows import dict_row  # noqa: E402
+from psycopg_pool import AsyncConnectionPool  # noqa: E402
 from temporalio.client import WorkflowFailureError  # noqa: E402
 
 from api.workspaces import provision_input  # noqa: E402
 from db.orgs import OrgRepo  # noqa: E402
 from db.workspaces import WorkspaceRepo  # noqa: E402
-from domain.models import TIER_INSTANCE_TYPES  # noqa: E402
+from domain.operations import (  # noqa: E402
+    Operation,
+    deprovision_workflow_id,
+    operation_workflow_id,
+    org_workflow_id,
+    provision_workflow_id,
+)
+from domain.resources import TIER_INSTANCE_TYPES  # noqa: E402
 from starter import TenantClient  # noqa: E402
 from tools.soak import StackHarness, wait_for  # noqa: E402
 
@@ -65,7 +72,8 @@ async def record(out_dir: Path) -> list[Path]:
                 # Compact: the files are committed and replayed in CI.
                 path.write_text(json.dumps(json.loads(history.to_json()), separators=(",", ":")) + "\n")
                 written.append(path)
-                print(f"  {path.relative_to(ROOT)}  ({len(history.events)} events)", flush=True)
+                shown = path.relative_to(ROOT) if path.is_relative_to(ROOT) else path
+                print(f"  {shown}  ({len(history.events)} events)", flush=True)
 
             def onboard(slug: str) -> dict:
                 op.onboard(name=f"Replay {slug}", slug=slug, plan="pro", vpc_id=vpc_id, subnet_ids=subnets)
@@ -82,17 +90,19 @@ async def record(out_dir: Path) -> list[Path]:
             bad = onboard(f"rf{tag}")
             h.clear_neon_faults()
             assert bad["status"] == "failed", bad
-            await save("OnboardOrgWorkflow", "child-neon-permanent-fault-compensates", bad["workflow_id"],
-                       expect_failure=True)
+            await save(
+                "OnboardOrgWorkflow", "child-neon-permanent-fault-compensates", bad["workflow_id"], expect_failure=True
+            )
 
             # 3. Provisioning, happy path: the boot emulator boots the agent, it registers, answers.
             key = op.mint_key(org["slug"], "replay")["key"]
             tenant = TenantClient(h.api_url, key)
             ws = tenant.create_workspace(name="agent-ok", **WS)
-            running = wait_for(lambda: tenant.workspace(ws["id"]), lambda w: w["status"] in ("running", "failed"),
-                               180, ws["id"])
+            running = wait_for(
+                lambda: tenant.workspace(ws["id"]), lambda w: w["status"] in ("running", "failed"), 180, ws["id"]
+            )
             assert running["status"] == "running", running
-            await save("ProvisionWorkspaceWorkflow", "derived-agent-url", f"ws-provision:{ws['id']}")
+            await save("ProvisionWorkspaceWorkflow", "derived-agent-url", provision_workflow_id(ws["id"]))
 
             # 4. Provisioning whose agent never registers, with a short timeout: cleanup.
             pool = AsyncConnectionPool(h.database_url, kwargs={"row_factory": dict_row}, open=False)
@@ -102,59 +112,98 @@ async def record(out_dir: Path) -> list[Path]:
                 ws_id = f"ws_{uuid.uuid4().hex[:12]}"
                 h.never_boot(ws_id)
                 row = await WorkspaceRepo(pool).reserve(
-                    org["id"], workspace_id=ws_id, name="agent-silent", role=WS["role"], runtime=WS["runtime"],
-                    tier=1, model=WS["model"], instance_type=TIER_INSTANCE_TYPES[1], subnet_id=subnets[0],
-                    actor="record_histories")
+                    org["id"],
+                    workspace_id=ws_id,
+                    name="agent-silent",
+                    role=WS["role"],
+                    runtime=WS["runtime"],
+                    tier=1,
+                    model=WS["model"],
+                    instance_type=TIER_INSTANCE_TYPES[1],
+                    subnet_id=subnets[0],
+                    actor="record_histories",
+                )
             finally:
                 await pool.close()
             from workflows.provision_workspace import ProvisionWorkspaceWorkflow
+
             inp = provision_input(h.settings.model_copy(update={"public_url": h.api_url}), org_row, row)
             inp = inp.model_copy(update={"registration_timeout_seconds": 3})
-            await client.start_workflow(ProvisionWorkspaceWorkflow.run, inp, id=f"ws-provision:{ws_id}",
-                                        task_queue=h.settings.task_queue)
-            await save("ProvisionWorkspaceWorkflow", "registration-timeout-derived-token", f"ws-provision:{ws_id}",
-                       expect_failure=True)
+            await client.start_workflow(
+                ProvisionWorkspaceWorkflow.run, inp, id=provision_workflow_id(ws_id), task_queue=h.settings.task_queue
+            )
+            await save(
+                "ProvisionWorkspaceWorkflow",
+                "registration-timeout-derived-token",
+                provision_workflow_id(ws_id),
+                expect_failure=True,
+            )
 
             # 5. Deleting the running workspace.
             tenant.delete_workspace(ws["id"])
-            await save("DeprovisionWorkspaceWorkflow", "strict-ec2", f"ws-deprovision:{ws['id']}")
+            await save("DeprovisionWorkspaceWorkflow", "strict-ec2", deprovision_workflow_id(ws["id"]))
 
             # 6. Suspend (stopping instances) and resume, with one running workspace.
             ws2 = tenant.create_workspace(name="agent-two", **WS)
             wait_for(lambda: tenant.workspace(ws2["id"]), lambda w: w["status"] == "running", 180, ws2["id"])
             op.suspend(org["slug"], reason="replay", stop_instances=True)
-            await save("SuspendOrgWorkflow", "child-stop-instances", f"org-suspend:{org['id']}")
+            await save(
+                "SuspendOrgWorkflow", "child-stop-instances", operation_workflow_id(Operation.suspend, org["id"])
+            )
             op.resume(org["slug"])
-            await save("ResumeOrgWorkflow", "child-start-instances", f"org-resume:{org['id']}")
+            await save("ResumeOrgWorkflow", "child-start-instances", operation_workflow_id(Operation.resume, org["id"]))
 
-            # 7. A reconcile dry run, limited to this org.
-            from activities.reconcile import ReconcileInput
-            from workflows.reconcile import ReconcileWorkflow
-            await client.start_workflow(ReconcileWorkflow.run, ReconcileInput(org_ids=[org["id"]]),
-                                        id=f"reconcile-replay-{tag}", task_queue=h.settings.task_queue)
+            # 7. A reconcile dry run, limited to this org: the paged version (in pages of 5, so every kind
+            # spans pages) and the first one, still registered for its open runs.
+            from domain.reconcile import ReconcileInput
+            from workflows.reconcile import ReconcileWorkflow, ReconcileWorkflowV2
+
+            await client.start_workflow(
+                ReconcileWorkflowV2.run,
+                ReconcileInput(org_ids=[org["id"]], page_size=5),
+                id=f"reconcile-v2-replay-{tag}",
+                task_queue=h.settings.task_queue,
+            )
+            await save("ReconcileWorkflowV2", "dry-run-pages-of-5", f"reconcile-v2-replay-{tag}")
+            await client.start_workflow(
+                ReconcileWorkflow.run,
+                ReconcileInput(org_ids=[org["id"]]),
+                id=f"reconcile-replay-{tag}",
+                task_queue=h.settings.task_queue,
+            )
             await save("ReconcileWorkflow", "dry-run-paged-neon", f"reconcile-replay-{tag}")
 
             # 8. Hard delete parked on a Neon fault, then retried by the operator.
             h.neon_fault("/projects/{project_id}/branches/{branch_id}", 403, method="DELETE", count=-1)
             op.delete(org["slug"], confirm=org["slug"], delete_workspaces=True)
-            wait_for(lambda: op.org(org["slug"]), lambda o: (o.get("progress") or {}).get("waiting_for_operator"),
-                     120, "parked delete")
+            wait_for(
+                lambda: op.org(org["slug"]),
+                lambda o: (o.get("progress") or {}).get("waiting_for_operator"),
+                120,
+                "parked delete",
+            )
             h.clear_neon_faults()
             op.decide(org["slug"], "retry")
-            await save("HardDeleteOrgWorkflow", "child-parked-then-retry", f"org-delete:{org['id']}")
+            await save(
+                "HardDeleteOrgWorkflow", "child-parked-then-retry", operation_workflow_id(Operation.delete, org["id"])
+            )
             assert op.org(org["slug"])["status"] == "deleted"
             # The org's entity over its whole life: onboard, suspend, resume, delete (parked, retried).
-            await save("OrgWorkflow", "lifecycle", f"org:{org['id']}")
+            await save("OrgWorkflow", "lifecycle", org_workflow_id(org["id"]))
 
             # 9. A delete that preempts onboarding (held by Neon's lock on the branch create).
             h.neon_fault("/projects/{project_id}/branches", 423, method="POST", count=-1)
             early = f"rp{tag}"
             op.onboard(name=f"Replay {early}", slug=early, plan="pro", vpc_id=vpc_id, subnet_ids=subnets)
-            pending = wait_for(lambda: op.org(early), lambda o: (o.get("progress") or {}).get("step") == "create_database",
-                               120, "onboarding in create_database")
+            pending = wait_for(
+                lambda: op.org(early),
+                lambda o: (o.get("progress") or {}).get("step") == "create_database",
+                120,
+                "onboarding in create_database",
+            )
             op.delete(early, confirm=early, delete_workspaces=True)
             h.clear_neon_faults()
-            await save("OrgWorkflow", "delete-preempts-onboarding", f"org:{pending['id']}")
+            await save("OrgWorkflow", "delete-preempts-onboarding", org_workflow_id(pending["id"]))
             assert op.org(early)["status"] == "deleted"
         finally:
             h.stop()

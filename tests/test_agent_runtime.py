@@ -79,20 +79,31 @@ class FakePlatform(LocalServer):
 
     async def _register(self, request: web.Request) -> web.Response:
         body = await request.json()
-        self.registrations.append({"authorization": request.headers.get("Authorization"), "body": body,
-                                   "remote": request.remote})
+        self.registrations.append(
+            {"authorization": request.headers.get("Authorization"), "body": body, "remote": request.remote}
+        )
         if self.register_failures:
             status = self.register_failures.pop(0)
             return web.json_response({"error": "nope"}, status=status)
         if request.headers.get("Authorization") != f"Bearer {self.registration_token}":
             return web.json_response({"error": "unauthorized"}, status=401)
         token = self.workspace_tokens.setdefault(body["workspace_id"], f"tfw_{secrets.token_urlsafe(24)}")
-        return web.json_response({"workspace_id": body["workspace_id"], "workspace_token": token,
-                                  "heartbeat_interval_seconds": self.heartbeat_interval})
+        return web.json_response(
+            {
+                "workspace_id": body["workspace_id"],
+                "workspace_token": token,
+                "heartbeat_interval_seconds": self.heartbeat_interval,
+            }
+        )
 
     async def _heartbeat(self, request: web.Request) -> web.Response:
-        self.heartbeats.append({"authorization": request.headers.get("Authorization"), "body": await request.json(),
-                                "remote": request.remote})
+        self.heartbeats.append(
+            {
+                "authorization": request.headers.get("Authorization"),
+                "body": await request.json(),
+                "remote": request.remote,
+            }
+        )
         if self.heartbeat_status != 200:
             return web.json_response({"error": "revoked"}, status=self.heartbeat_status)
         return web.json_response({"ok": True})
@@ -103,10 +114,18 @@ class FakePlatform(LocalServer):
 
     def boot_config(self, workspace_id: str, **overrides) -> dict:
         return {
-            "workspace_id": workspace_id, "workspace_name": "production-agent-1", "org_slug": "acme",
-            "role": "Production inference worker", "runtime": "hermes", "model": "claude-sonnet-4", "tier": 3,
-            "platform_url": self.url, "registration_token": self.registration_token, "listen_port": 443,
-            "heartbeat_interval_seconds": 15, **overrides,
+            "workspace_id": workspace_id,
+            "workspace_name": "production-agent-1",
+            "org_slug": "acme",
+            "role": "Production inference worker",
+            "runtime": "hermes",
+            "model": "claude-sonnet-4",
+            "tier": 3,
+            "platform_url": self.url,
+            "registration_token": self.registration_token,
+            "listen_port": 443,
+            "heartbeat_interval_seconds": 15,
+            **overrides,
         }
 
 
@@ -172,8 +191,9 @@ def run_agent(tmp_path, fake_imds):
     (or, with ``public_url=True``, told its URL by the developer override); returns (proc, url, log)."""
     procs: list[subprocess.Popen] = []
 
-    def start(config: dict, *, public_url: bool = False, env: dict[str, str] | None = None,
-              config_path: Path | None = None) -> tuple[subprocess.Popen, str, Path]:
+    def start(
+        config: dict, *, public_url: bool = False, env: dict[str, str] | None = None, config_path: Path | None = None
+    ) -> tuple[subprocess.Popen, str, Path]:
         n = len(procs)
         config_path = config_path or tmp_path / f"agent-{n}.json"
         config_path.write_text(json.dumps(config))
@@ -238,8 +258,11 @@ async def test_registers_heartbeats_serves_card_and_echoes(fake_platform, fake_i
         await client.close()
     assert replies == ["echo: hello"]
 
-    hb = await eventually(lambda: [h for h in fake_platform.heartbeats if h["body"]["tasks_handled"] >= 1],
-                          "a heartbeat counting the message", proc=proc)
+    hb = await eventually(
+        lambda: [h for h in fake_platform.heartbeats if h["body"]["tasks_handled"] >= 1],
+        "a heartbeat counting the message",
+        proc=proc,
+    )
     assert isinstance(hb[0]["body"]["avg_response_time_ms"], float)
 
     proc.send_signal(signal.SIGTERM)
@@ -257,13 +280,17 @@ async def test_public_url_override_skips_the_metadata_service(fake_platform, fak
 
 
 async def test_metadata_service_refusing_exits_nonzero_without_serving_or_registering(
-        fake_platform, fake_imds, run_agent):
+    fake_platform, fake_imds, run_agent
+):
     fake_imds.token_status = 403  # IMDS disabled on the instance: no retry can help
     proc, url, log_path = run_agent(fake_platform.boot_config(f"ws_{secrets.token_hex(6)}"))
     assert await asyncio.to_thread(proc.wait, 30) == 3
     assert fake_platform.registrations == []
-    failure = next(line for line in assert_clean_log(log_path, fake_platform.registration_token)
-                   if line["event"] == "imds_unavailable")
+    failure = next(
+        line
+        for line in assert_clean_log(log_path, fake_platform.registration_token)
+        if line["event"] == "imds_unavailable"
+    )
     assert "HTTP 403" in failure["problem"] and failure["level"] == "error"
 
 
@@ -327,8 +354,9 @@ async def test_restarted_agent_resumes_with_its_saved_token(fake_platform, run_a
         (tmp_path / "state").mkdir(mode=0o700)
     logs = []
     for boot in range(2):
-        proc, _url, log_path = run_agent(fake_platform.boot_config(ws, heartbeat_interval_seconds=0.2),
-                                         env=env, config_path=config_path)
+        proc, _url, log_path = run_agent(
+            fake_platform.boot_config(ws, heartbeat_interval_seconds=0.2), env=env, config_path=config_path
+        )
         logs.append(log_path)
         seen = len(fake_platform.heartbeats)
         try:
@@ -341,6 +369,8 @@ async def test_restarted_agent_resumes_with_its_saved_token(fake_platform, run_a
     assert token_file.read_text() == fake_platform.workspace_tokens[ws]
     last = fake_platform.heartbeats[-1]
     assert last["authorization"] == f"Bearer {fake_platform.workspace_tokens[ws]}"
-    resumed = {line["event"] for line in assert_clean_log(logs[1], fake_platform.registration_token,
-                                                         fake_platform.workspace_tokens[ws])}
+    resumed = {
+        line["event"]
+        for line in assert_clean_log(logs[1], fake_platform.registration_token, fake_platform.workspace_tokens[ws])
+    }
     assert "resuming" in resumed and "registered" not in resumed

@@ -144,8 +144,9 @@ async def test_malformed_requests(api, pool):
     assert resp.status == 400 and (await resp.json())["code"] == "MALFORMED_JSON"
     resp = await api.post("/cp/orgs", data="slug=acme", headers={"Content-Type": "application/x-www-form-urlencoded"})
     assert resp.status == 415
-    resp = await api.post("/cp/orgs", data=json.dumps({"name": "x" * 100_000}),
-                          headers={"Content-Type": "application/json"})
+    resp = await api.post(
+        "/cp/orgs", data=json.dumps({"name": "x" * 100_000}), headers={"Content-Type": "application/json"}
+    )
     assert resp.status == 413
     resp = await api.post("/cp/orgs", json=["not", "an", "object"])
     assert resp.status == 400
@@ -232,12 +233,15 @@ async def test_operators_list_every_org_with_filters_and_pages(api, pool, networ
     for s in slugs:
         assert (await api.post("/cp/orgs", json=body(network, slug=s))).status == 202
     async with pool.connection() as conn:  # as if one had been suspended meanwhile
-        await conn.execute("UPDATE orgs SET status = 'suspended', status_reason = 'unpaid' WHERE slug = %s",
-                           (slugs[2],))
+        await conn.execute(
+            "UPDATE orgs SET status = 'suspended', status_reason = 'unpaid' WHERE slug = %s", (slugs[2],)
+        )
 
     seen, cursor = [], None
     while True:
-        resp = await api.get("/api/v1/orgs", params={"prefix": prefix, "limit": 2, **({"cursor": cursor} if cursor else {})})
+        resp = await api.get(
+            "/api/v1/orgs", params={"prefix": prefix, "limit": 2, **({"cursor": cursor} if cursor else {})}
+        )
         assert resp.status == 200
         page = await resp.json()
         assert len(page["orgs"]) <= 2
@@ -247,13 +251,26 @@ async def test_operators_list_every_org_with_filters_and_pages(api, pool, networ
     assert [o["slug"] for o in seen] == slugs
     assert all(set(o) >= {"id", "status", "operation", "workflow_id", "failure_reason"} for o in seen)
     suspended = await (await api.get("/cp/orgs", params={"prefix": prefix, "status": "suspended"})).json()
-    assert [(o["slug"], o["status"], o["status_reason"]) for o in suspended["orgs"]] == [(slugs[2], "suspended", "unpaid")]
+    assert [(o["slug"], o["status"], o["status_reason"]) for o in suspended["orgs"]] == [
+        (slugs[2], "suspended", "unpaid")
+    ]
     both = await (await api.get("/api/v1/orgs", params={"prefix": prefix, "status": "suspended,provisioning"})).json()
     assert len(both["orgs"]) == 5 and both["next_cursor"] is None
 
 
-@pytest.mark.parametrize("query", [{"status": "gone"}, {"status": "deleted"}, {"prefix": "UP"}, {"limit": "0"},
-                                   {"limit": "201"}, {"limit": "x"}, {"cursor": "%%%"}, {"cursor": "bm90IGEgc2x1Zw"}])
+@pytest.mark.parametrize(
+    "query",
+    [
+        {"status": "gone"},
+        {"status": "deleted"},
+        {"prefix": "UP"},
+        {"limit": "0"},
+        {"limit": "201"},
+        {"limit": "x"},
+        {"cursor": "%%%"},
+        {"cursor": "bm90IGEgc2x1Zw"},
+    ],
+)
 async def test_org_list_refuses_bad_queries(api, query):
     resp = await api.get("/api/v1/orgs", params=query)
     assert resp.status == 400 and (await resp.json())["error"]

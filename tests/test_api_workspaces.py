@@ -16,8 +16,13 @@ from api.app import create_app
 from tests.helpers import instances_of, onboard_active_org, user_data_of
 from worker import build_worker
 
-WS_BODY = {"name": "production-agent-1", "role": "Production inference worker", "runtime": "hermes", "tier": 3,
-           "model": "claude-sonnet-4"}
+WS_BODY = {
+    "name": "production-agent-1",
+    "role": "Production inference worker",
+    "runtime": "hermes",
+    "tier": 3,
+    "model": "claude-sonnet-4",
+}
 
 
 @pytest_asyncio.fixture
@@ -67,7 +72,9 @@ async def test_org_keys_are_shown_once_hashed_and_revocable(api, app_settings, p
     assert listing["keys"][0]["prefix"] == "_".join(key.split("_")[:2])
     assert listing["keys"][0]["last_used_at"] is not None
     async with pool.connection() as conn:
-        stored = await (await conn.execute("SELECT key_hash FROM org_api_keys WHERE org_id = %s", (org["id"],))).fetchall()
+        stored = await (
+            await conn.execute("SELECT key_hash FROM org_api_keys WHERE org_id = %s", (org["id"],))
+        ).fetchall()
     assert all(key not in r["key_hash"] for r in stored)
 
     resp = await api.post("/keys", json={"name": "second"}, headers=bearer(key))
@@ -90,8 +97,13 @@ async def test_routing_header_must_agree_with_the_key(api, org_and_key):
 
 async def test_bad_credentials(api, app_settings, org_and_key):
     _, key = org_and_key
-    for headers in ({}, bearer("tfk_000000000000_" + "A" * 43), bearer(key + "x"), bearer(key.replace("tfk_", "tfr_")),
-                    operator(app_settings)):
+    for headers in (
+        {},
+        bearer("tfk_000000000000_" + "A" * 43),
+        bearer(key + "x"),
+        bearer(key.replace("tfk_", "tfr_")),
+        operator(app_settings),
+    ):
         assert (await api.get("/workspaces", headers=headers)).status == 401
     # An org key is not an operator credential.
     assert (await api.get("/cp/orgs/acme", headers=bearer(key))).status == 401
@@ -107,10 +119,12 @@ async def set_quota(api, app_settings, dev_env, pool, task_queue, slug: str, **q
 
 async def test_quota_race_admits_exactly_the_limit(api, app_settings, dev_env, pool, task_queue, org_and_key):
     org, key = org_and_key
-    assert (await set_quota(api, app_settings, dev_env, pool, task_queue, org["slug"], max_workspaces=3)
-            )["max_workspaces"] == 3
-    answers = await asyncio.gather(*[
-        api.post("/workspaces", json={**WS_BODY, "name": f"agent-{i}"}, headers=bearer(key)) for i in range(20)])
+    assert (await set_quota(api, app_settings, dev_env, pool, task_queue, org["slug"], max_workspaces=3))[
+        "max_workspaces"
+    ] == 3
+    answers = await asyncio.gather(
+        *[api.post("/workspaces", json={**WS_BODY, "name": f"agent-{i}"}, headers=bearer(key)) for i in range(20)]
+    )
     statuses = sorted(r.status for r in answers)
     assert statuses == [202] * 3 + [409] * 17
     refused = [await r.json() for r in answers if r.status == 409]
@@ -129,16 +143,20 @@ async def test_tier_above_max_tier_conflicts_with_a_hint(api, app_settings, dev_
     assert (await (await api.get("/workspaces", headers=bearer(key))).json())["workspaces"] == []
 
 
-@pytest.mark.parametrize("patch", [{}, {"max_workspaces": -1}, {"max_workspaces": "3"}, {"max_tier": 9},
-                                   {"billing_plan": "gold"}, {"unknown": 1}])
+@pytest.mark.parametrize(
+    "patch",
+    [{}, {"max_workspaces": -1}, {"max_workspaces": "3"}, {"max_tier": 9}, {"billing_plan": "gold"}, {"unknown": 1}],
+)
 async def test_quota_patch_validation(api, app_settings, org_and_key, patch):
     org, _ = org_and_key
     resp = await api.patch(f"/cp/orgs/{org['slug']}", json=patch, headers=operator(app_settings))
     assert resp.status == 400 and "error" in await resp.json()
 
 
-@pytest.mark.parametrize("override", [{"name": "Bad Name"}, {"tier": 0}, {"tier": "3"}, {"runtime": ""},
-                                      {"model": "x y"}, {"role": ""}, {"extra": 1}])
+@pytest.mark.parametrize(
+    "override",
+    [{"name": "Bad Name"}, {"tier": 0}, {"tier": "3"}, {"runtime": ""}, {"model": "x y"}, {"role": ""}, {"extra": 1}],
+)
 async def test_workspace_body_validation(api, org_and_key, override):
     _, key = org_and_key
     resp = await api.post("/workspaces", json={**WS_BODY, **override}, headers=bearer(key))
@@ -183,39 +201,58 @@ def registration_token(ec2, instance_id: str) -> str:
 
 
 async def test_registration_token_is_one_time_and_bound_to_its_workspace(
-        api, app_settings, dev_env, pool, ec2, task_queue, org_and_key):
+    api, app_settings, dev_env, pool, ec2, task_queue, org_and_key
+):
     """The agent registers and then never answers (it crashed): the card check fails, the
     instance is terminated and the slot is given back."""
     org, key = org_and_key
     async with build_worker(dev_env.client, app_settings, pool, task_queue=task_queue):
         first = (await (await api.post("/workspaces", json=WS_BODY, headers=bearer(key))).json())["id"]
-        second = (await (await api.post("/workspaces", json={**WS_BODY, "name": "other"}, headers=bearer(key))).json())["id"]
-        ws = await wait_for(api, f"/workspaces/{first}", bearer(key),
-                            lambda w: (w["progress"] or {}).get("step") == "wait_registration")
-        await wait_for(api, f"/workspaces/{second}", bearer(key),
-                       lambda w: (w["progress"] or {}).get("step") == "wait_registration")
+        second = (await (await api.post("/workspaces", json={**WS_BODY, "name": "other"}, headers=bearer(key))).json())[
+            "id"
+        ]
+        ws = await wait_for(
+            api, f"/workspaces/{first}", bearer(key), lambda w: (w["progress"] or {}).get("step") == "wait_registration"
+        )
+        await wait_for(
+            api,
+            f"/workspaces/{second}",
+            bearer(key),
+            lambda w: (w["progress"] or {}).get("step") == "wait_registration",
+        )
         token = registration_token(ec2, ws["instance_id"])
 
         # A token for the first workspace can never register the second.
-        resp = await api.post("/registry/register", json={"workspace_id": second, "agent_url": "http://127.0.0.1:9"},
-                              headers=bearer(token))
+        resp = await api.post(
+            "/registry/register",
+            json={"workspace_id": second, "agent_url": "http://127.0.0.1:9"},
+            headers=bearer(token),
+        )
         assert resp.status == 401
-        resp = await api.post("/registry/register", json={"workspace_id": first, "agent_url": "http://127.0.0.1:9"},
-                              headers=bearer(token))
+        resp = await api.post(
+            "/registry/register", json={"workspace_id": first, "agent_url": "http://127.0.0.1:9"}, headers=bearer(token)
+        )
         assert resp.status == 200
         answer = await resp.json()
         assert answer["workspace_token"].startswith("tfw_") and answer["workspace_id"] == first
         # It died on use.
-        resp = await api.post("/registry/register", json={"workspace_id": first, "agent_url": "http://127.0.0.1:9"},
-                              headers=bearer(token))
+        resp = await api.post(
+            "/registry/register", json={"workspace_id": first, "agent_url": "http://127.0.0.1:9"}, headers=bearer(token)
+        )
         assert resp.status == 401
 
         # Heartbeats with the workspace token count; with another workspace's id they are refused.
-        resp = await api.post("/registry/heartbeat", headers=bearer(answer["workspace_token"]),
-                              json={"workspace_id": first, "tasks_handled": 4, "avg_response_time_ms": 12.5})
+        resp = await api.post(
+            "/registry/heartbeat",
+            headers=bearer(answer["workspace_token"]),
+            json={"workspace_id": first, "tasks_handled": 4, "avg_response_time_ms": 12.5},
+        )
         assert resp.status == 200
-        resp = await api.post("/registry/heartbeat", headers=bearer(answer["workspace_token"]),
-                              json={"workspace_id": second, "tasks_handled": 1})
+        resp = await api.post(
+            "/registry/heartbeat",
+            headers=bearer(answer["workspace_token"]),
+            json={"workspace_id": second, "tasks_handled": 1},
+        )
         assert resp.status == 403
 
         failed = await wait_for(api, f"/workspaces/{first}", bearer(key), lambda w: w["status"] == "failed")
@@ -228,8 +265,11 @@ async def test_registration_token_is_one_time_and_bound_to_its_workspace(
         assert "127.0.0.1:9" not in failed["failure_reason"]
         assert instances_of(ec2, first) == []
         # Its workspace token died with it.
-        resp = await api.post("/registry/heartbeat", headers=bearer(answer["workspace_token"]),
-                              json={"workspace_id": first, "tasks_handled": 5})
+        resp = await api.post(
+            "/registry/heartbeat",
+            headers=bearer(answer["workspace_token"]),
+            json={"workspace_id": first, "tasks_handled": 5},
+        )
         assert resp.status == 401
 
         resp = await api.delete(f"/workspaces/{second}", headers=bearer(key))
@@ -263,11 +303,13 @@ class HeldSignals:
                 held.reached.set()
                 await held.release.wait()
                 return await handle.signal(*a, **k)
+
         return Handle()
 
 
-async def test_registration_holds_no_lock_while_it_wakes_the_workflow(app_settings, dev_env, pool, ec2, task_queue,
-                                                                      api, org_and_key):
+async def test_registration_holds_no_lock_while_it_wakes_the_workflow(
+    app_settings, dev_env, pool, ec2, task_queue, api, org_and_key
+):
     """Registration wakes the provisioning workflow (a Temporal call) without holding a database
     lock: while that call is in flight, audited writes (a key minted) go through."""
     org, key = org_and_key
@@ -277,15 +319,21 @@ async def test_registration_holds_no_lock_while_it_wakes_the_workflow(app_settin
     try:
         async with build_worker(dev_env.client, app_settings, pool, task_queue=task_queue):
             ws_id = (await (await api.post("/workspaces", json=WS_BODY, headers=bearer(key))).json())["id"]
-            ws = await wait_for(api, f"/workspaces/{ws_id}", bearer(key),
-                                lambda w: (w["progress"] or {}).get("step") == "wait_registration")
+            ws = await wait_for(
+                api,
+                f"/workspaces/{ws_id}",
+                bearer(key),
+                lambda w: (w["progress"] or {}).get("step") == "wait_registration",
+            )
             token = registration_token(ec2, ws["instance_id"])
-            registering = asyncio.create_task(slow.post("/registry/register", json={"workspace_id": ws_id},
-                                                        headers=bearer(token)))
+            registering = asyncio.create_task(
+                slow.post("/registry/register", json={"workspace_id": ws_id}, headers=bearer(token))
+            )
             await asyncio.wait_for(held.reached.wait(), 30)
             # The registration now waits on Temporal; an audited write must not wait on it.
-            minted = await asyncio.wait_for(api.post(f"/cp/orgs/{org['slug']}/keys", json={"name": "meanwhile"},
-                                                     headers=operator(app_settings)), 30)
+            minted = await asyncio.wait_for(
+                api.post(f"/cp/orgs/{org['slug']}/keys", json={"name": "meanwhile"}, headers=operator(app_settings)), 30
+            )
             assert minted.status == 201 and not registering.done()
             held.release.set()
             answer = await registering

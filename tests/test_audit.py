@@ -28,16 +28,26 @@ async def fresh_db(pg):
 async def append_three(conn) -> None:
     for i in range(3):
         async with conn.transaction():
-            await audit.append(conn, actor="operator", action=f"test.step{i}", outcome="ok", org_id="org_000000000001",
-                               org_slug="acme", resource_ids={"n": i}, detail={"i": i})
+            await audit.append(
+                conn,
+                actor="operator",
+                action=f"test.step{i}",
+                outcome="ok",
+                org_id="org_000000000001",
+                org_slug="acme",
+                resource_ids={"n": i},
+                detail={"i": i},
+            )
 
 
 async def test_chain_verifies_and_changes_are_refused(fresh_db):
     await append_three(fresh_db)
-    assert await audit.verify_chain(fresh_db) == {"valid": True, "records": 3, "first_broken_seq": None,
-                                                  "reason": None}
-    for statement in ("UPDATE audit_log SET outcome = 'forged' WHERE seq = 2", "DELETE FROM audit_log WHERE seq = 2",
-                      "TRUNCATE audit_log"):
+    assert await audit.verify_chain(fresh_db) == {"valid": True, "records": 3, "first_broken_seq": None, "reason": None}
+    for statement in (
+        "UPDATE audit_log SET outcome = 'forged' WHERE seq = 2",
+        "DELETE FROM audit_log WHERE seq = 2",
+        "TRUNCATE audit_log",
+    ):
         with pytest.raises(psycopg.errors.InsufficientPrivilege):
             await fresh_db.execute(statement)
     assert (await audit.verify_chain(fresh_db))["valid"] is True
@@ -59,5 +69,9 @@ async def test_a_removed_record_breaks_the_link_after_it(fresh_db):
     await fresh_db.execute("DELETE FROM audit_log WHERE seq = 2")
     await fresh_db.execute("ALTER TABLE audit_log ENABLE TRIGGER audit_log_append_only")
     result = await audit.verify_chain(fresh_db)
-    assert result == {"valid": False, "records": 2, "first_broken_seq": 3,
-                      "reason": "does not link to the record before it"}
+    assert result == {
+        "valid": False,
+        "records": 2,
+        "first_broken_seq": 3,
+        "reason": "does not link to the record before it",
+    }

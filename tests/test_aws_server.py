@@ -21,15 +21,37 @@ AMI = "ami-12c6146b"  # one of moto's built-in images
 
 
 # The strict rules with no delays: instances change state and become visible at the next request.
-NO_DELAYS = ("--pending-seconds", "0", "--stopping-seconds", "0", "--shutting-down-seconds", "0",
-             "--visibility-lag-seconds", "0", "--eni-drain-seconds", "0")
+NO_DELAYS = (
+    "--pending-seconds",
+    "0",
+    "--stopping-seconds",
+    "0",
+    "--shutting-down-seconds",
+    "0",
+    "--visibility-lag-seconds",
+    "0",
+    "--eni-drain-seconds",
+    "0",
+)
 
 
 def start_server(tmp_path: Path, port: int, forget_after: float, *options: str):
-    proc = spawn([sys.executable, "-m", "devstack.aws_server", "--port", str(port),
-                  "--state-file", str(tmp_path / "ec2.pickle"), "--forget-terminated-after", str(forget_after),
-                  *options],
-                 log_path=tmp_path / "aws.log", cwd=ROOT)
+    proc = spawn(
+        [
+            sys.executable,
+            "-m",
+            "devstack.aws_server",
+            "--port",
+            str(port),
+            "--state-file",
+            str(tmp_path / "ec2.pickle"),
+            "--forget-terminated-after",
+            str(forget_after),
+            *options,
+        ],
+        log_path=tmp_path / "aws.log",
+        cwd=ROOT,
+    )
     wait_for_port("127.0.0.1", port, proc=proc)
     return proc
 
@@ -58,15 +80,18 @@ def strict_server(tmp_path):
 
 def launch(ec2, tag: str, count: int = 1, **placement) -> list[str]:
     tags = [{"Key": "tenantflow:test", "Value": tag}]
-    reservation = ec2.run_instances(ImageId=AMI, MinCount=count, MaxCount=count, **placement,
-                                    TagSpecifications=[{"ResourceType": "instance", "Tags": tags},
-                                                       {"ResourceType": "volume", "Tags": tags}])
+    reservation = ec2.run_instances(
+        ImageId=AMI,
+        MinCount=count,
+        MaxCount=count,
+        **placement,
+        TagSpecifications=[{"ResourceType": "instance", "Tags": tags}, {"ResourceType": "volume", "Tags": tags}],
+    )
     return [i["InstanceId"] for i in reservation["Instances"]]
 
 
 def tagged(ec2, tag: str) -> dict[str, str]:
-    pages = ec2.get_paginator("describe_instances").paginate(
-        Filters=[{"Name": "tag:tenantflow:test", "Values": [tag]}])
+    pages = ec2.get_paginator("describe_instances").paginate(Filters=[{"Name": "tag:tenantflow:test", "Values": [tag]}])
     return {i["InstanceId"]: i["State"]["Name"] for p in pages for r in p["Reservations"] for i in r["Instances"]}
 
 
@@ -117,8 +142,9 @@ def test_a_forgotten_instance_gives_its_private_ip_back_to_the_subnet(server):
     second = launch(ec2, tag, count=11, SubnetId=subnet)
 
     assert len(set(second) - set(first)) == 11
-    assert not ec2.describe_network_interfaces(
-        Filters=[{"Name": "attachment.instance-id", "Values": first}])["NetworkInterfaces"]
+    assert not ec2.describe_network_interfaces(Filters=[{"Name": "attachment.instance-id", "Values": first}])[
+        "NetworkInterfaces"
+    ]
 
 
 def test_requests_during_housekeeping_all_succeed(strict_server):

@@ -42,6 +42,7 @@ BOOT = 90.0  # generous: a loaded 2-core machine starts Python slowly
 
 # -- servers and helpers --------------------------------------------------------------------------
 
+
 @pytest.fixture(scope="module")
 def moto_endpoint():
     port = free_port()
@@ -85,8 +86,9 @@ class Cloud:
         self.ec2, self.platform = ec2, platform
         self.vpc_id, self.subnet_id = subnet
         self.org_id = f"org_{secrets.token_hex(6)}"
-        self.sg = ec2.create_security_group(GroupName=f"tf-{self.org_id}", Description="agents",
-                                            VpcId=self.vpc_id)["GroupId"]
+        self.sg = ec2.create_security_group(GroupName=f"tf-{self.org_id}", Description="agents", VpcId=self.vpc_id)[
+            "GroupId"
+        ]
         self.authorize(AGENT_PORT, PLATFORM_CIDR)
         self.ids: list[str] = []
 
@@ -100,19 +102,33 @@ class Cloud:
         self.ec2.revoke_security_group_ingress(GroupId=self.sg, IpPermissions=self.rule(port, cidr))
 
     def user_data(self, workspace_id: str) -> str:
-        return render_user_data(workspace_id=workspace_id, workspace_name="production-agent-1", org_slug="acme",
-                                role="Production inference worker", runtime="hermes", model="claude-sonnet-4", tier=3,
-                                platform_url=self.platform.url, registration_token=self.platform.registration_token,
-                                heartbeat_interval_seconds=15, listen_port=AGENT_PORT)
+        return render_user_data(
+            workspace_id=workspace_id,
+            workspace_name="production-agent-1",
+            org_slug="acme",
+            role="Production inference worker",
+            runtime="hermes",
+            model="claude-sonnet-4",
+            tier=3,
+            platform_url=self.platform.url,
+            registration_token=self.platform.registration_token,
+            heartbeat_interval_seconds=15,
+            listen_port=AGENT_PORT,
+        )
 
-    def launch(self, user_data: str | None = None, *, workspace_id: str | None = None,
-               subnet_id: str | None = "default") -> tuple[str, str, str]:
+    def launch(
+        self, user_data: str | None = None, *, workspace_id: str | None = None, subnet_id: str | None = "default"
+    ) -> tuple[str, str, str]:
         """(instance id, private ip, workspace id)."""
         workspace_id = workspace_id or f"ws_{secrets.token_hex(6)}"
         tags = {"tenantflow:managed": "true", "tenantflow:org-id": self.org_id, "tenantflow:workspace-id": workspace_id}
         placement = {"SubnetId": self.subnet_id, "SecurityGroupIds": [self.sg]} if subnet_id == "default" else {}
         inst = self.ec2.run_instances(
-            ImageId="ami-12c6146b", InstanceType="t3.micro", MinCount=1, MaxCount=1, **placement,
+            ImageId="ami-12c6146b",
+            InstanceType="t3.micro",
+            MinCount=1,
+            MaxCount=1,
+            **placement,
             UserData=self.user_data(workspace_id) if user_data is None else user_data,
             MetadataOptions={"HttpTokens": "required", "HttpEndpoint": "enabled"},
             TagSpecifications=[{"ResourceType": "instance", "Tags": [{"Key": k, "Value": v} for k, v in tags.items()]}],
@@ -141,8 +157,14 @@ def cloud(ec2, subnet, platform):
 @pytest.fixture
 async def emulator(moto_endpoint, cloud, platform, tmp_path):
     before = namespaces()
-    emu = BootEmulator(moto_endpoint, log_dir=tmp_path / "boot", poll_interval=0.1, stop_timeout=5,
-                       tag_filters={"tenantflow:org-id": cloud.org_id}, egress=[("127.0.0.1", platform.port)])
+    emu = BootEmulator(
+        moto_endpoint,
+        log_dir=tmp_path / "boot",
+        poll_interval=0.1,
+        stop_timeout=5,
+        tag_filters={"tenantflow:org-id": cloud.org_id},
+        egress=[("127.0.0.1", platform.port)],
+    )
     emu.start()
     yield emu
     await asyncio.to_thread(emu.stop)
@@ -204,6 +226,7 @@ async def stop_and_start(ec2, emu: BootEmulator, instance_id: str) -> None:
 
 # -- the product's user data -----------------------------------------------------------------------
 
+
 def test_user_data_installs_an_enabled_unit_deterministically_and_keeps_the_token_private(cloud):
     script = cloud.user_data("ws_1")
     assert script == cloud.user_data("ws_1")  # a retried launch renders identical user data
@@ -215,8 +238,14 @@ def test_user_data_installs_an_enabled_unit_deterministically_and_keeps_the_toke
     assert len(token_lines) == 1 and json.loads(token_lines[0])["listen_port"] == AGENT_PORT
     assert f"cat > {CONFIG_PATH} <<'TENANTFLOW_AGENT_CONFIG'" in lines
     assert f"ExecStart=/opt/tenantflow/venv/bin/python -m agent --config {CONFIG_PATH}" in lines
-    assert {"Restart=always", "RestartSec=2", "WantedBy=multi-user.target", "NoNewPrivileges=yes",
-            "After=network-online.target", "Wants=network-online.target"} <= set(lines)
+    assert {
+        "Restart=always",
+        "RestartSec=2",
+        "WantedBy=multi-user.target",
+        "NoNewPrivileges=yes",
+        "After=network-online.target",
+        "Wants=network-online.target",
+    } <= set(lines)
     assert lines[-2:] == ["systemctl daemon-reload", f"systemctl enable --now {UNIT_NAME}"]
 
 
@@ -234,8 +263,10 @@ def test_refuses_to_start_without_what_it_needs(tmp_path, monkeypatch):
 
 # -- booting, the wire, the metadata service ------------------------------------------------------
 
+
 async def test_agent_boots_from_unchanged_user_data_registers_from_its_private_ip_and_serves_its_card(
-        cloud, emulator, platform):
+    cloud, emulator, platform
+):
     instance_id, ip, ws = cloud.launch()
     registration = await wait_registered(cloud, ws)
     assert registration["remote"] == ip  # egress leaves from the instance's own address
@@ -275,17 +306,21 @@ async def test_security_group_decides_who_reaches_the_agent(cloud, emulator):
     assert dial(ip, AGENT_PORT, source=NEIGHBOUR) == "reset"  # outside the rule's CIDR
 
     cloud.authorize(AGENT_PORT, f"{NEIGHBOUR}/32")  # rules apply to running instances
-    await eventually(lambda: dial(ip, AGENT_PORT, source=NEIGHBOUR).startswith("HTTP/1.1 200"),
-                     "the neighbour to be admitted")
+    await eventually(
+        lambda: dial(ip, AGENT_PORT, source=NEIGHBOUR).startswith("HTTP/1.1 200"), "the neighbour to be admitted"
+    )
 
     # A rule naming a security group admits the private addresses of that group's instances.
     _peer_id, peer_ip, _ = cloud.launch("#!/bin/bash\ntrue\n")
     assert dial(ip, AGENT_PORT, source=peer_ip) == "reset"
-    same_group = [{"IpProtocol": "tcp", "FromPort": AGENT_PORT, "ToPort": AGENT_PORT,
-                   "UserIdGroupPairs": [{"GroupId": cloud.sg}]}]
+    same_group = [
+        {"IpProtocol": "tcp", "FromPort": AGENT_PORT, "ToPort": AGENT_PORT, "UserIdGroupPairs": [{"GroupId": cloud.sg}]}
+    ]
     cloud.ec2.authorize_security_group_ingress(GroupId=cloud.sg, IpPermissions=same_group)
-    await eventually(lambda: dial(ip, AGENT_PORT, source=peer_ip).startswith("HTTP/1.1 200"),
-                     "the same group's instance to be admitted")
+    await eventually(
+        lambda: dial(ip, AGENT_PORT, source=peer_ip).startswith("HTTP/1.1 200"),
+        "the same group's instance to be admitted",
+    )
 
     cloud.ec2.revoke_security_group_ingress(GroupId=cloud.sg, IpPermissions=same_group)
     cloud.revoke(AGENT_PORT, PLATFORM_CIDR)
@@ -330,15 +365,24 @@ PROBE
 """
     try:
         instance_id, ip, _ws = cloud.launch(probe)
-        text = await eventually(lambda: "user data exited" in console(emulator, instance_id)
-                                and console(emulator, instance_id), "the probe to finish", BOOT)
+        text = await eventually(
+            lambda: "user data exited" in console(emulator, instance_id) and console(emulator, instance_id),
+            "the probe to finish",
+            BOOT,
+        )
     finally:
         closed_door.close()
     results = dict(line.split(" ", 1) for line in text.splitlines() if not line.startswith("cloud-init"))
     assert results == {
-        "imdsv1": "401", "token-without-ttl": "400", "token": "200", "local-ipv4": f"200 {ip}",
-        "instance-id": f"200 {instance_id}", "bad-token": "401", "user-data": "True",
-        "egress-platform": "open", "egress-other": "ConnectionRefusedError",
+        "imdsv1": "401",
+        "token-without-ttl": "400",
+        "token": "200",
+        "local-ipv4": f"200 {ip}",
+        "instance-id": f"200 {instance_id}",
+        "bad-token": "401",
+        "user-data": "True",
+        "egress-platform": "open",
+        "egress-other": "ConnectionRefusedError",
     }
 
 
@@ -357,8 +401,10 @@ async def test_private_ip_outside_loopback_is_not_booted_and_never_boot_is_honou
 
 # -- cloud-init once, the service manager --------------------------------------------------------
 
+
 async def test_stop_start_runs_no_user_data_and_the_enabled_unit_resumes_with_its_saved_token(
-        cloud, emulator, ec2, platform, caplog):
+    cloud, emulator, ec2, platform, caplog
+):
     instance_id, ip, ws = cloud.launch()
     await wait_token_saved(cloud, ws)
     semaphore = disk(emulator, instance_id) / f"var/lib/cloud/instances/{instance_id}/sem/config_scripts_user"
@@ -396,8 +442,11 @@ async def test_restart_always_restarts_a_dead_agent_and_crash_keeps_it_down(clou
     await wait_token_saved(cloud, ws)
     first = unit(emulator, instance_id)["pid"]
     os.kill(first, signal.SIGKILL)  # the agent dies on its own
-    restarted = await eventually(lambda: (u := unit(emulator, instance_id)).get("pid") not in (None, first)
-                                 and u["state"] == "active" and u, "Restart=always to start it again", BOOT)
+    restarted = await eventually(
+        lambda: (u := unit(emulator, instance_id)).get("pid") not in (None, first) and u["state"] == "active" and u,
+        "Restart=always to start it again",
+        BOOT,
+    )
     assert restarted["restarts"] == 1
     seen = len(cloud.heartbeats(ws))
     await eventually(lambda: len(cloud.heartbeats(ws)) > seen, "heartbeats from the restarted agent", BOOT)
@@ -450,13 +499,35 @@ systemctl is-active ghost.service || true
 
 # -- the command line -----------------------------------------------------------------------------
 
+
 async def test_command_line_admin_endpoint_and_nothing_outlives_it(cloud, moto_endpoint, platform, tmp_path):
     before = namespaces()
     admin_port = free_port()
-    proc = spawn([sys.executable, "-m", "devstack.boot_emulator", "--ec2-endpoint", moto_endpoint,
-                  "--region", "us-east-1", "--log-dir", str(tmp_path / "boot"), "--admin-port", str(admin_port),
-                  "--poll-interval", "0.1", "--stop-timeout", "5", "--tag-filter", f"tenantflow:org-id={cloud.org_id}",
-                  "--egress", f"127.0.0.1:{platform.port}"], log_path=tmp_path / "emulator.log", cwd=ROOT)
+    proc = spawn(
+        [
+            sys.executable,
+            "-m",
+            "devstack.boot_emulator",
+            "--ec2-endpoint",
+            moto_endpoint,
+            "--region",
+            "us-east-1",
+            "--log-dir",
+            str(tmp_path / "boot"),
+            "--admin-port",
+            str(admin_port),
+            "--poll-interval",
+            "0.1",
+            "--stop-timeout",
+            "5",
+            "--tag-filter",
+            f"tenantflow:org-id={cloud.org_id}",
+            "--egress",
+            f"127.0.0.1:{platform.port}",
+        ],
+        log_path=tmp_path / "emulator.log",
+        cwd=ROOT,
+    )
     try:
         await asyncio.to_thread(wait_for_port, "127.0.0.1", admin_port, timeout=60, proc=proc)
         async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{admin_port}", timeout=10, trust_env=False) as http:
@@ -486,14 +557,32 @@ async def test_command_line_admin_endpoint_and_nothing_outlives_it(cloud, moto_e
 
 
 async def test_killed_emulator_takes_its_instances_with_it_and_a_new_one_reboots_them_from_disk(
-        cloud, moto_endpoint, platform, tmp_path):
+    cloud, moto_endpoint, platform, tmp_path
+):
     """SIGKILL gives the emulator no chance to clean up: the parent-death signal does it. The disks
     stay, so the next emulator (a restarted local stack) reboots the instances from them."""
     before = namespaces()
-    proc = spawn([sys.executable, "-m", "devstack.boot_emulator", "--ec2-endpoint", moto_endpoint,
-                  "--log-dir", str(tmp_path / "boot"), "--admin-port", str(free_port()), "--poll-interval", "0.1",
-                  "--tag-filter", f"tenantflow:org-id={cloud.org_id}", "--egress", f"127.0.0.1:{platform.port}"],
-                 log_path=tmp_path / "emulator.log", cwd=ROOT)
+    proc = spawn(
+        [
+            sys.executable,
+            "-m",
+            "devstack.boot_emulator",
+            "--ec2-endpoint",
+            moto_endpoint,
+            "--log-dir",
+            str(tmp_path / "boot"),
+            "--admin-port",
+            str(free_port()),
+            "--poll-interval",
+            "0.1",
+            "--tag-filter",
+            f"tenantflow:org-id={cloud.org_id}",
+            "--egress",
+            f"127.0.0.1:{platform.port}",
+        ],
+        log_path=tmp_path / "emulator.log",
+        cwd=ROOT,
+    )
     try:
         instance_id, ip, ws = cloud.launch()
         await wait_token_saved(cloud, ws)
@@ -504,8 +593,14 @@ async def test_killed_emulator_takes_its_instances_with_it_and_a_new_one_reboots
     await eventually(lambda: namespaces() <= before, "the instance's namespaces to go", BOOT)
     assert await asyncio.to_thread(dial, ip, AGENT_PORT) == "refused"
 
-    emu = BootEmulator(moto_endpoint, log_dir=tmp_path / "boot", poll_interval=0.1, stop_timeout=5,
-                       tag_filters={"tenantflow:org-id": cloud.org_id}, egress=[("127.0.0.1", platform.port)])
+    emu = BootEmulator(
+        moto_endpoint,
+        log_dir=tmp_path / "boot",
+        poll_interval=0.1,
+        stop_timeout=5,
+        tag_filters={"tenantflow:org-id": cloud.org_id},
+        egress=[("127.0.0.1", platform.port)],
+    )
     emu.start()
     try:
         seen = len(cloud.heartbeats(ws))

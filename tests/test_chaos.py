@@ -24,7 +24,8 @@ def test_random_overlapping_operations_keep_every_invariant(tmp_path):
     # once by the org's state, and tenants were both served and locked out.
     for expected in ("create 202", "ws_create 202", "suspend 202", "tenant_list 200"):
         assert expected in answers, (expected, answers)
-    assert any(a.endswith(" 409") for a in answers) and any(a in ("tenant_list 403", "ws_create 403", "tenant_list 401")
-                                                            for a in answers)
+    assert any(a.endswith(" 409") for a in answers) and any(
+        a in ("tenant_list 403", "ws_create 403", "tenant_list 401") for a in answers
+    )
     assert sum(sum(r["faults_armed"].values()) for r in report["runs"]) > 0
     assert status == 0

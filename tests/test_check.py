@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import io
-import os
 
 import pytest
 from pydantic import SecretStr
 
-from domain.temporal import SEARCH_ATTRIBUTES
+from domain.operations import SEARCH_ATTRIBUTES
 from tools.check import run_checks
 
 
@@ -28,10 +27,13 @@ async def test_everything_reachable(settings, temporal_env):
 
 
 async def test_problems_are_named_without_secrets(settings, temporal_env):
-    bad = settings.model_copy(update={
-        "neon_api_key": SecretStr("neon_wrong_key_0123456789"), "platform_cidr": "0.0.0.0/0",
-        "provision_secret": SecretStr("short"),
-    })
+    bad = settings.model_copy(
+        update={
+            "neon_api_key": SecretStr("neon_wrong_key_0123456789"),
+            "platform_cidr": "0.0.0.0/0",
+            "provision_secret": SecretStr("short"),
+        }
+    )
     out = io.StringIO()
     assert not await run_checks(bad, out)
     text = out.getvalue()

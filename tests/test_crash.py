@@ -24,8 +24,11 @@ FIGURES: dict = {}
 
 @pytest.fixture(scope="module")
 def h(tmp_path_factory):
-    harness = StackHarness(tmp_path_factory.mktemp("crash") / "state", registration_timeout_seconds=60,
-                           agent_heartbeat_interval_seconds=1.0)
+    harness = StackHarness(
+        tmp_path_factory.mktemp("crash") / "state",
+        registration_timeout_seconds=60,
+        agent_heartbeat_interval_seconds=1.0,
+    )
     harness.start()
     yield harness
     harness.stop()

@@ -12,14 +12,15 @@ from __future__ import annotations
 import json
 import re
 import tomllib
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 import yaml
 
+from domain.operations import SEARCH_ATTRIBUTES
 from domain.settings import Settings
-from domain.temporal import SEARCH_ATTRIBUTES
 
 ROOT = Path(__file__).resolve().parents[1]
 DEPLOY = ROOT / "deploy"
@@ -32,22 +33,40 @@ NAMESPACE = "tenantflow"
 SETTING_FIELDS = set(Settings.model_fields)
 # What a production process cannot do without (the defaults describe the local stack).
 REQUIRED_SETTINGS = {
-    "database_url", "provision_secret", "neon_api_key", "neon_mode", "neon_project_id", "public_url",
-    "platform_cidr", "aws_region", "agent_ami_id", "task_queue", "api_host", "worker_health_host",
+    "database_url",
+    "provision_secret",
+    "neon_api_key",
+    "neon_mode",
+    "neon_project_id",
+    "public_url",
+    "platform_cidr",
+    "aws_region",
+    "agent_ami_id",
+    "task_queue",
+    "api_host",
+    "worker_health_host",
 }
 REQUIRED_ENV = {f"TENANTFLOW_{name.upper()}" for name in REQUIRED_SETTINGS} | {"TEMPORAL_ADDRESS", "TEMPORAL_NAMESPACE"}
 # The Temporal SDK's environment configuration (temporalio.envconfig).
 TEMPORAL_ENV = {
-    "TEMPORAL_ADDRESS", "TEMPORAL_NAMESPACE", "TEMPORAL_API_KEY", "TEMPORAL_TLS", "TEMPORAL_TLS_CLIENT_CERT_PATH",
-    "TEMPORAL_TLS_CLIENT_KEY_PATH", "TEMPORAL_TLS_SERVER_CA_CERT_PATH", "TEMPORAL_TLS_SERVER_NAME",
-    "TEMPORAL_TLS_DISABLE_HOST_VERIFICATION", "TEMPORAL_CONFIG_FILE", "TEMPORAL_PROFILE",
+    "TEMPORAL_ADDRESS",
+    "TEMPORAL_NAMESPACE",
+    "TEMPORAL_API_KEY",
+    "TEMPORAL_TLS",
+    "TEMPORAL_TLS_CLIENT_CERT_PATH",
+    "TEMPORAL_TLS_CLIENT_KEY_PATH",
+    "TEMPORAL_TLS_SERVER_CA_CERT_PATH",
+    "TEMPORAL_TLS_SERVER_NAME",
+    "TEMPORAL_TLS_DISABLE_HOST_VERIFICATION",
+    "TEMPORAL_CONFIG_FILE",
+    "TEMPORAL_PROFILE",
 }
 SECRET_NAME = re.compile(r"(PASSWORD|PWD|SECRET|API_KEY|TOKEN|DATABASE_URL|PRIVATE_KEY|ACCESS_KEY)", re.I)
 PLACEHOLDER = "REPLACE_ME"
 # Things that look like real credentials wherever they appear.
 CREDENTIAL_PATTERNS = [
-    re.compile(r"AKIA[0-9A-Z]{16}"),                 # AWS access key id
-    re.compile(r"\btf[pk]_[A-Za-z0-9]{8,}"),          # tenantflow operator / org keys
+    re.compile(r"AKIA[0-9A-Z]{16}"),  # AWS access key id
+    re.compile(r"\btf[pk]_[A-Za-z0-9]{8,}"),  # tenantflow operator / org keys
     re.compile(r"-----BEGIN [A-Z ]*PRIVATE KEY-----"),
     re.compile(r"://[^\s:/@${}]+:(?!<|\.\.\.|REPLACE_ME)[^\s@${}]+@"),  # user:password@ in a URL (placeholders aside)
 ]
@@ -124,7 +143,9 @@ def port_number(container: dict[str, Any], port: int | str) -> int:
 
 
 def worker_graceful_shutdown_seconds() -> float:
-    match = re.search(r"graceful_shutdown_timeout=timedelta\(seconds=(\d+(?:\.\d+)?)\)", (ROOT / "worker.py").read_text())
+    match = re.search(
+        r"graceful_shutdown_timeout=timedelta\(seconds=(\d+(?:\.\d+)?)\)", (ROOT / "worker.py").read_text()
+    )
     assert match, "worker.py no longer sets graceful_shutdown_timeout=timedelta(seconds=N)"
     return float(match.group(1))
 
@@ -211,8 +232,16 @@ def test_k8s_schema_validation_is_real(kubernetes_validate) -> None:
 
 def test_k8s_structure() -> None:
     kinds = [doc["kind"] for _, doc in k8s_docs()]
-    for kind in ("Namespace", "ConfigMap", "Secret", "ServiceAccount", "Deployment", "Service",
-                 "PodDisruptionBudget", "HorizontalPodAutoscaler"):
+    for kind in (
+        "Namespace",
+        "ConfigMap",
+        "Secret",
+        "ServiceAccount",
+        "Deployment",
+        "Service",
+        "PodDisruptionBudget",
+        "HorizontalPodAutoscaler",
+    ):
         assert kind in kinds, f"deploy/k8s has no {kind}"
     for path, doc in k8s_docs():
         assert doc.get("apiVersion") and doc.get("kind") and doc.get("metadata", {}).get("name"), path
@@ -357,8 +386,9 @@ def test_compose_validates_against_the_compose_specification() -> None:
 
     import jsonschema
 
-    schema = json.loads((importlib.resources.files("check_jsonschema.builtin_schemas.vendor")
-                         / "compose-spec.json").read_text())
+    schema = json.loads(
+        (importlib.resources.files("check_jsonschema.builtin_schemas.vendor") / "compose-spec.json").read_text()
+    )
     validator = jsonschema.Draft202012Validator(schema)
     errors = [f"{list(e.path)}: {e.message}" for e in validator.iter_errors(compose())]
     assert not errors, "\n".join(errors)
@@ -390,7 +420,7 @@ def test_compose_dependencies_and_healthchecks() -> None:
     services = compose()["services"]
     for name, service in services.items():
         depends = service.get("depends_on", {})
-        for dep, cond in (depends.items() if isinstance(depends, dict) else ((d, {}) for d in depends)):
+        for dep, cond in depends.items() if isinstance(depends, dict) else ((d, {}) for d in depends):
             assert dep in services, f"{name} depends on unknown {dep}"
             if cond.get("condition") == "service_healthy":
                 assert "healthcheck" in services[dep], f"{name} waits for {dep}, which has no healthcheck"
@@ -430,7 +460,10 @@ def test_compose_app_environment() -> None:
                 # An empty TEMPORAL_API_KEY turns TLS on and an empty path is read as ".".
                 assert not re.search(r"\$\{[A-Z_]+:?-\}", str(value)), f"{name}: {key} may be empty"
     namespace = doc["services"]["temporal-setup-namespace"]["environment"]["TEMPORAL_NAMESPACE"]
-    assert app_services(doc)["api"]["environment"]["TEMPORAL_NAMESPACE"] in (namespace, f"${{TEMPORAL_NAMESPACE:-{namespace}}}")
+    assert app_services(doc)["api"]["environment"]["TEMPORAL_NAMESPACE"] in (
+        namespace,
+        f"${{TEMPORAL_NAMESPACE:-{namespace}}}",
+    )
 
 
 def test_compose_tenantflow_variables_are_real_settings() -> None:
@@ -451,7 +484,9 @@ def test_compose_no_literal_secrets() -> None:
             refs = re.findall(r"\$\{([^}]*)\}", value)
             assert refs, f"{name}: {key} is a literal"
             for ref in refs:
-                assert re.fullmatch(r"[A-Z0-9_]+:\?.*", ref), f"{name}: {key} must be required (${{VAR:?}}), got ${{{ref}}}"
+                assert re.fullmatch(r"[A-Z0-9_]+:\?.*", ref), (
+                    f"{name}: {key} must be required (${{VAR:?}}), got ${{{ref}}}"
+                )
             rest = strip_interpolations(value)
             assert not re.search(r"://[^:/@]+:[^@]+@", rest), f"{name}: {key} carries a literal password"
             if "://" not in value:
@@ -572,8 +607,13 @@ def test_temporal_cloud_env_example() -> None:
         else:
             continue
         assigned[key] = value
-    assert {"TEMPORAL_ADDRESS", "TEMPORAL_NAMESPACE", "TEMPORAL_API_KEY", "TEMPORAL_TLS_CLIENT_CERT_PATH",
-            "TEMPORAL_TLS_CLIENT_KEY_PATH"} <= set(assigned)
+    assert {
+        "TEMPORAL_ADDRESS",
+        "TEMPORAL_NAMESPACE",
+        "TEMPORAL_API_KEY",
+        "TEMPORAL_TLS_CLIENT_CERT_PATH",
+        "TEMPORAL_TLS_CLIENT_KEY_PATH",
+    } <= set(assigned)
     unknown = {k for k in assigned if k.startswith("TEMPORAL_")} - TEMPORAL_ENV
     assert not unknown, f"not read by the Temporal SDK: {unknown}"
     assert_setting_names({k for k in assigned if k.startswith("TENANTFLOW_")}, CLOUD_ENV.name)

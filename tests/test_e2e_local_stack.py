@@ -31,12 +31,26 @@ ROOT = Path(__file__).resolve().parent.parent
 class RunningStack:
     def __init__(self, tmp_path: Path):
         self.state_dir = tmp_path / "state"
-        self.ports = {name: free_port() for name in
-                      ("API_PORT", "TEMPORAL_PORT", "TEMPORAL_UI_PORT", "POSTGRES_PORT", "MOTO_PORT", "NEON_PORT",
-                       "BOOT_EMULATOR_PORT", "WORKER_HEALTH_PORT", "WORKER_SDK_METRICS_PORT")}
-        self.env = {**os.environ, "TENANTFLOW_STATE_DIR": str(self.state_dir),
-                    "TENANTFLOW_AGENT_HEARTBEAT_INTERVAL_SECONDS": "0.5",
-                    **{f"TENANTFLOW_{k}": str(v) for k, v in self.ports.items()}}
+        self.ports = {
+            name: free_port()
+            for name in (
+                "API_PORT",
+                "TEMPORAL_PORT",
+                "TEMPORAL_UI_PORT",
+                "POSTGRES_PORT",
+                "MOTO_PORT",
+                "NEON_PORT",
+                "BOOT_EMULATOR_PORT",
+                "WORKER_HEALTH_PORT",
+                "WORKER_SDK_METRICS_PORT",
+            )
+        }
+        self.env = {
+            **os.environ,
+            "TENANTFLOW_STATE_DIR": str(self.state_dir),
+            "TENANTFLOW_AGENT_HEARTBEAT_INTERVAL_SECONDS": "0.5",
+            **{f"TENANTFLOW_{k}": str(v) for k, v in self.ports.items()},
+        }
         self.proc: subprocess.Popen | None = None
         self.output: list[str] = []
 
@@ -46,8 +60,14 @@ class RunningStack:
 
     def start(self, *args: str, until: str = "local stack running", timeout: float = 240) -> str:
         self.output = []
-        self.proc = subprocess.Popen([sys.executable, "-m", "devstack", *args], cwd=ROOT, env=self.env,
-                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "devstack", *args],
+            cwd=ROOT,
+            env=self.env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
         deadline = time.monotonic() + timeout
         assert self.proc.stdout is not None
         for line in self.proc.stdout:
@@ -109,8 +129,22 @@ def test_run_command_onboards_and_restarts_with_saved_state(tmp_path):
         vpc_id, subnets = ensure_demo_network(f"http://127.0.0.1:{stack.ports['MOTO_PORT']}", "us-east-1")
         os.environ["TENANTFLOW_PROVISION_SECRET"] = secret
         try:
-            code = starter.main(["--api-url", stack.api_url, "onboard", "--slug", "acme", "--name", "Acme Corp",
-                                 "--vpc-id", vpc_id, "--subnet-ids", ",".join(subnets)], out=open(os.devnull, "w"))
+            code = starter.main(
+                [
+                    "--api-url",
+                    stack.api_url,
+                    "onboard",
+                    "--slug",
+                    "acme",
+                    "--name",
+                    "Acme Corp",
+                    "--vpc-id",
+                    vpc_id,
+                    "--subnet-ids",
+                    ",".join(subnets),
+                ],
+                out=open(os.devnull, "w"),
+            )
         finally:
             del os.environ["TENANTFLOW_PROVISION_SECRET"]
         assert code == 0
@@ -119,8 +153,11 @@ def test_run_command_onboards_and_restarts_with_saved_state(tmp_path):
 
         # Its tenant database really connects.
         neon = NeonAPI(stack.secrets["neon_api_key"], base_url=f"http://127.0.0.1:{stack.ports['NEON_PORT']}/api/v2/")
-        uri = neon._request("GET", f"projects/{org['neon_project_id']}/connection_uri",
-                            params={"branch_id": org["neon_branch_id"], "database_name": "neondb"})["uri"]
+        uri = neon._request(
+            "GET",
+            f"projects/{org['neon_project_id']}/connection_uri",
+            params={"branch_id": org["neon_branch_id"], "database_name": "neondb"},
+        )["uri"]
         with psycopg.connect(uri, connect_timeout=5) as conn:
             conn.execute("CREATE TABLE agents (id int)")
             assert conn.execute("SELECT current_database()").fetchone()[0]
@@ -129,10 +166,15 @@ def test_run_command_onboards_and_restarts_with_saved_state(tmp_path):
         # stack's platform is 127.0.0.1).
         ec2 = moto_ec2_client(f"http://127.0.0.1:{stack.ports['MOTO_PORT']}")
         group = ec2.describe_security_groups(GroupIds=[org["security_group_id"]])["SecurityGroups"][0]
-        rules = [(p["IpProtocol"], p["FromPort"], p["ToPort"], r["CidrIp"])
-                 for p in group["IpPermissions"] for r in p["IpRanges"]]
+        rules = [
+            (p["IpProtocol"], p["FromPort"], p["ToPort"], r["CidrIp"])
+            for p in group["IpPermissions"]
+            for r in p["IpRanges"]
+        ]
         assert rules == [("tcp", 443, 443, "127.0.0.1/32")]
-        assert sum(len(p.get("Ipv6Ranges", [])) + len(p.get("UserIdGroupPairs", [])) for p in group["IpPermissions"]) == 0
+        assert (
+            sum(len(p.get("Ipv6Ranges", [])) + len(p.get("UserIdGroupPairs", [])) for p in group["IpPermissions"]) == 0
+        )
 
         # The tenant's workspace lifecycle, through the CLI: create -> agent boots, registers,
         # answers over A2A -> delete -> instance terminated, slot free.
@@ -150,8 +192,21 @@ def test_run_command_onboards_and_restarts_with_saved_state(tmp_path):
         assert operator.set_quota("acme", max_workspaces=1)["max_workspaces"] == 1
         os.environ["TENANTFLOW_ORG_KEY"] = key
         try:
-            code = starter.main(["--api-url", stack.api_url, "workspace", "create", "--name", "agent-1", "--role",
-                                 "E2E worker", "--tier", "2"], out=open(os.devnull, "w"))
+            code = starter.main(
+                [
+                    "--api-url",
+                    stack.api_url,
+                    "workspace",
+                    "create",
+                    "--name",
+                    "agent-1",
+                    "--role",
+                    "E2E worker",
+                    "--tier",
+                    "2",
+                ],
+                out=open(os.devnull, "w"),
+            )
             assert code == 0
             [ws] = tenant.workspaces()
             assert ws["status"] == "running" and ws["instance_id"].startswith("i-")
@@ -166,7 +221,9 @@ def test_run_command_onboards_and_restarts_with_saved_state(tmp_path):
             assert metrics["total_workspaces"] == 1 and metrics["active_agents"] == 1
             assert metrics["avg_response_time_ms"] > 0
 
-            code = starter.main(["--api-url", stack.api_url, "workspace", "delete", ws["id"]], out=open(os.devnull, "w"))
+            code = starter.main(
+                ["--api-url", stack.api_url, "workspace", "delete", ws["id"]], out=open(os.devnull, "w")
+            )
             assert code == 0
         finally:
             del os.environ["TENANTFLOW_ORG_KEY"]
@@ -181,8 +238,10 @@ def test_run_command_onboards_and_restarts_with_saved_state(tmp_path):
         # the service it installed brings the agent back, and the agent heartbeats again.
         os.environ["TENANTFLOW_PROVISION_SECRET"] = secret
         try:
+
             def cli(*argv: str) -> int:
                 return starter.main(["--api-url", stack.api_url, *argv], out=open(os.devnull, "w"))
+
             assert cli("suspend", "acme", "--reason", "e2e", "--stop-instances") == 0
             assert operator.org("acme")["status"] == "suspended"
             assert tenant_state(ec2, running["instance_id"]) == "stopped"
@@ -190,8 +249,11 @@ def test_run_command_onboards_and_restarts_with_saved_state(tmp_path):
             assert cli("resume", "acme") == 0
             assert tenant_state(ec2, running["instance_id"]) == "running"
             # The suspension revoked the tenant's keys: the operator's view shows the heartbeats.
-            back = wait_until(lambda: operator.request("GET", "/cp/orgs/acme/workspaces")[1]["workspaces"][0],
-                              lambda w: w["status"] == "running" and w["last_seen"] > stopped_at, timeout=90)
+            back = wait_until(
+                lambda: operator.request("GET", "/cp/orgs/acme/workspaces")[1]["workspaces"][0],
+                lambda w: w["status"] == "running" and w["last_seen"] > stopped_at,
+                timeout=90,
+            )
             assert asyncio.run(ask(running["agent_url"], "back?")) == "echo: back?"
             assert back["instance_id"] == running["instance_id"]
             assert cli("delete", "acme", "--confirm", "acme", "--delete-workspaces") == 0
@@ -200,13 +262,18 @@ def test_run_command_onboards_and_restarts_with_saved_state(tmp_path):
             del os.environ["TENANTFLOW_PROVISION_SECRET"]
         deleted = operator.org("acme")
         assert deleted["status"] == "deleted" and deleted["receipt"]["slug"] == "acme"
-        assert ec2.describe_security_groups(Filters=[{"Name": "group-id", "Values": [org["security_group_id"]]}])[
-            "SecurityGroups"] == []
+        assert (
+            ec2.describe_security_groups(Filters=[{"Name": "group-id", "Values": [org["security_group_id"]]}])[
+                "SecurityGroups"
+            ]
+            == []
+        )
 
         # The workflow is in Temporal, where the UI shows it.
         async def describe():
             client = await Client.connect(f"127.0.0.1:{stack.ports['TEMPORAL_PORT']}")
             return await client.get_workflow_handle(org["workflow_id"]).describe()
+
         assert asyncio.run(describe()).status.name == "COMPLETED"
 
         children = stack.stop()

@@ -13,10 +13,12 @@ import requests
 from temporalio.testing import ActivityEnvironment
 
 from activities.ec2 import Ec2Activities
-from activities.instances import InstanceActivities, instance_key
+from activities.instances import InstanceActivities
 from db.ledger import Ledger
 from db.workspaces import WorkspaceRepo
-from domain.models import InstanceRef, SecurityGroupInput, WorkspaceInstance, resource_name
+from domain.onboard_org import SecurityGroupInput
+from domain.provision_workspace import InstanceRef, WorkspaceInstance
+from domain.resources import instance_key, resource_name
 from tests.conftest import STRICT_EC2_TIMINGS, new_org_id
 from tests.helpers import instances_of
 
@@ -30,22 +32,32 @@ def lagging(moto_url):
     admin = f"{moto_url}/__devstack/ec2/config"
     requests.post(admin, json={"visibility_lag_seconds": LAG}, timeout=5).raise_for_status()
     yield
-    requests.post(admin, json={"visibility_lag_seconds": STRICT_EC2_TIMINGS["--visibility-lag-seconds"]},
-                  timeout=5).raise_for_status()
+    requests.post(
+        admin, json={"visibility_lag_seconds": STRICT_EC2_TIMINGS["--visibility-lag-seconds"]}, timeout=5
+    ).raise_for_status()
 
 
 def launch(ec2, subnet_id: str, workspace_id: str, org_id: str) -> str:
-    tags = [{"Key": "tenantflow:workspace-id", "Value": workspace_id}, {"Key": "tenantflow:org-id", "Value": org_id},
-            {"Key": "tenantflow:managed", "Value": "true"}]
-    return ec2.run_instances(ImageId=AMI, MinCount=1, MaxCount=1, SubnetId=subnet_id,
-                             TagSpecifications=[{"ResourceType": "instance", "Tags": tags}])["Instances"][0]["InstanceId"]
+    tags = [
+        {"Key": "tenantflow:workspace-id", "Value": workspace_id},
+        {"Key": "tenantflow:org-id", "Value": org_id},
+        {"Key": "tenantflow:managed", "Value": "true"},
+    ]
+    return ec2.run_instances(
+        ImageId=AMI,
+        MinCount=1,
+        MaxCount=1,
+        SubnetId=subnet_id,
+        TagSpecifications=[{"ResourceType": "instance", "Tags": tags}],
+    )["Instances"][0]["InstanceId"]
 
 
 async def recorded_launch(pool, org_id: str, workspace_id: str) -> Ledger:
     """The ledger as the launch activity leaves it before RunInstances answers."""
     ledger = Ledger(pool)
-    await ledger.reserve(org_id=org_id, org_slug="lag", kind="ec2_instance", business_key=instance_key(workspace_id),
-                         actor="test")
+    await ledger.reserve(
+        org_id=org_id, org_slug="lag", kind="ec2_instance", business_key=instance_key(workspace_id), actor="test"
+    )
     await ledger.attempting_create(instance_key(workspace_id))
     return ledger
 
@@ -55,8 +67,9 @@ async def test_waiting_for_a_new_instance_survives_not_found(settings, pool, ec2
     ledger = await recorded_launch(pool, org_id, workspace_id)
     instance_id = launch(ec2, network[1][0], workspace_id, org_id)
     activities = InstanceActivities(settings, ledger, WorkspaceRepo(pool))
-    await ActivityEnvironment().run(activities.wait_instance_running,
-                                    WorkspaceInstance(workspace_id=workspace_id, instance_id=instance_id))
+    await ActivityEnvironment().run(
+        activities.wait_instance_running, WorkspaceInstance(workspace_id=workspace_id, instance_id=instance_id)
+    )
     assert [i["State"]["Name"] for i in instances_of(ec2, workspace_id)] == ["running"]
 
 
@@ -66,8 +79,10 @@ async def test_terminating_a_new_instance_terminates_it(settings, pool, ec2, net
     ledger = await recorded_launch(pool, org_id, workspace_id)
     instance_id = launch(ec2, network[1][0], workspace_id, org_id)
     activities = InstanceActivities(settings, ledger, WorkspaceRepo(pool))
-    terminated = await ActivityEnvironment().run(activities.terminate_instances, InstanceRef(
-        workspace_id=workspace_id, org_id=org_id, org_slug="lag", instance_id=instance_id))
+    terminated = await ActivityEnvironment().run(
+        activities.terminate_instances,
+        InstanceRef(workspace_id=workspace_id, org_id=org_id, org_slug="lag", instance_id=instance_id),
+    )
     assert terminated == [instance_id]
     assert instances_of(ec2, workspace_id) == []  # none left alive
     assert instances_of(ec2, workspace_id, states=("terminated",))[0]["InstanceId"] == instance_id
@@ -81,8 +96,9 @@ async def test_cleanup_after_a_lost_launch_answer_finds_the_instance(settings, p
     ledger = await recorded_launch(pool, org_id, workspace_id)
     instance_id = launch(ec2, network[1][0], workspace_id, org_id)
     activities = InstanceActivities(settings, ledger, WorkspaceRepo(pool))
-    terminated = await ActivityEnvironment().run(activities.terminate_instances, InstanceRef(
-        workspace_id=workspace_id, org_id=org_id, org_slug="lag"))
+    terminated = await ActivityEnvironment().run(
+        activities.terminate_instances, InstanceRef(workspace_id=workspace_id, org_id=org_id, org_slug="lag")
+    )
     assert terminated == [instance_id]
     assert instances_of(ec2, workspace_id) == []
 
@@ -94,8 +110,9 @@ async def test_deleting_a_group_whose_create_answer_was_lost_deletes_it(settings
     req = SecurityGroupInput(org_id=org_id, slug="lag", vpc_id=network[0])
     name = resource_name(req.slug, org_id)
     ledger = Ledger(pool)
-    await ledger.reserve(org_id=org_id, org_slug="lag", kind="security_group", business_key=f"security_group:{name}",
-                         actor="test")
+    await ledger.reserve(
+        org_id=org_id, org_slug="lag", kind="security_group", business_key=f"security_group:{name}", actor="test"
+    )
     await ledger.attempting_create(f"security_group:{name}")
     ec2.create_security_group(GroupName=name, Description="lost answer", VpcId=network[0])
     await ActivityEnvironment().run(Ec2Activities(settings, ledger).delete_security_group, req)
@@ -110,4 +127,5 @@ async def test_a_new_group_gets_its_rule_despite_not_found(settings, pool, ec2, 
     group = await ActivityEnvironment().run(Ec2Activities(settings, Ledger(pool)).ensure_security_group, req)
     perms = ec2.describe_security_groups(GroupIds=[group.group_id])["SecurityGroups"][0]["IpPermissions"]
     assert [(p["FromPort"], [r["CidrIp"] for r in p["IpRanges"]]) for p in perms] == [
-        (settings.agent_port, [settings.platform_cidr])]
+        (settings.agent_port, [settings.platform_cidr])
+    ]

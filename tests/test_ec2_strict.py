@@ -25,8 +25,13 @@ from devstack.procs import free_port, spawn, stop, wait_for_port
 from tests.test_aws_server import AMI, ROOT, start_server, until
 
 LONG = 600  # seconds: "not before the test says so"
-FAST = {"pending_seconds": 0, "stopping_seconds": 0, "shutting_down_seconds": 0,
-        "visibility_lag_seconds": 0, "eni_drain_seconds": 0}
+FAST = {
+    "pending_seconds": 0,
+    "stopping_seconds": 0,
+    "shutting_down_seconds": 0,
+    "visibility_lag_seconds": 0,
+    "eni_drain_seconds": 0,
+}
 
 
 class Ec2Server:
@@ -43,9 +48,14 @@ class Ec2Server:
         return self.admin("POST", "config", settings)
 
     def client(self, region: str = "us-east-1", **config) -> object:
-        return boto3.client("ec2", region_name=region, endpoint_url=self.url, config=Config(**config),
-                            aws_access_key_id=MOTO_CREDENTIALS["AWS_ACCESS_KEY_ID"],
-                            aws_secret_access_key=MOTO_CREDENTIALS["AWS_SECRET_ACCESS_KEY"])
+        return boto3.client(
+            "ec2",
+            region_name=region,
+            endpoint_url=self.url,
+            config=Config(**config),
+            aws_access_key_id=MOTO_CREDENTIALS["AWS_ACCESS_KEY_ID"],
+            aws_secret_access_key=MOTO_CREDENTIALS["AWS_SECRET_ACCESS_KEY"],
+        )
 
     def reset(self) -> None:
         requests.post(f"{self.url}/moto-api/reset", timeout=30).raise_for_status()
@@ -55,8 +65,11 @@ class Ec2Server:
 
 def spawn_server(log_dir: Path, *options: str):
     port = free_port()
-    proc = spawn([sys.executable, "-m", "devstack.aws_server", "--port", str(port), *options],
-                 log_path=log_dir / "aws.log", cwd=ROOT)
+    proc = spawn(
+        [sys.executable, "-m", "devstack.aws_server", "--port", str(port), *options],
+        log_path=log_dir / "aws.log",
+        cwd=ROOT,
+    )
     wait_for_port("127.0.0.1", port, proc=proc)
     return proc, Ec2Server(f"http://127.0.0.1:{port}")
 
@@ -127,7 +140,9 @@ def test_the_same_token_with_other_parameters_is_a_mismatch(server):
 
     assert error(run, server.ec2, "ws-1", UserData="other") == ("IdempotentParameterMismatch", 400)
     assert error(run, server.ec2, "ws-1", UserData="boot", InstanceType="t3.large") == (
-        "IdempotentParameterMismatch", 400)
+        "IdempotentParameterMismatch",
+        400,
+    )
     assert list(instances(server.ec2)) == [instance_id(first)]
 
 
@@ -177,8 +192,13 @@ def test_the_client_token_filter_finds_the_launch(server):
 
     assert list(instances(server.ec2, Filters=[{"Name": "client-token", "Values": ["ws-1"]}])) == [iid]
     assert not instances(server.ec2, Filters=[{"Name": "client-token", "Values": ["unknown"]}])
-    both = instances(server.ec2, Filters=[{"Name": "client-token", "Values": ["ws-1", "ws-2"]},
-                                          {"Name": "instance-state-name", "Values": ["running"]}])
+    both = instances(
+        server.ec2,
+        Filters=[
+            {"Name": "client-token", "Values": ["ws-1", "ws-2"]},
+            {"Name": "instance-state-name", "Values": ["running"]},
+        ],
+    )
     assert len(both) == 2
 
 
@@ -329,8 +349,12 @@ def test_a_fault_before_answers_the_error_and_changes_nothing(server):
 
 
 def test_a_fault_after_commits_the_change_and_the_same_token_recovers_it(server):
-    server.admin("POST", "faults", {"action": "RunInstances", "code": "InsufficientInstanceCapacity",
-                                    "when": "after"}, status=201)
+    server.admin(
+        "POST",
+        "faults",
+        {"action": "RunInstances", "code": "InsufficientInstanceCapacity", "when": "after"},
+        status=201,
+    )
     ec2 = server.client(retries={"total_max_attempts": 1})
 
     assert error(run, ec2, "ws-1") == ("InsufficientInstanceCapacity", 500)
@@ -360,14 +384,17 @@ def test_a_fault_for_every_action_until_cleared(server):
     ec2.describe_instances()
 
 
-@pytest.mark.parametrize("fault", [
-    {"action": "RunInstance", "code": "InternalError"},
-    {"action": "RunInstances"},
-    {"action": "RunInstances", "code": "SomethingNew"},
-    {"action": "RunInstances", "code": "InternalError", "when": "later"},
-    {"action": "RunInstances", "code": "InternalError", "count": 0},
-    {"action": "RunInstances", "delay_seconds": -1},
-])
+@pytest.mark.parametrize(
+    "fault",
+    [
+        {"action": "RunInstance", "code": "InternalError"},
+        {"action": "RunInstances"},
+        {"action": "RunInstances", "code": "SomethingNew"},
+        {"action": "RunInstances", "code": "InternalError", "when": "later"},
+        {"action": "RunInstances", "code": "InternalError", "count": 0},
+        {"action": "RunInstances", "delay_seconds": -1},
+    ],
+)
 def test_a_bad_fault_is_refused(server, fault):
     assert "error" in server.admin("POST", "faults", fault, status=400)
 
@@ -378,8 +405,10 @@ def test_stats_count_requests_and_errors_per_action(server):
     server.ec2.describe_instances()
 
     stats = server.admin("POST", "reset-stats")
-    assert stats == {"requests": {"RunInstances": 2, "DescribeInstances": 1},
-                     "errors": {"RunInstances": {"IdempotentParameterMismatch": 1}}}
+    assert stats == {
+        "requests": {"RunInstances": 2, "DescribeInstances": 1},
+        "errors": {"RunInstances": {"IdempotentParameterMismatch": 1}},
+    }
     assert server.admin("GET", "stats") == {"requests": {}, "errors": {}}
 
 

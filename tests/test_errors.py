@@ -54,6 +54,7 @@ def to_failure(err: BaseException) -> Failure:
 def raise_it(err: Exception):
     def call():
         raise err
+
     return call
 
 

@@ -18,7 +18,7 @@ from api.workspaces import provision_input
 from db.ledger import Ledger
 from db.orgs import OrgRepo
 from db.workspaces import WorkspaceRepo
-from domain.models import TIER_INSTANCE_TYPES, resource_name
+from domain.resources import TIER_INSTANCE_TYPES, resource_name
 from tests.conftest import neon_stats
 from tests.helpers import groups_named, instances_of, neon_branches_named, seed_org
 from worker import build_worker
@@ -32,19 +32,23 @@ def slug() -> str:
 
 async def onboard(env, settings, pool, task_queue, inp, **overrides):
     async with build_worker(env.client, settings, pool, task_queue=task_queue, **overrides):
-        return await env.client.execute_workflow(OnboardOrgWorkflow.run, inp, id=f"org-onboard:{inp.org_id}",
-                                                 task_queue=task_queue)
+        return await env.client.execute_workflow(
+            OnboardOrgWorkflow.run, inp, id=f"org-onboard:{inp.org_id}", task_queue=task_queue
+        )
 
 
-async def test_neon_fault_storm_onboards_with_one_branch(skip_env, settings, pool, ec2, network, task_queue,
-                                                         neon_faults, neon_url):
+async def test_neon_fault_storm_onboards_with_one_branch(
+    skip_env, settings, pool, ec2, network, task_queue, neon_faults, neon_url
+):
     inp = await seed_org(pool, slug(), *network)
-    storm = [("/projects/{project_id}/branches", "GET", 503, 2),
-             ("/projects/{project_id}/branches", "POST", 423, 2),
-             ("/projects/{project_id}/branches", "POST", 429, 2),
-             ("/projects/{project_id}/branches", "POST", 503, 2),
-             ("/projects/{project_id}/operations/{operation_id}", "GET", 503, 2),
-             ("/projects/{project_id}/operations/{operation_id}", "GET", 423, 1)]
+    storm = [
+        ("/projects/{project_id}/branches", "GET", 503, 2),
+        ("/projects/{project_id}/branches", "POST", 423, 2),
+        ("/projects/{project_id}/branches", "POST", 429, 2),
+        ("/projects/{project_id}/branches", "POST", 503, 2),
+        ("/projects/{project_id}/operations/{operation_id}", "GET", 503, 2),
+        ("/projects/{project_id}/operations/{operation_id}", "GET", 423, 1),
+    ]
     for route, method, status, count in storm:
         neon_faults(route, status, method=method, count=count, retry_after=0.1 if status == 429 else None)
     result = await onboard(skip_env, settings, pool, task_queue, inp)
@@ -78,19 +82,35 @@ class FlakyEc2:
             n = self.calls[name] = self.calls.get(name, 0) + 1
             if n <= self._throttle:
                 self.injected += 1
-                raise ClientError({"Error": {"Code": "RequestLimitExceeded", "Message": "Request limit exceeded."},
-                                   "ResponseMetadata": {"HTTPStatusCode": 503}}, name)
+                raise ClientError(
+                    {
+                        "Error": {"Code": "RequestLimitExceeded", "Message": "Request limit exceeded."},
+                        "ResponseMetadata": {"HTTPStatusCode": 503},
+                    },
+                    name,
+                )
             if n == self._throttle + 1:
                 self.injected += 1
-                raise ClientError({"Error": {"Code": "InternalError", "Message": "internal error"},
-                                   "ResponseMetadata": {"HTTPStatusCode": 500}}, name)
+                raise ClientError(
+                    {
+                        "Error": {"Code": "InternalError", "Message": "internal error"},
+                        "ResponseMetadata": {"HTTPStatusCode": 500},
+                    },
+                    name,
+                )
             answer = attr(**kwargs)
             if name in self._lose:
                 self._lose.discard(name)
                 self.injected += 1
-                raise ClientError({"Error": {"Code": "InternalError", "Message": "answer lost"},
-                                   "ResponseMetadata": {"HTTPStatusCode": 500}}, name)
+                raise ClientError(
+                    {
+                        "Error": {"Code": "InternalError", "Message": "answer lost"},
+                        "ResponseMetadata": {"HTTPStatusCode": 500},
+                    },
+                    name,
+                )
             return answer
+
         return call
 
 
@@ -105,21 +125,35 @@ async def test_ec2_throttling_and_5xx_onboarding_one_group(skip_env, settings, p
 
 async def test_ec2_throttling_and_5xx_provisioning_one_instance(skip_env, settings, pool, ec2, network, task_queue):
     from tests.helpers import onboard_active_org
+
     org = await onboard_active_org(skip_env, settings, pool, task_queue, network, slug())
     ws = await WorkspaceRepo(pool).reserve(
-        org["id"], workspace_id=f"ws_{uuid.uuid4().hex[:12]}", name="agent-1", role="Fault worker",
-        runtime="hermes", tier=1, model="m", instance_type=TIER_INSTANCE_TYPES[1], subnet_id=org["subnet_ids"][0],
-        actor="test")
+        org["id"],
+        workspace_id=f"ws_{uuid.uuid4().hex[:12]}",
+        name="agent-1",
+        role="Fault worker",
+        runtime="hermes",
+        tier=1,
+        model="m",
+        instance_type=TIER_INSTANCE_TYPES[1],
+        subnet_id=org["subnet_ids"][0],
+        actor="test",
+    )
     flaky = FlakyEc2(make_ec2_client(settings), lose_answer=("run_instances", "terminate_instances"))
     # Nobody boots the agent: the (skipped) registration timeout makes the cleanup run through
     # the same faults, so launch and terminate are both exercised.
     async with build_worker(skip_env.client, settings, pool, task_queue=task_queue, ec2_client_factory=lambda: flaky):
         with pytest.raises(WorkflowFailureError) as failure:
-            await skip_env.client.execute_workflow(ProvisionWorkspaceWorkflow.run, provision_input(settings, org, ws),
-                                                   id=f"ws-provision:{ws['id']}", task_queue=task_queue)
+            await skip_env.client.execute_workflow(
+                ProvisionWorkspaceWorkflow.run,
+                provision_input(settings, org, ws),
+                id=f"ws-provision:{ws['id']}",
+                task_queue=task_queue,
+            )
     assert "did not register" in str(failure.value.cause)
-    every = instances_of(ec2, ws["id"], states=("pending", "running", "stopping", "stopped", "shutting-down",
-                                                "terminated"))
+    every = instances_of(
+        ec2, ws["id"], states=("pending", "running", "stopping", "stopped", "shutting-down", "terminated")
+    )
     assert len(every) == 1, "a throttled or lost-answer RunInstances must not start a second instance"
     assert every[0]["State"]["Name"] == "terminated"
     row = await WorkspaceRepo(pool).get(ws["id"])
@@ -128,8 +162,9 @@ async def test_ec2_throttling_and_5xx_provisioning_one_instance(skip_env, settin
     assert ledger[f"ec2_instance:{ws['id']}"]["status"] == "deleted"
 
 
-async def test_postgres_connections_dropped_mid_workflow(dev_env, settings, pool, ec2, network, task_queue,
-                                                         neon_faults):
+async def test_postgres_connections_dropped_mid_workflow(
+    dev_env, settings, pool, ec2, network, task_queue, neon_faults
+):
     inp = await seed_org(pool, slug(), *network)
     # Keep the workflow busy for a few seconds (Neon retries) while its connections are dropped.
     neon_faults("/projects/{project_id}/branches", 503, method="POST", count=2)
@@ -143,9 +178,12 @@ async def test_postgres_connections_dropped_mid_workflow(dev_env, settings, pool
             if stop.is_set():
                 return
             with psycopg.connect(url, autocommit=True) as conn:
-                killed += len(conn.execute(
-                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                    "WHERE datname = current_database() AND pid <> pg_backend_pid()").fetchall())
+                killed += len(
+                    conn.execute(
+                        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                        "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+                    ).fetchall()
+                )
             await asyncio.sleep(1.0)
 
     stop = asyncio.Event()

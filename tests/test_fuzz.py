@@ -55,8 +55,13 @@ from workflows.org import OrgWorkflow
 # generated ones. ~25 operations x (25 + boundary cases) take well under a minute.
 MAX_EXAMPLES = 25
 HTTP_METHODS = {"get", "put", "post", "delete", "patch", "head", "options", "trace"}
-CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance, response_headers_conformance,
-          response_schema_conformance]
+CHECKS = [
+    not_a_server_error,
+    status_code_conformance,
+    content_type_conformance,
+    response_headers_conformance,
+    response_schema_conformance,
+]
 
 
 @workflow.defn(dynamic=True, sandboxed=False)
@@ -84,8 +89,12 @@ class ApiThread:
         # The Temporal client and the pool belong to this loop: ones made in the tests' loop cannot serve here.
         temporal = await Client.connect(self.target, namespace=self.namespace, data_converter=pydantic_data_converter)
         self.pool = await open_pool(self.settings.database_url.get_secret_value(), max_size=4)
-        self.worker = Worker(temporal, task_queue=self.settings.task_queue, workflows=[OrgWorkflow, HeldOpen],
-                             activities=build_activities(self.settings, self.pool, temporal))
+        self.worker = Worker(
+            temporal,
+            task_queue=self.settings.task_queue,
+            workflows=[OrgWorkflow, HeldOpen],
+            activities=build_activities(self.settings, self.pool, temporal),
+        )
         self.worker_run = asyncio.create_task(self.worker.run())
         self.runner = web.AppRunner(create_app(self.settings, temporal=temporal), access_log=None)
         await self.runner.setup()
@@ -115,13 +124,13 @@ class FuzzEnv:
     def __init__(self, url: str):
         self.url = url
         self.operator = ""
-        self.org_slug = ""        # active org; its key authenticates the tenant routes
+        self.org_slug = ""  # active org; its key authenticates the tenant routes
         self.org_key = ""
-        self.victim_slug = ""     # the org DELETE /api/v1/orgs/{slug} may delete
-        self.purged_slug = ""     # a hard-deleted org: GET answers with its receipt
-        self.held_slug = ""       # an active org the fuzzer may suspend (its suspension is held open)
-        self.failed_slug = ""     # a failed org whose onboarding the fuzzer may retry
-        self.spare_key_id = ""    # the key DELETE /api/v1/keys/{key_id} may revoke
+        self.victim_slug = ""  # the org DELETE /api/v1/orgs/{slug} may delete
+        self.purged_slug = ""  # a hard-deleted org: GET answers with its receipt
+        self.held_slug = ""  # an active org the fuzzer may suspend (its suspension is held open)
+        self.failed_slug = ""  # a failed org whose onboarding the fuzzer may retry
+        self.spare_key_id = ""  # the key DELETE /api/v1/keys/{key_id} may revoke
         self.workspace_id = ""
         self.registration_token = ""
         self.workspace_token = ""
@@ -135,15 +144,17 @@ async def fuzz_env(settings, dev_env, pool, ec2):
     task_queue = f"tq-fuzz-{uuid.uuid4().hex[:8]}"
     vpc_id = ec2.create_vpc(CidrBlock="10.60.0.0/16")["Vpc"]["VpcId"]
     subnets = [ec2.create_subnet(VpcId=vpc_id, CidrBlock=f"10.60.{i}.0/24")["Subnet"]["SubnetId"] for i in (1, 2)]
-    app_settings = settings.model_copy(update={
-        "task_queue": task_queue,
-        # The held-open workflows answer no progress query: don't wait long for them.
-        "progress_query_timeout_seconds": 0.2,
-        # The fuzzer is one credential sending hundreds of requests; 429 is documented, but
-        # rate limiting would hide the handlers from it.
-        "rate_limit_per_minute": 1_000_000.0,
-        "rate_limit_burst": 1_000_000,
-    })
+    app_settings = settings.model_copy(
+        update={
+            "task_queue": task_queue,
+            # The held-open workflows answer no progress query: don't wait long for them.
+            "progress_query_timeout_seconds": 0.2,
+            # The fuzzer is one credential sending hundreds of requests; 429 is documented, but
+            # rate limiting would hide the handlers from it.
+            "rate_limit_per_minute": 1_000_000.0,
+            "rate_limit_burst": 1_000_000,
+        }
+    )
     suffix = uuid.uuid4().hex[:8]
     org = await onboard_active_org(dev_env, app_settings, pool, task_queue, (vpc_id, subnets), f"fuzz-{suffix}")
     victim = await seed_org(pool, f"fuzz-victim-{suffix}", vpc_id, subnets)
@@ -169,8 +180,11 @@ async def fuzz_env(settings, dev_env, pool, ec2):
             resp = env.post("/api/v1/keys", {"name": "spare"}, env.org_key)
             assert resp.status_code == 201, resp.text
             env.spare_key_id = resp.json()["id"]
-            resp = env.post("/api/v1/workspaces", {"name": "fuzz-agent", "role": "Fuzzed", "runtime": "hermes", "tier": 1,
-                                                   "model": "claude-sonnet-4"}, env.org_key)
+            resp = env.post(
+                "/api/v1/workspaces",
+                {"name": "fuzz-agent", "role": "Fuzzed", "runtime": "hermes", "tier": 1, "model": "claude-sonnet-4"},
+                env.org_key,
+            )
             assert resp.status_code == 202, resp.text
             env.workspace_id = resp.json()["id"]
 
@@ -183,9 +197,12 @@ async def fuzz_env(settings, dev_env, pool, ec2):
             return minted.secret
 
         # An older agent's registration: its agent_url is accepted and ignored.
-        resp = await asyncio.to_thread(env.post, "/api/v1/registry/register",
-                                       {"workspace_id": env.workspace_id, "agent_url": "http://10.60.1.10:8443"},
-                                       await registration_token())
+        resp = await asyncio.to_thread(
+            env.post,
+            "/api/v1/registry/register",
+            {"workspace_id": env.workspace_id, "agent_url": "http://10.60.1.10:8443"},
+            await registration_token(),
+        )
         assert resp.status_code == 200, resp.text
         env.workspace_token = resp.json()["workspace_token"]
         env.registration_token = await registration_token()
@@ -196,15 +213,19 @@ async def fuzz_env(settings, dev_env, pool, ec2):
 
 @pytest.fixture(scope="module")
 def fuzz_schema(fuzz_env):
-    config = SchemathesisConfig.from_dict({
-        "generation": {"max-examples": MAX_EXAMPLES, "deterministic": True, "database": "none"},
-        "auth": {"openapi": {
-            "operatorBearer": {"bearer": fuzz_env.operator},
-            "orgApiKey": {"bearer": fuzz_env.org_key},
-            "registrationToken": {"bearer": fuzz_env.registration_token},
-            "workspaceToken": {"bearer": fuzz_env.workspace_token},
-        }},
-    })
+    config = SchemathesisConfig.from_dict(
+        {
+            "generation": {"max-examples": MAX_EXAMPLES, "deterministic": True, "database": "none"},
+            "auth": {
+                "openapi": {
+                    "operatorBearer": {"bearer": fuzz_env.operator},
+                    "orgApiKey": {"bearer": fuzz_env.org_key},
+                    "registrationToken": {"bearer": fuzz_env.registration_token},
+                    "workspaceToken": {"bearer": fuzz_env.workspace_token},
+                }
+            },
+        }
+    )
     return schemathesis.openapi.from_url(f"{fuzz_env.url}/openapi.yaml", config=config, timeout=10)
 
 
@@ -271,8 +292,11 @@ def test_api_conforms_to_its_contract(case, fuzz_env):
 
 
 # The operations are held open: no org becomes suspended and no step parks, so these never succeed here.
-NO_SUCCESS_EXPECTED = {"POST /api/v1/orgs/{slug}/resume", "POST /api/v1/orgs/{slug}/abandon",
-                       "POST /api/v1/orgs/{slug}/teardown/abandon"}
+NO_SUCCESS_EXPECTED = {
+    "POST /api/v1/orgs/{slug}/resume",
+    "POST /api/v1/orgs/{slug}/abandon",
+    "POST /api/v1/orgs/{slug}/teardown/abandon",
+}
 # The first retry, by either route, onboards the failed org again; later ones find nothing to retry.
 RETRY_ROUTES = {"POST /api/v1/orgs/{slug}/retry", "POST /api/v1/orgs/{slug}/teardown/retry"}
 
@@ -302,6 +326,7 @@ def test_fuzzer_reached_the_handlers():
 
 # -- app bugs found while fuzzing, pinned until fixed (strict: an XPASS fails, so drop the marker) --
 
+
 def _call(env: FuzzEnv, method: str, path: str, token: str | None = None, **kwargs) -> requests.Response:
     headers = kwargs.pop("headers", {})
     if token:
@@ -311,15 +336,25 @@ def _call(env: FuzzEnv, method: str, path: str, token: str | None = None, **kwar
 
 def test_heartbeat_tasks_handled_beyond_bigint_is_refused(fuzz_env):
     # Once found by the fuzzer (a 500): {"tasks_handled": 905466812094664409088, ...}; now refused.
-    resp = _call(fuzz_env, "POST", "/api/v1/registry/heartbeat", fuzz_env.workspace_token,
-                 json={"workspace_id": fuzz_env.workspace_id, "tasks_handled": 2**63})
+    resp = _call(
+        fuzz_env,
+        "POST",
+        "/api/v1/registry/heartbeat",
+        fuzz_env.workspace_token,
+        json={"workspace_id": fuzz_env.workspace_id, "tasks_handled": 2**63},
+    )
     assert resp.status_code == 400, resp.text
 
 
 def test_agent_url_is_ignored(fuzz_env):
     # Once refused (it was stored, and dialled); now any string is accepted and never used.
-    resp = _call(fuzz_env, "POST", "/api/v1/registry/heartbeat", fuzz_env.workspace_token,
-                 json={"workspace_id": fuzz_env.workspace_id, "tasks_handled": 1, "agent_url": "http://a\x00b"})
+    resp = _call(
+        fuzz_env,
+        "POST",
+        "/api/v1/registry/heartbeat",
+        fuzz_env.workspace_token,
+        json={"workspace_id": fuzz_env.workspace_id, "tasks_handled": 1, "agent_url": "http://a\x00b"},
+    )
     assert resp.status_code == 200, resp.text
     resp = _call(fuzz_env, "GET", f"/api/v1/workspaces/{fuzz_env.workspace_id}", fuzz_env.org_key)
     assert resp.json()["agent_url"] is None, resp.text
@@ -334,13 +369,24 @@ def test_metrics_survive_huge_response_times(fuzz_env):
             resp = _call(env, "GET", f"/api/v1/orgs/{env.org_slug}/metrics", env.operator)
         assert resp.status_code in (200, 400), resp.text
     finally:
-        _call(env, "POST", "/api/v1/registry/heartbeat", env.workspace_token,
-              json={**beat, "tasks_handled": 0, "avg_response_time_ms": 0})
+        _call(
+            env,
+            "POST",
+            "/api/v1/registry/heartbeat",
+            env.workspace_token,
+            json={**beat, "tasks_handled": 0, "avg_response_time_ms": 0},
+        )
 
 
 def test_deeply_nested_json_is_malformed_json(fuzz_env):
-    resp = _call(fuzz_env, "POST", "/api/v1/registry/register", "tfr_not_even_a_token",
-                 data="[" * 10_000, headers={"Content-Type": "application/json"})
+    resp = _call(
+        fuzz_env,
+        "POST",
+        "/api/v1/registry/register",
+        "tfr_not_even_a_token",
+        data="[" * 10_000,
+        headers={"Content-Type": "application/json"},
+    )
     assert resp.status_code == 400, resp.text
 
 

@@ -17,7 +17,7 @@ from temporalio.client import WorkflowFailureError
 from api.app import create_app
 from devstack.boot_emulator import BootEmulator
 from devstack.procs import free_port
-from domain.models import resource_name
+from domain.resources import resource_name
 from tests.conftest import server_binary
 from tests.helpers import instances_of, neon_branches_named, physical_databases
 from worker import build_worker
@@ -30,17 +30,26 @@ WS = {"role": "Lifecycle worker", "runtime": "hermes", "tier": 1, "model": "clau
 async def stack(settings, dev_env, pool, task_queue, tmp_path):
     """The API on a real port (agents call it back), a worker, and a boot emulator per test."""
     port = free_port()
-    app_settings = settings.model_copy(update={
-        "task_queue": task_queue, "public_url": f"http://127.0.0.1:{port}",
-        "agent_heartbeat_interval_seconds": 0.5})
+    app_settings = settings.model_copy(
+        update={
+            "task_queue": task_queue,
+            "public_url": f"http://127.0.0.1:{port}",
+            "agent_heartbeat_interval_seconds": 0.5,
+        }
+    )
     client = TestClient(TestServer(create_app(app_settings, temporal=dev_env.client), port=port))
     await client.start_server()
     emulators: list[BootEmulator] = []
 
     def boot_for(org_id: str) -> BootEmulator:
-        emulator = BootEmulator(app_settings.aws_endpoint_url, "us-east-1", log_dir=tmp_path / f"boot-{org_id}",
-                                poll_interval=0.2, tag_filters={"tenantflow:org-id": org_id},
-                                egress=[("127.0.0.1", port)])
+        emulator = BootEmulator(
+            app_settings.aws_endpoint_url,
+            "us-east-1",
+            log_dir=tmp_path / f"boot-{org_id}",
+            poll_interval=0.2,
+            tag_filters={"tenantflow:org-id": org_id},
+            egress=[("127.0.0.1", port)],
+        )
         emulator.start()
         emulators.append(emulator)
         return emulator
@@ -73,8 +82,11 @@ async def poll(api, path: str, headers: dict, until, timeout: float = 90, method
 async def onboarded(api, settings, network) -> dict:
     vpc_id, subnets = network
     slug = f"l{uuid.uuid4().hex[:8]}"
-    resp = await api.post("/cp/orgs", json={"name": "Lifecycle", "slug": slug, "plan": "pro", "vpc_id": vpc_id,
-                                            "subnet_ids": subnets}, headers=op(settings))
+    resp = await api.post(
+        "/cp/orgs",
+        json={"name": "Lifecycle", "slug": slug, "plan": "pro", "vpc_id": vpc_id, "subnet_ids": subnets},
+        headers=op(settings),
+    )
     assert resp.status == 202
     return await poll(api, f"/cp/orgs/{slug}", op(settings), lambda o: o["status"] == "active")
 
@@ -132,8 +144,9 @@ async def test_full_lifecycle(stack, network, ec2, pg, pool):
     resp = await api.delete(f"/cp/orgs/{slug}", json={"confirm": slug, "delete_workspaces": True}, headers=op(settings))
     assert resp.status == 202
     seen = set()
-    done = await poll(api, f"/cp/orgs/{slug}", op(settings),
-                      lambda o: seen.add(o["status"]) or o["status"] == "deleted")
+    done = await poll(
+        api, f"/cp/orgs/{slug}", op(settings), lambda o: seen.add(o["status"]) or o["status"] == "deleted"
+    )
     assert "deleting" in seen or len(seen) == 1
 
     # Nothing left anywhere.
@@ -155,8 +168,14 @@ async def test_full_lifecycle(stack, network, ec2, pg, pool):
     audit = await (await api.get(f"/cp/orgs/{slug}/audit", headers=op(settings))).json()
     assert audit["chain"]["valid"] is True
     actions = [r["action"] for r in audit["records"]]
-    for step in ("stop_new_work", "cancel_in_flight", "terminate_instances", "delete_security_group",
-                 "delete_database", "revoke_credentials"):
+    for step in (
+        "stop_new_work",
+        "cancel_in_flight",
+        "terminate_instances",
+        "delete_security_group",
+        "delete_database",
+        "revoke_credentials",
+    ):
         assert f"org.delete.{step}" in actions
     assert "org.purge" in actions and "org.suspended" in actions
     assert (await api.get("/workspaces", headers=bearer(resumed_key))).status == 401
@@ -170,13 +189,18 @@ async def test_parked_step_retry_concurrent_delete_and_reset(stack, network, ec2
     body = {"confirm": slug, "delete_workspaces": True}
     assert (await api.delete(f"/cp/orgs/{slug}", json=body, headers=op(settings))).status == 202
 
-    parked = await poll(api, f"/cp/orgs/{slug}", op(settings),
-                        lambda o: (o["progress"] or {}).get("waiting_for_operator"))
+    parked = await poll(
+        api, f"/cp/orgs/{slug}", op(settings), lambda o: (o["progress"] or {}).get("waiting_for_operator")
+    )
     assert parked["status"] == "deleting" and parked["progress"]["step"] == "delete_database"
     assert "NeonAccessDenied" in parked["progress"]["failure_reason"]
     # The security group went before the parked step; the record is still there.
-    assert ec2.describe_security_groups(Filters=[{"Name": "group-name", "Values": [
-        resource_name(slug, org["id"])]}])["SecurityGroups"] == []
+    assert (
+        ec2.describe_security_groups(Filters=[{"Name": "group-name", "Values": [resource_name(slug, org["id"])]}])[
+            "SecurityGroups"
+        ]
+        == []
+    )
     teardowns = await (await api.get("/cp/teardowns", headers=op(settings))).json()
     assert any(t["slug"] == slug and t["parked"] for t in teardowns["teardowns"])
     handle = dev_env.client.get_workflow_handle(f"org-delete:{org['id']}")
@@ -189,14 +213,19 @@ async def test_parked_step_retry_concurrent_delete_and_reset(stack, network, ec2
 
     # Retry while the fault persists: it parks again on the same step.
     assert (await api.post(f"/cp/orgs/{slug}/teardown/retry", headers=op(settings))).status == 202
-    await poll(api, f"/cp/orgs/{slug}", op(settings),
-               lambda o: (o["progress"] or {}).get("waiting_for_operator") and o["progress"]["step"] == "delete_database")
+    await poll(
+        api,
+        f"/cp/orgs/{slug}",
+        op(settings),
+        lambda o: (o["progress"] or {}).get("waiting_for_operator") and o["progress"]["step"] == "delete_database",
+    )
 
     # Abandon: the workflow fails on the named step, nothing is purged. (The org's workflow
     # learns that the step parked again a moment after its progress shows it: until then an
     # abandon is refused, and the operator sends it again.)
-    await poll(api, f"/cp/orgs/{slug}/teardown/abandon", op(settings), lambda b: b.get("decision") == "abandon",
-               method="POST")
+    await poll(
+        api, f"/cp/orgs/{slug}/teardown/abandon", op(settings), lambda b: b.get("decision") == "abandon", method="POST"
+    )
     with pytest.raises(WorkflowFailureError) as abandoned:
         await handle.result()
     assert "abandoned by an operator at delete_database" in str(abandoned.value.cause)
@@ -221,16 +250,38 @@ async def test_parked_step_retry_concurrent_delete_and_reset(stack, network, ec2
     temporal = server_binary("temporal")
 
     # Reset a completed teardown: it replays cleanly, with no duplicate effect.
-    run = await asyncio.to_thread(subprocess.run, [
-        temporal, "workflow", "reset", "--address", target, "--namespace", "default",
-        "--workflow-id", handle.id, "--type", "FirstWorkflowTask", "--reason", "replay check", "--yes"],
-        capture_output=True, text=True, timeout=60)
+    run = await asyncio.to_thread(
+        subprocess.run,
+        [
+            temporal,
+            "workflow",
+            "reset",
+            "--address",
+            target,
+            "--namespace",
+            "default",
+            "--workflow-id",
+            handle.id,
+            "--type",
+            "FirstWorkflowTask",
+            "--reason",
+            "replay check",
+            "--yes",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert run.returncode == 0, run.stderr
     again = await dev_env.client.get_workflow_handle_for(HardDeleteOrgWorkflow.run, handle.id).result()
     assert again.model_dump() == receipt.model_dump()
     async with pool.connection() as conn:
-        receipts = await (await conn.execute("SELECT count(*) AS n FROM org_receipts WHERE org_id = %s",
-                                             (org["id"],))).fetchone()
-        purges = await (await conn.execute(
-            "SELECT count(*) AS n FROM audit_log WHERE org_id = %s AND action = 'org.purge'", (org["id"],))).fetchone()
+        receipts = await (
+            await conn.execute("SELECT count(*) AS n FROM org_receipts WHERE org_id = %s", (org["id"],))
+        ).fetchone()
+        purges = await (
+            await conn.execute(
+                "SELECT count(*) AS n FROM audit_log WHERE org_id = %s AND action = 'org.purge'", (org["id"],)
+            )
+        ).fetchone()
     assert receipts["n"] == 1 and purges["n"] == 1

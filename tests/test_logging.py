@@ -22,11 +22,15 @@ async def test_onboarding_logs_are_json_with_ids_and_no_secrets(skip_env, settin
         inp = await seed_org(pool, f"l{uuid.uuid4().hex[:8]}", *network)
         async with build_worker(skip_env.client, settings, pool, task_queue=task_queue):
             handle = await skip_env.client.start_workflow(
-                OnboardOrgWorkflow.run, inp, id=f"org-onboard:{inp.org_id}", task_queue=task_queue)
+                OnboardOrgWorkflow.run, inp, id=f"org-onboard:{inp.org_id}", task_queue=task_queue
+            )
             await handle.result()
         # A careless log call must be scrubbed too.
-        get_logger("test").info("connecting", dsn=settings.database_url.get_secret_value(),
-                                detail=f"Authorization: Bearer {settings.provision_secret.get_secret_value()}")
+        get_logger("test").info(
+            "connecting",
+            dsn=settings.database_url.get_secret_value(),
+            detail=f"Authorization: Bearer {settings.provision_secret.get_secret_value()}",
+        )
     finally:
         root.handlers[:] = saved[0]
         root.setLevel(saved[1])

@@ -11,7 +11,8 @@ import logging
 import secrets
 import threading
 import time
-from typing import Any, Awaitable, Callable
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 import pytest
 import requests
@@ -25,7 +26,8 @@ from devstack.neon.strict import Strictness
 from devstack.neon_server import NeonServerConfig, serve
 from devstack.postgres import start_postgres
 from devstack.procs import free_port
-from domain.models import NeonOperationsInput, TenantDatabase, TenantDatabaseInput, resource_name
+from domain.onboard_org import NeonOperationsInput, TenantDatabase, TenantDatabaseInput
+from domain.resources import resource_name
 from tests.conftest import new_org_id
 
 API_KEY = f"neon-activities-{secrets.token_hex(4)}"
@@ -39,8 +41,9 @@ class LocalNeon:
         self.root = f"http://127.0.0.1:{port}"
 
     def api(self, method: str, path: str, **kwargs: Any) -> dict:
-        response = requests.request(method, f"{self.root}/api/v2/{path}", timeout=10,
-                                    headers={"Authorization": f"Bearer {API_KEY}"}, **kwargs)
+        response = requests.request(
+            method, f"{self.root}/api/v2/{path}", timeout=10, headers={"Authorization": f"Bearer {API_KEY}"}, **kwargs
+        )
         response.raise_for_status()
         return response.json()
 
@@ -58,8 +61,10 @@ class LocalNeon:
         return [b["name"] for b in self.api("GET", f"projects/{project_id}/branches", params=params)["branches"]]
 
     def wait_idle(self, project_id: str) -> None:
-        while any(op["status"] not in ("finished", "cancelled")
-                  for op in self.api("GET", f"projects/{project_id}/operations", params={"limit": 50})["operations"]):
+        while any(
+            op["status"] not in ("finished", "cancelled")
+            for op in self.api("GET", f"projects/{project_id}/operations", params={"limit": 50})["operations"]
+        ):
             time.sleep(0.05)
 
     def served(self, route: str, status: int) -> int:
@@ -78,8 +83,14 @@ def neon_pg(tmp_path_factory: pytest.TempPathFactory):
 @pytest.fixture(scope="module")
 def local_neon(neon_pg):
     """On its own thread and loop (as conftest's), so the tests may call it synchronously."""
-    config = NeonServerConfig(pg_admin_url=neon_pg.url("postgres"), api_key=API_KEY, port=free_port(),
-                              scheduling_seconds=0.05, running_seconds=0.1, strict=Strictness.lenient())
+    config = NeonServerConfig(
+        pg_admin_url=neon_pg.url("postgres"),
+        api_key=API_KEY,
+        port=free_port(),
+        scheduling_seconds=0.05,
+        running_seconds=0.1,
+        strict=Strictness.lenient(),
+    )
     loop = asyncio.new_event_loop()
     thread = threading.Thread(target=loop.run_forever, daemon=True)
     thread.start()
@@ -104,7 +115,9 @@ def neon(local_neon: LocalNeon):
 @pytest.fixture
 def platform(neon: LocalNeon) -> str:
     """A fresh platform project (its default branch only) for one test's tenant branches."""
-    project_id = neon.api("POST", "projects", json={"project": {"name": f"platform-{secrets.token_hex(3)}"}})["project"]["id"]
+    project_id = neon.api("POST", "projects", json={"project": {"name": f"platform-{secrets.token_hex(3)}"}})[
+        "project"
+    ]["id"]
     neon.wait_idle(project_id)
     return project_id
 
@@ -112,10 +125,17 @@ def platform(neon: LocalNeon) -> str:
 @pytest.fixture
 def make_activities(settings, pool, local_neon: LocalNeon, platform: str) -> Callable[..., NeonActivities]:
     def make(plan: str = "launch", page_size: int | None = None) -> NeonActivities:
-        ours = settings.model_copy(update={
-            "neon_base_url": f"{local_neon.root}/api/v2/", "neon_api_key": SecretStr(API_KEY),
-            "neon_project_id": platform, "neon_plan": plan, "neon_request_timeout_seconds": 10})
+        ours = settings.model_copy(
+            update={
+                "neon_base_url": f"{local_neon.root}/api/v2/",
+                "neon_api_key": SecretStr(API_KEY),
+                "neon_project_id": platform,
+                "neon_plan": plan,
+                "neon_request_timeout_seconds": 10,
+            }
+        )
         return NeonActivities(ours, Ledger(pool), page_size=page_size)
+
     return make
 
 
@@ -126,13 +146,15 @@ def tenant(slug: str, mode: str = "branch") -> TenantDatabaseInput:
 async def onboard(env: ActivityEnvironment, acts: NeonActivities, req: TenantDatabaseInput) -> TenantDatabase:
     """What the onboarding workflow runs: ensure the database, then wait for its operations."""
     db = await env.run(acts.ensure_tenant_database, req)
-    await env.run(acts.wait_for_neon_operations, NeonOperationsInput(project_id=db.project_id,
-                                                                      operation_ids=db.operation_ids))
+    await env.run(
+        acts.wait_for_neon_operations, NeonOperationsInput(project_id=db.project_id, operation_ids=db.operation_ids)
+    )
     return db
 
 
-async def with_retries(env: ActivityEnvironment, call: Callable[[], Awaitable[Any]], attempts: int = 30
-                       ) -> tuple[Any, list[ApplicationError]]:
+async def with_retries(
+    env: ActivityEnvironment, call: Callable[[], Awaitable[Any]], attempts: int = 30
+) -> tuple[Any, list[ApplicationError]]:
     """Run an activity as Temporal would under its retry policy: retryable failures are retried
     after their ``next_retry_delay`` (capped, to keep the test short)."""
     failures: list[ApplicationError] = []
@@ -193,8 +215,17 @@ async def test_launch_plan_creates_branch_eleven_with_a_cost_warning(neon, platf
 
 
 async def test_neons_project_limit_answer_is_a_clear_error(neon, make_activities):
-    neon.admin("POST", "faults", {"route": "/projects", "method": "POST", "status": 422,
-                                  "code": "PROJECTS_LIMIT_EXCEEDED", "message": "projects limit exceeded"})
+    neon.admin(
+        "POST",
+        "faults",
+        {
+            "route": "/projects",
+            "method": "POST",
+            "status": 422,
+            "code": "PROJECTS_LIMIT_EXCEEDED",
+            "message": "projects limit exceeded",
+        },
+    )
     with pytest.raises(ApplicationError) as refused:
         await ActivityEnvironment().run(make_activities().ensure_tenant_database, tenant("proj", mode="project"))
     assert refused.value.type == "NeonProjectLimit" and refused.value.non_retryable
@@ -249,8 +280,9 @@ async def test_a_cancelled_operation_is_a_clear_permanent_error(neon, make_activ
     db = await env.run(acts.ensure_tenant_database, tenant("cancelled"))
 
     with pytest.raises(ApplicationError) as ended:
-        await env.run(acts.wait_for_neon_operations, NeonOperationsInput(project_id=db.project_id,
-                                                                          operation_ids=db.operation_ids))
+        await env.run(
+            acts.wait_for_neon_operations, NeonOperationsInput(project_id=db.project_id, operation_ids=db.operation_ids)
+        )
     assert ended.value.type == "NeonOperationCancelled" and ended.value.non_retryable
     assert "create_timeline" in ended.value.message and "cancelled" in ended.value.message
 
@@ -258,29 +290,61 @@ async def test_a_cancelled_operation_is_a_clear_permanent_error(neon, make_activ
 # -- throttling and locks --------------------------------------------------------------------
 
 
-async def test_throttled_locked_and_unavailable_answers_are_retried(neon, platform, make_activities):
+def refuse_and_hold(neon: LocalNeon, platform: str) -> None:
+    """Two 429s and a 503 on the branch route, Neon's own operation holding the project for 5 s
+    (423), and one request a second per route."""
     for route, method, status, count in [(BRANCHES_ROUTE, "GET", 429, 2), (BRANCHES_ROUTE, "POST", 503, 1)]:
         neon.admin("POST", "faults", {"route": route, "method": method, "status": status, "count": count})
-    # Neon holds the project with one of its own operations, and allows one poll a second per route.
     neon.admin("POST", "background-operations", {"project_id": platform, "action": "apply_config", "seconds": 5})
     neon.configure(rate_limit={"enabled": True, "burst_per_route": 1, "retry_after": False})
+
+
+async def test_throttled_and_locked_answers_are_waited_out_inside_the_activity(neon, platform, make_activities):
+    refuse_and_hold(neon, platform)
+    env, acts = ActivityEnvironment(), make_activities()
+    heartbeats: list[Any] = []
+    env.on_heartbeat = lambda *details: heartbeats.append(details[0])
+    req = tenant("waited")
+
+    db, failures = await with_retries(env, lambda: env.run(acts.ensure_tenant_database, req))
+    await env.run(
+        acts.wait_for_neon_operations, NeonOperationsInput(project_id=db.project_id, operation_ids=db.operation_ids)
+    )
+
+    # 429 and 423 cost a short wait in place, not a Temporal retry; a 5xx is Temporal's to retry.
+    assert [f.type for f in failures] == ["NeonServerError"], [f.type for f in failures]
+    assert neon.served("GET " + BRANCHES_ROUTE, 429) >= 2
+    # Neon's own operation was waited out before the branch was asked for, so the lock never answered.
+    assert neon.served("GET /projects/{project_id}/operations", 200) > 1
+    assert neon.served("POST " + BRANCHES_ROUTE, 423) == 0
+    assert any(isinstance(beat, str) and beat.startswith("Neon refused") for beat in heartbeats), heartbeats
+    assert neon.branch_names(platform).count(resource_name(req.slug, req.org_id)) == 1
+
+
+async def test_refusals_longer_than_the_in_place_wait_go_back_to_temporal_with_a_delay(
+    neon, platform, make_activities, monkeypatch
+):
+    monkeypatch.setattr("activities.neon.REFUSED_WAIT_SECONDS", 0.0)
+    refuse_and_hold(neon, platform)
     env, acts = ActivityEnvironment(), make_activities()
     heartbeats: list[Any] = []
     env.on_heartbeat = lambda *details: heartbeats.append(details[0])
     req = tenant("throttled")
 
     db, failures = await with_retries(env, lambda: env.run(acts.ensure_tenant_database, req))
-    await env.run(acts.wait_for_neon_operations, NeonOperationsInput(project_id=db.project_id,
-                                                                      operation_ids=db.operation_ids))
+    await env.run(
+        acts.wait_for_neon_operations, NeonOperationsInput(project_id=db.project_id, operation_ids=db.operation_ids)
+    )
 
     kinds = {f.type for f in failures}
     assert {"NeonRateLimited", "NeonLocked", "NeonServerError"} <= kinds, kinds
     throttled = [f for f in failures if f.type == "NeonRateLimited"]
-    assert all(f.next_retry_delay and f.next_retry_delay.total_seconds() > 0 for f in throttled), \
+    assert all(f.next_retry_delay and f.next_retry_delay.total_seconds() > 0 for f in throttled), (
         "a 429 without Retry-After still gets a (jittered) backoff"
+    )
     low, high = LOCKED_RETRY_SECONDS
     assert all(low <= f.next_retry_delay.total_seconds() <= high for f in failures if f.type == "NeonLocked")
-    polls = {status for beat in heartbeats for status in beat["pending"].values()}
+    polls = {status for beat in heartbeats if isinstance(beat, dict) for status in beat["pending"].values()}
     assert "not polled: NeonRateLimited" in polls  # the wait backed off and went on polling
     assert neon.served("GET /projects/{project_id}/operations/{operation_id}", 429) > 0
     assert neon.branch_names(platform).count(resource_name(req.slug, req.org_id)) == 1
@@ -298,8 +362,9 @@ async def test_schema_drift_does_not_stop_ensure_wait_or_delete(neon, platform, 
     assert db.branch_id and db.operation_ids
     op = neon.api("GET", f"projects/{platform}/operations/{db.operation_ids[0]}")["operation"]
     assert op["action"].endswith("_v2")  # the answers really are from a "newer" Neon
-    await env.run(acts.wait_for_neon_operations, NeonOperationsInput(project_id=db.project_id,
-                                                                      operation_ids=db.operation_ids))
+    await env.run(
+        acts.wait_for_neon_operations, NeonOperationsInput(project_id=db.project_id, operation_ids=db.operation_ids)
+    )
     again = await env.run(acts.ensure_tenant_database, req)
     assert again.branch_id == db.branch_id
 

@@ -49,9 +49,7 @@ class Neon:
         assert info.value.__context__.response.status_code == status, str(info.value)
         return json.loads(str(info.value))
 
-    async def raw(
-        self, method: str, path: str, *, key: str | None = API_KEY, **kwargs: Any
-    ) -> tuple[int, Any, Any]:
+    async def raw(self, method: str, path: str, *, key: str | None = API_KEY, **kwargs: Any) -> tuple[int, Any, Any]:
         headers = ({"Authorization": f"Bearer {key}"} if key else {}) | kwargs.pop("headers", {})
         async with aiohttp.ClientSession() as session:
             async with session.request(method, self.root + path, headers=headers, **kwargs) as resp:
@@ -77,8 +75,12 @@ class Neon:
 def _config(pg: PostgresServer, **overrides: Any) -> NeonServerConfig:
     """These tests check shapes and exact sequences: no throttling or random failures (the strict
     rules have their own tests in test_neon_strict.py)."""
-    settings = dict(scheduling_seconds=SCHEDULING_SECONDS, running_seconds=RUNNING_SECONDS, port=free_port(),
-                    strict=Strictness.lenient())
+    settings = dict(
+        scheduling_seconds=SCHEDULING_SECONDS,
+        running_seconds=RUNNING_SECONDS,
+        port=free_port(),
+        strict=Strictness.lenient(),
+    )
     return NeonServerConfig(pg_admin_url=pg.url("postgres"), api_key=API_KEY, **(settings | overrides))
 
 
@@ -168,8 +170,9 @@ async def test_create_project_operations_progress_and_uri_connects(neon: Neon, p
         await conn.execute("CREATE TABLE notes (body text)")
         await conn.execute("INSERT INTO notes VALUES ('hello')")
         await conn.commit()
-        role, superuser = await (await conn.execute(
-            "SELECT current_user, rolsuper FROM pg_roles WHERE rolname = current_user")).fetchone()
+        role, superuser = await (
+            await conn.execute("SELECT current_user, rolsuper FROM pg_roles WHERE rolname = current_user")
+        ).fetchone()
     assert not superuser
     assert await _sql(uri, "SELECT body FROM notes") == [("hello",)]
     pooled = (await neon.call("connection_uri", project.id, database_name="neondb", role_name=role, pooled=True)).uri
@@ -426,7 +429,9 @@ async def test_restart_keeps_state_and_seed_is_idempotent(pg: PostgresServer):
         assert again.created_at == seed.created_at
         branches = (await second.call("branches", seed.id)).branches
         assert sorted(b.name for b in branches) == ["main", "tenant-a"]
-        assert (await second.call("operation", seed.id, tenant.operations[0].id)).operation.id == tenant.operations[0].id
+        assert (await second.call("operation", seed.id, tenant.operations[0].id)).operation.id == tenant.operations[
+            0
+        ].id
         assert await _sql(await second.uri(seed.id, tenant.branch.id), "SELECT count(*) FROM kept") == [(0,)]
         listed = [p.id for p in (await second.call("projects", limit=400)).projects]
         assert listed.count(seed.id) == 1
@@ -439,8 +444,19 @@ def test_command_line_runs_until_sigterm(pg: PostgresServer, tmp_path: Path):
     key_file.write_text(API_KEY + "\n")
     port = free_port()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "devstack.neon_server", "--port", str(port), "--pg-admin-url", pg.url("postgres"),
-         "--api-key-file", str(key_file), "--seed-project-id", "cli-seed"],
+        [
+            sys.executable,
+            "-m",
+            "devstack.neon_server",
+            "--port",
+            str(port),
+            "--pg-admin-url",
+            pg.url("postgres"),
+            "--api-key-file",
+            str(key_file),
+            "--seed-project-id",
+            "cli-seed",
+        ],
         cwd=Path(__file__).resolve().parents[1],
         env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])},
         stdout=subprocess.PIPE,

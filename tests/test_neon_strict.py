@@ -54,8 +54,9 @@ async def project(lenient: Neon):
 async def create_branches(neon: Neon, project_id: str, names: list[str]) -> list[str]:
     ids = []
     for name in names:
-        status, _, body = await neon.raw("POST", f"/api/v2/projects/{project_id}/branches",
-                                         json={"branch": {"name": name}})
+        status, _, body = await neon.raw(
+            "POST", f"/api/v2/projects/{project_id}/branches", json={"branch": {"name": name}}
+        )
         assert status == 201, body
         ids.append(body["branch"]["id"])
         await neon.wait_idle(project_id)
@@ -64,8 +65,13 @@ async def create_branches(neon: Neon, project_id: str, names: list[str]) -> list
 
 def test_strict_by_default_with_neons_numbers():
     strict = Strictness()
-    assert (strict.plan, strict.rate_limit.enabled, strict.rate_limit.per_minute,
-            strict.rate_limit.burst_per_route, strict.rate_limit.retry_after) == ("launch", True, 700, 40, False)
+    assert (
+        strict.plan,
+        strict.rate_limit.enabled,
+        strict.rate_limit.per_minute,
+        strict.rate_limit.burst_per_route,
+        strict.rate_limit.retry_after,
+    ) == ("launch", True, 700, 40, False)
     assert strict.pagination.branch_page_size == 100 and not strict.schema_drift
     assert strict.operations.failure_share > 0 and strict.background.share > 0
     assert strict.operations.cancel_share == 0  # a cancelled operation fails a step for good: only on request
@@ -73,11 +79,33 @@ def test_strict_by_default_with_neons_numbers():
 
 def test_every_setting_has_a_command_line_flag(monkeypatch):
     monkeypatch.setenv("NEON_API_KEY", "k")
-    args = ["--pg-admin-url", "postgresql://x", "--plan", "free", "--no-rate-limit", "--rate-limit-per-minute", "5",
-            "--rate-limit-burst", "2", "--rate-limit-retry-after", "--branch-page-size", "7",
-            "--operation-failure-share", "0.5", "--operation-failures", "3", "--operation-cancel-share", "0.25",
-            "--operation-retry-seconds", "0.1", "--background-operation-share", "0.2",
-            "--background-operation-seconds", "2", "--schema-drift"]
+    args = [
+        "--pg-admin-url",
+        "postgresql://x",
+        "--plan",
+        "free",
+        "--no-rate-limit",
+        "--rate-limit-per-minute",
+        "5",
+        "--rate-limit-burst",
+        "2",
+        "--rate-limit-retry-after",
+        "--branch-page-size",
+        "7",
+        "--operation-failure-share",
+        "0.5",
+        "--operation-failures",
+        "3",
+        "--operation-cancel-share",
+        "0.25",
+        "--operation-retry-seconds",
+        "0.1",
+        "--background-operation-share",
+        "0.2",
+        "--background-operation-seconds",
+        "2",
+        "--schema-drift",
+    ]
     strict = _parse_args(args).strict
     assert strict.to_json() == {
         "plan": "free",
@@ -98,10 +126,21 @@ async def test_settings_change_at_runtime_and_are_validated(lenient: Neon):
     status, _, body = await lenient.raw("GET", CONFIG, key=None)
     assert status == 200 and body == START.to_json()
     body = await configure(lenient, plan="scale", rate_limit={"retry_after": True}, operations={"failure_share": 1})
-    assert (body["plan"], body["rate_limit"]["retry_after"], body["operations"]["failure_share"]) == ("scale", True, 1.0)
+    assert (body["plan"], body["rate_limit"]["retry_after"], body["operations"]["failure_share"]) == (
+        "scale",
+        True,
+        1.0,
+    )
     assert body["rate_limit"]["enabled"] is False  # untouched settings keep their values
-    for bad in ({"plan": "gold"}, {"nope": 1}, {"rate_limit": {"per_minute": "many"}}, {"rate_limit": 5},
-                {"operations": {"failure_share": 2}}, {"schema_drift": "yes"}, {"pagination": {"branch_page_size": -1}}):
+    for bad in (
+        {"plan": "gold"},
+        {"nope": 1},
+        {"rate_limit": {"per_minute": "many"}},
+        {"rate_limit": 5},
+        {"operations": {"failure_share": 2}},
+        {"schema_drift": "yes"},
+        {"pagination": {"branch_page_size": -1}},
+    ):
         status, _, body = await lenient.raw("PATCH", CONFIG, key=None, json=bad)
         assert status == 400 and body["message"], bad
     assert (await lenient.raw("GET", CONFIG, key=None))[2]["plan"] == "scale"
@@ -133,7 +172,9 @@ async def test_projects_are_capped_per_plan(lenient: Neon, pg: PostgresServer):
             await conn.execute(
                 "INSERT INTO projects (id, name, region_id, pg_version, database_name, role_name, pg_role,"
                 " pg_password, created_at, updated_at) VALUES (%s, %s, 'aws-us-east-2', 17, 'neondb', 'r', 'r',"
-                " 'p', now(), now())", (f"stand-in-{i}", f"stand-in-{i}"))
+                " 'p', now(), now())",
+                (f"stand-in-{i}", f"stand-in-{i}"),
+            )
     try:
         status, _, _ = await lenient.raw("POST", "/api/v2/projects", json={"project": {"name": "hundredth"}})
         assert status == 201
@@ -263,8 +304,12 @@ async def watch(neon: Neon, project_id: str, op_id: str, timeout: float = 15.0) 
 
 
 async def test_failed_operations_are_retried_by_neon_then_finish(lenient: Neon, project):
-    await lenient.raw("POST", "/__devstack/operation-outcomes", key=None,
-                      json={"count": 1, "failures": 2, "action": "create_timeline"})
+    await lenient.raw(
+        "POST",
+        "/__devstack/operation-outcomes",
+        key=None,
+        json={"count": 1, "failures": 2, "action": "create_timeline"},
+    )
     created = await lenient.raw("POST", f"/api/v2/projects/{project.id}/branches", json={"branch": {"name": "flaky"}})
     op = next(o for o in created[2]["operations"] if o["action"] == "create_timeline")
 
@@ -278,8 +323,15 @@ async def test_failed_operations_are_retried_by_neon_then_finish(lenient: Neon, 
 
     locked = asyncio.create_task(locked_while_failed())
     seen = await watch(lenient, project.id, op["id"])
-    assert seen == [("scheduling", 0), ("running", 0), ("failed", 1), ("running", 1), ("failed", 2),
-                    ("running", 2), ("finished", 2)]
+    assert seen == [
+        ("scheduling", 0),
+        ("running", 0),
+        ("failed", 1),
+        ("running", 1),
+        ("failed", 2),
+        ("running", 2),
+        ("finished", 2),
+    ]
     assert await locked, "a failed operation still holds the project lock"
     assert (await lenient.raw("GET", "/__devstack/operation-outcomes", key=None))[2] == {"rules": []}
 
@@ -304,8 +356,12 @@ async def test_a_share_of_operations_fails_when_configured(lenient: Neon, projec
 
 
 async def test_neons_own_operations_lock_the_project(lenient: Neon, project):
-    status, _, body = await lenient.raw("POST", "/__devstack/background-operations", key=None,
-                                        json={"project_id": project.id, "action": "apply_config", "seconds": 0.5})
+    status, _, body = await lenient.raw(
+        "POST",
+        "/__devstack/background-operations",
+        key=None,
+        json={"project_id": project.id, "action": "apply_config", "seconds": 0.5},
+    )
     assert status == 201 and body["operation"]["status"] == "running"
     assert (await lenient.error(423, "branch_create", project.id, branch={"name": "x"}))["message"] == LOCKED
     await lenient.wait_idle(project.id)
@@ -316,8 +372,12 @@ async def test_neons_own_operations_lock_the_project(lenient: Neon, project):
     await lenient.error(423, "branch_create", project.id, branch={"name": "y"})
     actions = {op.action.value for op in (await lenient.call("operations", project.id, limit=3)).operations}
     assert actions & {"apply_config", "suspend_compute"}
-    status, _, _ = await lenient.raw("POST", "/__devstack/background-operations", key=None,
-                                     json={"project_id": project.id, "action": "drop_everything"})
+    status, _, _ = await lenient.raw(
+        "POST",
+        "/__devstack/background-operations",
+        key=None,
+        json={"project_id": project.id, "action": "drop_everything"},
+    )
     assert status == 400
 
 
@@ -337,11 +397,16 @@ async def wait_idle_raw(neon: Neon, project_id: str, timeout: float = 10.0) -> N
 
 async def test_schema_drift_breaks_the_pinned_client_models_only(lenient: Neon, project):
     await configure(lenient, schema_drift=True)
-    status, _, created = await lenient.raw("POST", f"/api/v2/projects/{project.id}/branches",
-                                           json={"branch": {"name": "drifted"}, "endpoints": [{"type": "read_write"}]})
+    status, _, created = await lenient.raw(
+        "POST",
+        f"/api/v2/projects/{project.id}/branches",
+        json={"branch": {"name": "drifted"}, "endpoints": [{"type": "read_write"}]},
+    )
     assert status == 201
     assert {op["action"] for op in created["operations"]} == {"create_timeline_v2", "start_compute_v2"}
-    assert {op["status"] for op in created["operations"]} == {"queued"} and "attempt_history" in created["operations"][0]
+    assert {op["status"] for op in created["operations"]} == {"queued"} and "attempt_history" in created["operations"][
+        0
+    ]
     assert created["branch"]["current_state"] == "provisioning" and "restricted_actions" in created["branch"]
     assert created["endpoints"][0]["current_state"] == "starting"
     op_id = created["operations"][0]["id"]
@@ -349,7 +414,9 @@ async def test_schema_drift_breaks_the_pinned_client_models_only(lenient: Neon, 
         await lenient.call("operation", project.id, op_id)
     await wait_idle_raw(lenient, project.id)
     with pytest.raises(pydantic.ValidationError):
-        await lenient.call("branch_create", project.id, branch={"name": "drifted-2"}, endpoints=[{"type": "read_write"}])
+        await lenient.call(
+            "branch_create", project.id, branch={"name": "drifted-2"}, endpoints=[{"type": "read_write"}]
+        )
     _, _, listed = await lenient.raw("GET", f"/api/v2/projects/{project.id}/branches")
     assert {b["current_state"] for b in listed["branches"]} <= {"ready", "provisioning"}
 

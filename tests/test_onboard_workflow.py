@@ -16,7 +16,7 @@ from temporalio.client import WorkflowFailureError
 from activities.ec2 import make_ec2_client
 from db.ledger import Ledger
 from db.orgs import OrgRepo
-from domain.models import resource_name
+from domain.resources import resource_name
 from tests.conftest import neon_stats
 from tests.helpers import (
     can_connect,
@@ -38,7 +38,8 @@ def slug() -> str:
 async def run_onboarding(env, settings, pool, task_queue, inp, **overrides):
     async with build_worker(env.client, settings, pool, task_queue=task_queue, **overrides):
         return await env.client.execute_workflow(
-            OnboardOrgWorkflow.run, inp, id=f"org-onboard:{inp.org_id}", task_queue=task_queue)
+            OnboardOrgWorkflow.run, inp, id=f"org-onboard:{inp.org_id}", task_queue=task_queue
+        )
 
 
 async def assert_fully_onboarded(settings, pool, ec2, inp, result) -> None:
@@ -76,7 +77,8 @@ async def test_onboarding_on_dev_server_reports_progress(dev_env, settings, pool
     inp = await seed_org(pool, slug(), *network)
     async with build_worker(dev_env.client, settings, pool, task_queue=task_queue):
         handle = await dev_env.client.start_workflow(
-            OnboardOrgWorkflow.run, inp, id=f"org-onboard:{inp.org_id}", task_queue=task_queue)
+            OnboardOrgWorkflow.run, inp, id=f"org-onboard:{inp.org_id}", task_queue=task_queue
+        )
         result = await handle.result()
         progress = await handle.query(OnboardOrgWorkflow.progress)
         description = await handle.describe()
@@ -84,8 +86,11 @@ async def test_onboarding_on_dev_server_reports_progress(dev_env, settings, pool
     assert progress.status == "active" and progress.steps_done == progress.steps_total == 5
     assert progress.step == "done"
     history = [e async for e in handle.fetch_history_events()]
-    scheduled = [e.activity_task_scheduled_event_attributes.activity_type.name for e in history
-                 if e.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED]
+    scheduled = [
+        e.activity_task_scheduled_event_attributes.activity_type.name
+        for e in history
+        if e.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED
+    ]
     assert scheduled[:3] == ["validate_network", "record_org_provisioning", "ensure_tenant_database"]
     assert "ensure_security_group" in scheduled and scheduled[-1] == "mark_org_active"
     assert description.status.name == "COMPLETED"
@@ -127,16 +132,27 @@ class FailingIngressEc2:
         return getattr(self._real, name)
 
     def authorize_security_group_ingress(self, **_: Any) -> dict:
-        raise ClientError({"Error": {"Code": "UnauthorizedOperation", "Message": "not authorized"},
-                           "ResponseMetadata": {"HTTPStatusCode": 403}}, "AuthorizeSecurityGroupIngress")
+        raise ClientError(
+            {
+                "Error": {"Code": "UnauthorizedOperation", "Message": "not authorized"},
+                "ResponseMetadata": {"HTTPStatusCode": 403},
+            },
+            "AuthorizeSecurityGroupIngress",
+        )
 
 
 async def test_late_permanent_failure_compensates_in_reverse(skip_env, settings, pool, ec2, pg, network, task_queue):
     inp = await seed_org(pool, slug(), *network)
     before = physical_databases(pg)
     with pytest.raises(WorkflowFailureError):
-        await run_onboarding(skip_env, settings, pool, task_queue, inp,
-                             ec2_client_factory=lambda: FailingIngressEc2(make_ec2_client(settings)))
+        await run_onboarding(
+            skip_env,
+            settings,
+            pool,
+            task_queue,
+            inp,
+            ec2_client_factory=lambda: FailingIngressEc2(make_ec2_client(settings)),
+        )
     row = await OrgRepo(pool).get(inp.org_id)
     assert row["status"] == "failed"
     assert row["failure_reason"].startswith("create_security_group: UnauthorizedOperation")
@@ -148,7 +164,9 @@ async def test_late_permanent_failure_compensates_in_reverse(skip_env, settings,
     assert {r["kind"]: r["status"] for r in ledger} == {"neon_branch": "deleted", "security_group": "deleted"}
 
 
-async def test_transient_neon_faults_are_retried(dev_env, settings, pool, ec2, network, task_queue, neon_faults, neon_url):
+async def test_transient_neon_faults_are_retried(
+    dev_env, settings, pool, ec2, network, task_queue, neon_faults, neon_url
+):
     inp = await seed_org(pool, slug(), *network)
     route = "/projects/{project_id}/branches"
     neon_faults(route, 423, method="POST", count=1)
@@ -169,20 +187,25 @@ async def test_reset_to_start_replays_without_duplicates(dev_env, settings, pool
     inp = await seed_org(pool, slug(), *network)
     async with build_worker(dev_env.client, settings, pool, task_queue=task_queue):
         handle = await dev_env.client.start_workflow(
-            OnboardOrgWorkflow.run, inp, id=f"org-onboard:{inp.org_id}", task_queue=task_queue)
+            OnboardOrgWorkflow.run, inp, id=f"org-onboard:{inp.org_id}", task_queue=task_queue
+        )
         first = await handle.result()
         events = [e async for e in handle.fetch_history_events()]
-        first_task_done = next(e.event_id for e in events
-                               if e.event_type == EventType.EVENT_TYPE_WORKFLOW_TASK_COMPLETED)
-        reset = await dev_env.client.workflow_service.reset_workflow_execution(ResetWorkflowExecutionRequest(
-            namespace=dev_env.client.namespace,
-            workflow_execution=WorkflowExecution(workflow_id=handle.id, run_id=handle.result_run_id),
-            reason="test: replay onboarding from the start",
-            workflow_task_finish_event_id=first_task_done,
-            request_id=str(uuid.uuid4()),
-            reset_reapply_type=ResetReapplyType.RESET_REAPPLY_TYPE_NONE,
-        ))
+        first_task_done = next(
+            e.event_id for e in events if e.event_type == EventType.EVENT_TYPE_WORKFLOW_TASK_COMPLETED
+        )
+        reset = await dev_env.client.workflow_service.reset_workflow_execution(
+            ResetWorkflowExecutionRequest(
+                namespace=dev_env.client.namespace,
+                workflow_execution=WorkflowExecution(workflow_id=handle.id, run_id=handle.result_run_id),
+                reason="test: replay onboarding from the start",
+                workflow_task_finish_event_id=first_task_done,
+                request_id=str(uuid.uuid4()),
+                reset_reapply_type=ResetReapplyType.RESET_REAPPLY_TYPE_NONE,
+            )
+        )
         second = await dev_env.client.get_workflow_handle_for(
-            OnboardOrgWorkflow.run, handle.id, run_id=reset.run_id).result()
+            OnboardOrgWorkflow.run, handle.id, run_id=reset.run_id
+        ).result()
     assert second.model_dump() == first.model_dump()
     await assert_fully_onboarded(settings, pool, ec2, inp, second)

@@ -13,10 +13,14 @@ import yaml
 from aiohttp.test_utils import TestClient, TestServer
 from openapi_spec_validator import OpenAPIV31SpecValidator, validate
 
+from api import schemas as requests_schemas
 from api.app import SPEC_PATH, create_app
 from api.versioning import API_V1, UNVERSIONED, canonical
-from domain import models, org_entity
+from domain.operations import Operation, Progress
+from domain.org_entity import OrgSnapshot
+from domain.resources import TIER_INSTANCE_TYPES
 from domain.settings import Settings
+from domain.status import OrgStatus, WorkspaceStatus
 
 HTTP_METHODS = {"get", "put", "post", "delete", "patch", "head", "options", "trace"}
 SLUG = r"^[a-z][a-z0-9-]{1,38}[a-z0-9]$"
@@ -26,7 +30,7 @@ SAMPLE_PARAMS = {"slug": "example-co", "workspace_id": "ws_0123456789ab", "key_i
 # The component responses that are not failures.
 SUCCESS_RESPONSES = {"KeyMinted", "OrgCommandAccepted", "OrgDecisionAccepted"}
 
-# Which request model each body is (domain/models.py), by operation.
+# Which request model each body is (api/schemas.py), by operation.
 REQUEST_MODELS = {
     ("post", "/api/v1/orgs"): "OrgCreateRequest",
     ("patch", "/api/v1/orgs/{slug}"): "OrgQuotaUpdate",
@@ -78,12 +82,14 @@ def operations(spec: dict):
 
 # -- (a) a valid OpenAPI 3.1 document --------------------------------------------------------
 
+
 def test_spec_is_valid_openapi_3_1(spec):
     assert spec["openapi"] == "3.1.0"
     validate(spec, cls=OpenAPIV31SpecValidator)
 
 
 # -- (b) parity with the app's routes ---------------------------------------------------------
+
 
 def test_spec_describes_exactly_the_canonical_routes(spec):
     canonical_routes = {(m, p) for m, p in app_routes() if is_canonical(p)}
@@ -100,6 +106,7 @@ def test_every_legacy_route_mirrors_a_documented_one(spec):
 
 
 # -- what each operation promises ----------------------------------------------------------
+
 
 def expected_security(path: str) -> str | None:
     if path in UNVERSIONED:
@@ -136,8 +143,11 @@ def test_path_parameters_are_declared_with_their_patterns(spec):
             assert param["required"] is True
             assert param["schema"]["pattern"] == patterns[name], (method, path, name)
     # The same patterns as the request models'.
-    assert models.OrgCreateRequest.model_json_schema()["properties"]["slug"]["pattern"] == SLUG
-    assert models.AgentRegisterRequest.model_json_schema()["properties"]["workspace_id"]["pattern"] == WORKSPACE_ID
+    assert requests_schemas.OrgCreateRequest.model_json_schema()["properties"]["slug"]["pattern"] == SLUG
+    assert (
+        requests_schemas.AgentRegisterRequest.model_json_schema()["properties"]["workspace_id"]["pattern"]
+        == WORKSPACE_ID
+    )
 
 
 def test_responses_are_documented_honestly(spec):
@@ -182,8 +192,18 @@ def constraints(spec: dict, schema: dict) -> dict:
     types = schema.get("type", [])
     types = {types} if isinstance(types, str) else set(types)
     result = {"types": types - {"null"} or types, "nullable": "null" in types and len(types) > 1}
-    for key in ("pattern", "minLength", "maxLength", "minimum", "maximum", "exclusiveMinimum",
-                "exclusiveMaximum", "minItems", "maxItems", "const"):
+    for key in (
+        "pattern",
+        "minLength",
+        "maxLength",
+        "minimum",
+        "maximum",
+        "exclusiveMinimum",
+        "exclusiveMaximum",
+        "minItems",
+        "maxItems",
+        "const",
+    ):
         if key in schema:
             result[key] = schema[key]
     if "enum" in schema:
@@ -195,7 +215,7 @@ def constraints(spec: dict, schema: dict) -> dict:
 
 @pytest.mark.parametrize("model_name", sorted(set(REQUEST_MODELS.values())))
 def test_request_schemas_match_the_pydantic_models(spec, model_name):
-    model_schema = getattr(models, model_name).model_json_schema()
+    model_schema = getattr(requests_schemas, model_name).model_json_schema()
     documented = spec["components"]["schemas"][model_name]
     assert documented["additionalProperties"] is False and model_schema["additionalProperties"] is False
     assert set(documented.get("required", [])) == set(model_schema.get("required", []))
@@ -213,12 +233,15 @@ def test_each_body_is_its_model(spec):
             bodies[(method, path)] = body["content"]["application/json"]["schema"]["$ref"].rsplit("/", 1)[1]
     assert bodies == REQUEST_MODELS
     # Optional bodies: suspend and delete read none as the defaults.
-    optional = {k for k, v in REQUEST_MODELS.items()
-                if not next(op for m, p, op, _ in operations(spec) if (m, p) == k)["requestBody"].get("required")}
+    optional = {
+        k
+        for k, v in REQUEST_MODELS.items()
+        if not next(op for m, p, op, _ in operations(spec) if (m, p) == k)["requestBody"].get("required")
+    }
     assert optional == {("post", "/api/v1/orgs/{slug}/suspend"), ("delete", "/api/v1/orgs/{slug}")}
 
 
-@pytest.mark.parametrize("model", [models.Progress, org_entity.OrgSnapshot], ids=lambda m: m.__name__)
+@pytest.mark.parametrize("model", [Progress, OrgSnapshot], ids=lambda m: m.__name__)
 def test_response_schema_matches_the_model(spec, model):
     documented = spec["components"]["schemas"][model.__name__]
     assert set(documented["properties"]) == set(model.model_fields)
@@ -228,17 +251,18 @@ def test_response_schema_matches_the_model(spec, model):
 
 def test_status_enums_match_the_model(spec):
     schemas = spec["components"]["schemas"]
-    assert schemas["OrgStatus"]["enum"] == [s.value for s in models.OrgStatus]
+    assert schemas["OrgStatus"]["enum"] == [s.value for s in OrgStatus]
     # adopt is never an org's operation, only a queued wait for a run from before its workflow.
-    assert schemas["OrgOperation"]["enum"] == [o.value for o in org_entity.Operation if o != org_entity.Operation.adopt]
-    assert schemas["OrgSnapshot"]["properties"]["queued"]["items"]["enum"] == [o.value for o in org_entity.Operation]
+    assert schemas["OrgOperation"]["enum"] == [o.value for o in Operation if o != Operation.adopt]
+    assert schemas["OrgSnapshot"]["properties"]["queued"]["items"]["enum"] == [o.value for o in Operation]
     status_filter = next(p for p in spec["paths"]["/api/v1/orgs"]["get"]["parameters"] if p["name"] == "status")
-    assert status_filter["schema"]["items"]["enum"] == [s.value for s in models.OrgStatus if s != models.OrgStatus.deleted]
-    assert schemas["WorkspaceStatus"]["enum"] == [s.value for s in models.WorkspaceStatus]
-    assert schemas["Workspace"]["properties"]["instance_type"]["enum"] == list(models.TIER_INSTANCE_TYPES.values())
+    assert status_filter["schema"]["items"]["enum"] == [s.value for s in OrgStatus if s != OrgStatus.deleted]
+    assert schemas["WorkspaceStatus"]["enum"] == [s.value for s in WorkspaceStatus]
+    assert schemas["Workspace"]["properties"]["instance_type"]["enum"] == list(TIER_INSTANCE_TYPES.values())
 
 
 # -- (c) and (d): the running app ------------------------------------------------------------
+
 
 @pytest_asyncio.fixture
 async def api(settings):

@@ -21,7 +21,7 @@ from activities.ec2 import make_ec2_client
 from db.keys import OrgKeyRepo
 from db.orgs import OrgRepo
 from db.workspaces import WorkspaceRepo
-from domain.models import TIER_INSTANCE_TYPES, OrgStatus, resource_name
+from domain.operations import org_workflow_id
 from domain.org_entity import (
     DecisionCommand,
     DeleteCommand,
@@ -29,8 +29,9 @@ from domain.org_entity import (
     QuotaCommand,
     ResumeCommand,
     SuspendCommand,
-    org_workflow_id,
 )
+from domain.resources import TIER_INSTANCE_TYPES, resource_name
+from domain.status import OrgStatus
 from tests.helpers import groups_named, instances_of, neon_branches_named, seed_org
 from worker import build_worker
 from workflows.org import REFUSED, OrgWorkflow
@@ -43,8 +44,17 @@ def slug() -> str:
 
 
 def entity_input(inp, *, adopt: OrgStatus | None = None, **extra: Any) -> OrgWorkflowInput:
-    return OrgWorkflowInput(org_id=inp.org_id, slug=inp.slug, name=inp.name, plan=inp.plan, vpc_id=inp.vpc_id,
-                            subnet_ids=inp.subnet_ids, neon_mode=inp.neon_mode, adopt_status=adopt, **extra)
+    return OrgWorkflowInput(
+        org_id=inp.org_id,
+        slug=inp.slug,
+        name=inp.name,
+        plan=inp.plan,
+        vpc_id=inp.vpc_id,
+        subnet_ids=inp.subnet_ids,
+        neon_mode=inp.neon_mode,
+        adopt_status=adopt,
+        **extra,
+    )
 
 
 async def active_org(pool, network) -> Any:
@@ -62,8 +72,13 @@ async def refused(handle: WorkflowHandle, update: Any, arg: Any) -> str:
 
 
 async def accepted_updates(handle: WorkflowHandle) -> int:
-    return len([e async for e in handle.fetch_history_events()
-                if e.event_type == EventType.EVENT_TYPE_WORKFLOW_EXECUTION_UPDATE_ACCEPTED])
+    return len(
+        [
+            e
+            async for e in handle.fetch_history_events()
+            if e.event_type == EventType.EVENT_TYPE_WORKFLOW_EXECUTION_UPDATE_ACCEPTED
+        ]
+    )
 
 
 async def status_of(pool, org_id: str) -> str | None:
@@ -79,9 +94,16 @@ class RefusingEc2:
 
     def __getattr__(self, name: str) -> Any:
         if name in self.refused:
+
             def refuse(**_: Any) -> dict:
-                raise ClientError({"Error": {"Code": "UnauthorizedOperation", "Message": f"not allowed: {name}"},
-                                   "ResponseMetadata": {"HTTPStatusCode": 403}}, name)
+                raise ClientError(
+                    {
+                        "Error": {"Code": "UnauthorizedOperation", "Message": f"not allowed: {name}"},
+                        "ResponseMetadata": {"HTTPStatusCode": 403},
+                    },
+                    name,
+                )
+
             return refuse
         return getattr(self._real, name)
 
@@ -108,12 +130,32 @@ async def running_workspace(pool, ec2, inp) -> str:
     """A workspace recorded as running with a real instance in moto (its agent does not matter)."""
     org = await OrgRepo(pool).get(inp.org_id)
     ws = await WorkspaceRepo(pool).reserve(
-        inp.org_id, workspace_id=f"ws_{uuid.uuid4().hex[:12]}", name="agent", role="r", runtime="hermes", tier=1,
-        model="m", instance_type=TIER_INSTANCE_TYPES[1], subnet_id=org["subnet_ids"][0], actor="test")
-    tags = [{"Key": k, "Value": v} for k, v in (("tenantflow:managed", "true"), ("tenantflow:org-id", inp.org_id),
-                                                ("tenantflow:workspace-id", ws["id"]))]
-    ec2.run_instances(ImageId=AMI, MinCount=1, MaxCount=1, SubnetId=org["subnet_ids"][0],
-                      TagSpecifications=[{"ResourceType": "instance", "Tags": tags}])
+        inp.org_id,
+        workspace_id=f"ws_{uuid.uuid4().hex[:12]}",
+        name="agent",
+        role="r",
+        runtime="hermes",
+        tier=1,
+        model="m",
+        instance_type=TIER_INSTANCE_TYPES[1],
+        subnet_id=org["subnet_ids"][0],
+        actor="test",
+    )
+    tags = [
+        {"Key": k, "Value": v}
+        for k, v in (
+            ("tenantflow:managed", "true"),
+            ("tenantflow:org-id", inp.org_id),
+            ("tenantflow:workspace-id", ws["id"]),
+        )
+    ]
+    ec2.run_instances(
+        ImageId=AMI,
+        MinCount=1,
+        MaxCount=1,
+        SubnetId=org["subnet_ids"][0],
+        TagSpecifications=[{"ResourceType": "instance", "Tags": tags}],
+    )
     await WorkspaceRepo(pool).update(ws["id"], actor="test", status="running")
     for _ in range(200):  # past EC2's visibility lag and out of pending
         if [i["State"]["Name"] for i in instances_of(ec2, ws["id"])] == ["running"]:
@@ -127,9 +169,15 @@ async def test_validators_refuse_what_the_state_does_not_allow(skip_env, setting
     key_repo = OrgKeyRepo(pool)
     _, key = await key_repo.mint(await OrgRepo(pool).get(inp.org_id), "k", actor="test")
     async with build_worker(skip_env.client, settings, pool, task_queue=task_queue):
-        handle = await skip_env.client.start_workflow(OrgWorkflow.run, entity_input(inp, adopt=OrgStatus.active),
-                                                      id=org_workflow_id(inp.org_id), task_queue=task_queue)
-        assert "only a suspended org can be resumed; it is active" in await refused(handle, OrgWorkflow.resume, ResumeCommand())
+        handle = await skip_env.client.start_workflow(
+            OrgWorkflow.run,
+            entity_input(inp, adopt=OrgStatus.active),
+            id=org_workflow_id(inp.org_id),
+            task_queue=task_queue,
+        )
+        assert "only a suspended org can be resumed; it is active" in await refused(
+            handle, OrgWorkflow.resume, ResumeCommand()
+        )
         assert "nothing is waiting for an operator" in await refused(handle, OrgWorkflow.retry, DecisionCommand())
         assert "nothing is waiting for an operator" in await refused(handle, OrgWorkflow.abandon, DecisionCommand())
 
@@ -184,8 +232,9 @@ async def test_delete_preempts_onboarding_and_leaves_nothing(skip_env, settings,
     inp = await seed_org(pool, slug(), *network)
     held = HeldEc2(make_ec2_client(settings))
     async with build_worker(skip_env.client, settings, pool, task_queue=task_queue, ec2_client_factory=lambda: held):
-        handle = await skip_env.client.start_workflow(OrgWorkflow.run, entity_input(inp),
-                                                      id=org_workflow_id(inp.org_id), task_queue=task_queue)
+        handle = await skip_env.client.start_workflow(
+            OrgWorkflow.run, entity_input(inp), id=org_workflow_id(inp.org_id), task_queue=task_queue
+        )
         await asyncio.to_thread(held.reached.wait, 60)
         state = await handle.execute_update(OrgWorkflow.delete, DeleteCommand())
         assert state.status == OrgStatus.deleting
@@ -200,8 +249,9 @@ async def test_delete_preempts_onboarding_and_leaves_nothing(skip_env, settings,
     onboarding = skip_env.client.get_workflow_handle(f"org-onboard:{inp.org_id}")
     assert (await onboarding.describe()).status.name == "CANCELED"
     async with pool.connection() as conn:
-        receipt = (await (await conn.execute("SELECT receipt FROM org_receipts WHERE org_id = %s",
-                                             (inp.org_id,))).fetchone())["receipt"]
+        receipt = (
+            await (await conn.execute("SELECT receipt FROM org_receipts WHERE org_id = %s", (inp.org_id,))).fetchone()
+        )["receipt"]
     # Every resource the onboarding created is on the receipt, and gone.
     kinds = {r["kind"]: r["status"] for r in receipt["resources"]}
     assert kinds == {"neon_branch": "deleted", "security_group": "deleted"}, receipt["resources"]
@@ -212,10 +262,15 @@ async def test_delete_preempts_a_parked_operation(operation, skip_env, settings,
     inp = await active_org(pool, network)
     workspace_id = await running_workspace(pool, ec2, inp)
     refusing = RefusingEc2(make_ec2_client(settings), "stop_instances" if operation == "suspend" else "start_instances")
-    async with build_worker(skip_env.client, settings, pool, task_queue=task_queue,
-                            ec2_client_factory=lambda: refusing):
-        handle = await skip_env.client.start_workflow(OrgWorkflow.run, entity_input(inp, adopt=OrgStatus.active),
-                                                      id=org_workflow_id(inp.org_id), task_queue=task_queue)
+    async with build_worker(
+        skip_env.client, settings, pool, task_queue=task_queue, ec2_client_factory=lambda: refusing
+    ):
+        handle = await skip_env.client.start_workflow(
+            OrgWorkflow.run,
+            entity_input(inp, adopt=OrgStatus.active),
+            id=org_workflow_id(inp.org_id),
+            task_queue=task_queue,
+        )
         if operation == "resume":
             refusing.refused = set()
             await handle.execute_update(OrgWorkflow.suspend, SuspendCommand(stop_instances=True))
@@ -226,8 +281,11 @@ async def test_delete_preempts_a_parked_operation(operation, skip_env, settings,
             await handle.execute_update(OrgWorkflow.suspend, SuspendCommand(stop_instances=True))
         parked = await _until(handle, lambda s: s.parked is not None)
         assert parked.operation == operation and "UnauthorizedOperation" in parked.parked.reason
-        assert "in progress" in await refused(handle, OrgWorkflow.resume if operation == "suspend" else OrgWorkflow.suspend,
-                                               ResumeCommand() if operation == "suspend" else SuspendCommand())
+        assert "in progress" in await refused(
+            handle,
+            OrgWorkflow.resume if operation == "suspend" else OrgWorkflow.suspend,
+            ResumeCommand() if operation == "suspend" else SuspendCommand(),
+        )
         await handle.execute_update(OrgWorkflow.delete, DeleteCommand())
         result = await handle.result()
     assert result.status == OrgStatus.deleted
@@ -240,10 +298,15 @@ async def test_retry_and_abandon_a_parked_suspend(skip_env, settings, pool, ec2,
     inp = await active_org(pool, network)
     await running_workspace(pool, ec2, inp)
     refusing = RefusingEc2(make_ec2_client(settings), "stop_instances")
-    async with build_worker(skip_env.client, settings, pool, task_queue=task_queue,
-                            ec2_client_factory=lambda: refusing):
-        handle = await skip_env.client.start_workflow(OrgWorkflow.run, entity_input(inp, adopt=OrgStatus.active),
-                                                      id=org_workflow_id(inp.org_id), task_queue=task_queue)
+    async with build_worker(
+        skip_env.client, settings, pool, task_queue=task_queue, ec2_client_factory=lambda: refusing
+    ):
+        handle = await skip_env.client.start_workflow(
+            OrgWorkflow.run,
+            entity_input(inp, adopt=OrgStatus.active),
+            id=org_workflow_id(inp.org_id),
+            task_queue=task_queue,
+        )
         await handle.execute_update(OrgWorkflow.suspend, SuspendCommand(stop_instances=True))
         await _until(handle, lambda s: s.parked is not None)
         await handle.execute_update(OrgWorkflow.retry, DecisionCommand())  # still refused by EC2: parks again
@@ -260,10 +323,12 @@ async def test_retry_and_abandon_a_parked_suspend(skip_env, settings, pool, ec2,
 async def test_failed_onboarding_can_be_retried(skip_env, settings, pool, network, task_queue):
     inp = await seed_org(pool, slug(), *network)
     refusing = RefusingEc2(make_ec2_client(settings), "create_security_group")
-    async with build_worker(skip_env.client, settings, pool, task_queue=task_queue,
-                            ec2_client_factory=lambda: refusing):
-        handle = await skip_env.client.start_workflow(OrgWorkflow.run, entity_input(inp),
-                                                      id=org_workflow_id(inp.org_id), task_queue=task_queue)
+    async with build_worker(
+        skip_env.client, settings, pool, task_queue=task_queue, ec2_client_factory=lambda: refusing
+    ):
+        handle = await skip_env.client.start_workflow(
+            OrgWorkflow.run, entity_input(inp), id=org_workflow_id(inp.org_id), task_queue=task_queue
+        )
         failed = await _until(handle, lambda s: s.status == OrgStatus.failed)
         assert failed.failure_reason.startswith("create_security_group: UnauthorizedOperation")
         # The record says the same, and no operation is in progress any more.
@@ -280,8 +345,11 @@ async def test_continues_as_new_with_its_state(skip_env, settings, pool, network
     inp = await active_org(pool, network)
     async with build_worker(skip_env.client, settings, pool, task_queue=task_queue):
         started = await skip_env.client.start_workflow(
-            OrgWorkflow.run, entity_input(inp, adopt=OrgStatus.active, history_limit=40),
-            id=org_workflow_id(inp.org_id), task_queue=task_queue)
+            OrgWorkflow.run,
+            entity_input(inp, adopt=OrgStatus.active, history_limit=40),
+            id=org_workflow_id(inp.org_id),
+            task_queue=task_queue,
+        )
         first = skip_env.client.get_workflow_handle(org_workflow_id(inp.org_id), run_id=started.result_run_id)
         handle = skip_env.client.get_workflow_handle_for(OrgWorkflow.run, org_workflow_id(inp.org_id))  # latest run
         for _ in range(3):
@@ -301,8 +369,9 @@ async def test_continues_as_new_with_its_state(skip_env, settings, pool, network
         assert (await handle.result()).status == OrgStatus.deleted
 
 
-async def test_delete_preempts_a_suspend_in_the_middle_of_a_step(skip_env, settings, pool, ec2, network, task_queue,
-                                                                moto_url):
+async def test_delete_preempts_a_suspend_in_the_middle_of_a_step(
+    skip_env, settings, pool, ec2, network, task_queue, moto_url
+):
     """The suspend is waiting for its instances to stop (not parked) when the delete comes: the
     step's activity is cancelled, and that is not a failure to park on (found by tools.chaos: the
     cancelled step parked, and the delete waited for it forever)."""
@@ -312,8 +381,12 @@ async def test_delete_preempts_a_suspend_in_the_middle_of_a_step(skip_env, setti
     await asyncio.to_thread(requests.post, config, json={"stopping_seconds": 600}, timeout=5)
     try:
         async with build_worker(skip_env.client, settings, pool, task_queue=task_queue):
-            handle = await skip_env.client.start_workflow(OrgWorkflow.run, entity_input(inp, adopt=OrgStatus.active),
-                                                          id=org_workflow_id(inp.org_id), task_queue=task_queue)
+            handle = await skip_env.client.start_workflow(
+                OrgWorkflow.run,
+                entity_input(inp, adopt=OrgStatus.active),
+                id=org_workflow_id(inp.org_id),
+                task_queue=task_queue,
+            )
             await handle.execute_update(OrgWorkflow.suspend, SuspendCommand(stop_instances=True))
             child = skip_env.client.get_workflow_handle(f"org-suspend:{inp.org_id}")
             for _ in range(600):

@@ -18,8 +18,9 @@ def test_token_bucket_refills_at_its_rate():
 
 
 async def test_one_credential_is_limited_and_others_are_not(settings, dev_env):
-    app = create_app(settings.model_copy(update={"rate_limit_per_minute": 6, "rate_limit_burst": 3}),
-                     temporal=dev_env.client)
+    app = create_app(
+        settings.model_copy(update={"rate_limit_per_minute": 6, "rate_limit_burst": 3}), temporal=dev_env.client
+    )
     async with TestClient(TestServer(app)) as client:
         noisy = {"Authorization": "Bearer tfk_000000000000_" + "A" * 43}
         answers = [await client.get("/api/v1/workspaces", headers=noisy) for _ in range(5)]

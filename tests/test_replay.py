@@ -7,20 +7,19 @@ ships. Regenerate the histories with ``tests/record_histories.py``; see docs/rel
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
+from temporalio import workflow
 from temporalio.client import WorkflowHistory
 from temporalio.contrib.pydantic import pydantic_data_converter
-from temporalio import workflow
 from temporalio.worker import Replayer
 
 from activities.store import OrgStoreActivities
-from domain.models import OnboardOrgInput, OnboardOrgResult, OrgRef
-from workflows.common import CALL_TIMEOUT
-
+from domain.onboard_org import OnboardOrgInput, OnboardOrgResult
+from domain.refs import OrgRef
 from worker import WORKFLOWS
+from workflows.common import CALL_TIMEOUT
 
 HISTORIES = sorted((Path(__file__).resolve().parent / "histories").glob("*.json"))
 
@@ -41,9 +40,11 @@ def test_every_workflow_type_has_a_recorded_history():
 
 def test_failure_paths_are_recorded():
     names = {p.stem for p in HISTORIES}
-    for case in ("OnboardOrgWorkflow-neon-permanent-fault-compensates",
-                 "ProvisionWorkspaceWorkflow-registration-timeout",
-                 "HardDeleteOrgWorkflow-parked-then-retry"):
+    for case in (
+        "OnboardOrgWorkflow-neon-permanent-fault-compensates",
+        "ProvisionWorkspaceWorkflow-registration-timeout",
+        "HardDeleteOrgWorkflow-parked-then-retry",
+    ):
         assert case in names
 
 
@@ -63,9 +64,11 @@ class ChangedOnboardOrgWorkflow:
 
     @workflow.run
     async def run(self, inp: OnboardOrgInput) -> OnboardOrgResult:
-        await workflow.execute_activity_method(OrgStoreActivities.mark_org_active,
-                                               OrgRef(org_id=inp.org_id, slug=inp.slug),
-                                               start_to_close_timeout=CALL_TIMEOUT)
+        await workflow.execute_activity_method(
+            OrgStoreActivities.mark_org_active,
+            OrgRef(org_id=inp.org_id, slug=inp.slug),
+            start_to_close_timeout=CALL_TIMEOUT,
+        )
         return OnboardOrgResult(org_id=inp.org_id, slug=inp.slug, status="active")
 
 

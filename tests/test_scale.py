@@ -4,7 +4,6 @@ the load, and when one worker is killed mid-run the other finishes its workflows
 from __future__ import annotations
 
 import json
-import os
 import signal
 import sys
 import time
@@ -15,8 +14,8 @@ import requests
 
 from devstack.demo import ensure_demo_network
 from devstack.procs import free_port, spawn, stop, wait_for_port
+from devstack.settings import StackSettings
 from devstack.stack import LocalStack, load_or_create_secrets, wait_http_ok
-from domain.settings import Settings
 from starter import OperatorClient
 
 pytestmark = pytest.mark.e2e
@@ -24,21 +23,43 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def test_two_workers_two_apis_and_a_worker_killed_mid_run(tmp_path):
-    ports = {name: free_port() for name in ("api_port", "temporal_port", "temporal_ui_port", "postgres_port",
-                                            "moto_port", "neon_port", "boot_emulator_port", "worker_health_port",
-                                            "worker_sdk_metrics_port")}
-    stack = LocalStack(Settings(state_dir=str(tmp_path / "state"), **ports))
+    ports = {
+        name: free_port()
+        for name in (
+            "api_port",
+            "temporal_port",
+            "temporal_ui_port",
+            "postgres_port",
+            "moto_port",
+            "neon_port",
+            "boot_emulator_port",
+            "worker_health_port",
+            "worker_sdk_metrics_port",
+        )
+    }
+    stack = LocalStack(StackSettings(state_dir=str(tmp_path / "state"), **ports))
     second_api = second_worker = None
     try:
         stack.start()
         wait_http_ok(f"{stack.api_url}/healthz")
         env = stack.service_env()
         second_api_port = free_port()
-        second_api = spawn([sys.executable, "-m", "api"], log_path=tmp_path / "api2.log", cwd=ROOT,
-                           env={**env, "TENANTFLOW_API_PORT": str(second_api_port)})
-        second_worker = spawn([sys.executable, "worker.py"], log_path=tmp_path / "worker2.log", cwd=ROOT,
-                              env={**env, "TENANTFLOW_WORKER_HEALTH_PORT": str(free_port()),
-                                   "TENANTFLOW_WORKER_SDK_METRICS_PORT": str(free_port())})
+        second_api = spawn(
+            [sys.executable, "-m", "api"],
+            log_path=tmp_path / "api2.log",
+            cwd=ROOT,
+            env={**env, "TENANTFLOW_API_PORT": str(second_api_port)},
+        )
+        second_worker = spawn(
+            [sys.executable, "worker.py"],
+            log_path=tmp_path / "worker2.log",
+            cwd=ROOT,
+            env={
+                **env,
+                "TENANTFLOW_WORKER_HEALTH_PORT": str(free_port()),
+                "TENANTFLOW_WORKER_SDK_METRICS_PORT": str(free_port()),
+            },
+        )
         wait_for_port("127.0.0.1", second_api_port, proc=second_api)
         secret = load_or_create_secrets(stack.state_dir)["provision_secret"]
         apis = [OperatorClient(stack.api_url, secret), OperatorClient(f"http://127.0.0.1:{second_api_port}", secret)]
@@ -47,8 +68,11 @@ def test_two_workers_two_apis_and_a_worker_killed_mid_run(tmp_path):
         # Every branch creation fails transiently for a while: onboardings are in flight when the
         # first worker dies.
         neon = f"http://127.0.0.1:{ports['neon_port']}/__devstack/faults"
-        requests.post(neon, json={"route": "/projects/{project_id}/branches", "method": "POST", "status": 503,
-                                  "count": 12}, timeout=5).raise_for_status()
+        requests.post(
+            neon,
+            json={"route": "/projects/{project_id}/branches", "method": "POST", "status": 503, "count": 12},
+            timeout=5,
+        ).raise_for_status()
         slugs = [f"scale-{i}" for i in range(8)]
         for i, slug in enumerate(slugs):
             apis[i % 2].onboard(name=f"Scale {i}", slug=slug, plan="pro", vpc_id=vpc_id, subnet_ids=subnets)
@@ -69,9 +93,14 @@ def test_two_workers_two_apis_and_a_worker_killed_mid_run(tmp_path):
         # Both workers took work before the kill; the survivor finished all of it.
         first_log = (stack.state_dir / "logs" / "worker.log").read_text()
         second_log = (tmp_path / "worker2.log").read_text()
+
         def onboarded_by(log: str) -> set[str]:
-            return {json.loads(line).get("org_slug") for line in log.splitlines()
-                    if line.startswith("{") and '"org onboarded"' in line}
+            return {
+                json.loads(line).get("org_slug")
+                for line in log.splitlines()
+                if line.startswith("{") and '"org onboarded"' in line
+            }
+
         assert onboarded_by(second_log) | onboarded_by(first_log) >= set(slugs)
         assert any('"workflow_id"' in line for line in first_log.splitlines())
         assert onboarded_by(second_log)

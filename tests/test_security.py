@@ -36,9 +36,13 @@ async def two_orgs(settings, dev_env, pool, network, task_queue):
         org = await onboard_active_org(dev_env, settings, pool, task_queue, network, f"s{uuid.uuid4().hex[:8]}")
         resp = await client.post(f"/api/v1/orgs/{org['slug']}/keys", json={"name": "k"}, headers=op)
         minted = await resp.json()
-        resp = await client.post("/api/v1/workspaces", json=WS_BODY, headers={"Authorization": f"Bearer {minted['key']}"})
+        resp = await client.post(
+            "/api/v1/workspaces", json=WS_BODY, headers={"Authorization": f"Bearer {minted['key']}"}
+        )
         bodies.append(await resp.text())
-        orgs.append({"org": org, "key": minted["key"], "key_id": minted["id"], "workspace": json.loads(bodies[-1])["id"]})
+        orgs.append(
+            {"org": org, "key": minted["key"], "key_id": minted["id"], "workspace": json.loads(bodies[-1])["id"]}
+        )
     try:
         yield client, op, orgs, buf, bodies
     finally:
@@ -54,9 +58,13 @@ def tenant_headers(entry: dict) -> dict:
 async def test_every_operator_route_refuses_an_org_key(two_orgs):
     client, _, orgs, _, _ = two_orgs
     a = orgs[0]
-    operator_routes = sorted({(r.method, r.resource.canonical) for r in client.app.router.routes()
-                              if r.resource.canonical.startswith(("/api/v1/orgs", "/api/v1/teardowns", "/cp/"))
-                              and r.method != "HEAD"})
+    operator_routes = sorted(
+        {
+            (r.method, r.resource.canonical)
+            for r in client.app.router.routes()
+            if r.resource.canonical.startswith(("/api/v1/orgs", "/api/v1/teardowns", "/cp/")) and r.method != "HEAD"
+        }
+    )
     assert len(operator_routes) >= 20
     for method, path in operator_routes:
         url = path.replace("{slug}", a["org"]["slug"])
@@ -68,9 +76,13 @@ async def test_every_operator_route_refuses_an_org_key(two_orgs):
 async def test_every_tenant_route_shows_nothing_of_another_org(two_orgs):
     client, _, orgs, _, _ = two_orgs
     a, b = orgs
-    probes = [("GET", f"/api/v1/workspaces/{b['workspace']}"), ("DELETE", f"/api/v1/workspaces/{b['workspace']}"),
-              ("DELETE", f"/api/v1/keys/{b['key_id']}"), ("GET", f"/workspaces/{b['workspace']}"),
-              ("DELETE", f"/keys/{b['key_id']}")]
+    probes = [
+        ("GET", f"/api/v1/workspaces/{b['workspace']}"),
+        ("DELETE", f"/api/v1/workspaces/{b['workspace']}"),
+        ("DELETE", f"/api/v1/keys/{b['key_id']}"),
+        ("GET", f"/workspaces/{b['workspace']}"),
+        ("DELETE", f"/keys/{b['key_id']}"),
+    ]
     for method, path in probes:
         resp = await client.request(method, path, headers=tenant_headers(a))
         assert resp.status == 404, (method, path)
@@ -89,16 +101,22 @@ async def test_no_secret_in_any_response_or_log_line(two_orgs, settings):
     a = orgs[0]
     # Exercise reads that could leak: org views, key listings, workspace views, audit.
     for method, path, headers in [
-        ("GET", f"/api/v1/orgs/{a['org']['slug']}", op), ("GET", f"/api/v1/orgs/{a['org']['slug']}/workspaces", op),
-        ("GET", f"/api/v1/orgs/{a['org']['slug']}/audit", op), ("GET", "/api/v1/keys", tenant_headers(a)),
-        ("GET", "/api/v1/workspaces", tenant_headers(a)), ("GET", f"/api/v1/workspaces/{a['workspace']}", tenant_headers(a)),
+        ("GET", f"/api/v1/orgs/{a['org']['slug']}", op),
+        ("GET", f"/api/v1/orgs/{a['org']['slug']}/workspaces", op),
+        ("GET", f"/api/v1/orgs/{a['org']['slug']}/audit", op),
+        ("GET", "/api/v1/keys", tenant_headers(a)),
+        ("GET", "/api/v1/workspaces", tenant_headers(a)),
+        ("GET", f"/api/v1/workspaces/{a['workspace']}", tenant_headers(a)),
         ("GET", "/api/v1/teardowns", op),
     ]:
         resp = await client.request(method, path, headers=headers)
         assert resp.status == 200, path
         bodies.append(await resp.text())
-    secrets_minted = [settings.provision_secret.get_secret_value(), settings.neon_api_key.get_secret_value(),
-                      *(o["key"] for o in orgs)]
+    secrets_minted = [
+        settings.provision_secret.get_secret_value(),
+        settings.neon_api_key.get_secret_value(),
+        *(o["key"] for o in orgs),
+    ]
     everything = "\n".join(bodies) + "\n" + buf.getvalue()
     for secret in secrets_minted:
         assert secret not in everything

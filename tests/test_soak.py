@@ -15,8 +15,22 @@ pytestmark = [pytest.mark.e2e, pytest.mark.timeout(1200)]
 
 def test_ci_size_soak_completes_every_lifecycle_and_leaks_nothing(tmp_path):
     report_path = tmp_path / "soak.json"
-    status = soak.main(["--orgs", "20", "--workspaces", "50", "--concurrency", "4", "--time-limit", "900",
-                        "--state-dir", str(tmp_path / "state"), "--report", str(report_path)])
+    status = soak.main(
+        [
+            "--orgs",
+            "20",
+            "--workspaces",
+            "50",
+            "--concurrency",
+            "4",
+            "--time-limit",
+            "900",
+            "--state-dir",
+            str(tmp_path / "state"),
+            "--report",
+            str(report_path),
+        ]
+    )
     report = json.loads(report_path.read_text())
     assert report["leaked_total"] == 0, report["leaked"]
     assert report["lost_records"] == []
@@ -25,15 +39,22 @@ def test_ci_size_soak_completes_every_lifecycle_and_leaks_nothing(tmp_path):
     assert report["workspaces"]["running"] + report["workspaces"]["timed_out"] == 50
     assert report["workspaces"]["timed_out"] == 10  # exactly the never-boot ones, each cleaned up
     workflows = report["workflows"]
-    for kind in ("OrgWorkflow", "OnboardOrgWorkflow", "SuspendOrgWorkflow", "ResumeOrgWorkflow",
-                 "HardDeleteOrgWorkflow"):
+    for kind in (
+        "OrgWorkflow",
+        "OnboardOrgWorkflow",
+        "SuspendOrgWorkflow",
+        "ResumeOrgWorkflow",
+        "HardDeleteOrgWorkflow",
+    ):
         assert workflows[kind] == {"COMPLETED": 20}, (kind, workflows[kind])
     assert workflows["ProvisionWorkspaceWorkflow"] == {"COMPLETED": 40, "FAILED": 10}
     # The faults were served (Neon's and EC2's), and retried to completion.
     injected = report["faults_injected"]
     assert sum(sum(s.values()) for s in report["neon_error_answers"].values()) >= sum(
-        n for k, n in injected.items() if k.startswith("neon "))
+        n for k, n in injected.items() if k.startswith("neon ")
+    )
     assert sum(sum(s.values()) for s in report["ec2_error_answers"].values()) >= sum(
-        n for k, n in injected.items() if k.startswith("ec2 "))
+        n for k, n in injected.items() if k.startswith("ec2 ")
+    )
     assert report["activity_retries"]["OnboardOrgWorkflow"] > 0
     assert status == 0

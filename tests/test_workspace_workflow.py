@@ -18,7 +18,7 @@ from activities.instances import InstanceActivities
 from api.workspaces import provision_input
 from db.ledger import Ledger
 from db.workspaces import WorkspaceRepo
-from domain.models import TIER_INSTANCE_TYPES
+from domain.resources import TIER_INSTANCE_TYPES
 from tests.conftest import ec2_stats
 from tests.helpers import instances_of, onboard_active_org, user_data_of
 from worker import build_worker
@@ -32,9 +32,17 @@ async def org(skip_env, settings, pool, network, task_queue):
 
 async def reserve(pool, org: dict, name: str = "agent-1", tier: int = 2) -> dict:
     return await WorkspaceRepo(pool).reserve(
-        org["id"], workspace_id=f"ws_{uuid.uuid4().hex[:12]}", name=name, role="Test worker", runtime="hermes",
-        tier=tier, model="claude-sonnet-4", instance_type=TIER_INSTANCE_TYPES[tier], subnet_id=org["subnet_ids"][0],
-        actor="test")
+        org["id"],
+        workspace_id=f"ws_{uuid.uuid4().hex[:12]}",
+        name=name,
+        role="Test worker",
+        runtime="hermes",
+        tier=tier,
+        model="claude-sonnet-4",
+        instance_type=TIER_INSTANCE_TYPES[tier],
+        subnet_id=org["subnet_ids"][0],
+        actor="test",
+    )
 
 
 async def test_registration_timeout_terminates_and_frees_the_slot(skip_env, settings, pool, ec2, org, task_queue):
@@ -43,8 +51,9 @@ async def test_registration_timeout_terminates_and_frees_the_slot(skip_env, sett
     assert inp.registration_timeout_seconds == 600  # the real default: time-skipping makes it instant
     async with build_worker(skip_env.client, settings, pool, task_queue=task_queue):
         with pytest.raises(WorkflowFailureError) as failure:
-            await skip_env.client.execute_workflow(ProvisionWorkspaceWorkflow.run, inp,
-                                                   id=f"ws-provision:{ws['id']}", task_queue=task_queue)
+            await skip_env.client.execute_workflow(
+                ProvisionWorkspaceWorkflow.run, inp, id=f"ws-provision:{ws['id']}", task_queue=task_queue
+            )
     assert "did not register within 600s" in str(failure.value.cause)
     row = await WorkspaceRepo(pool).get(ws["id"])
     assert row["status"] == "failed" and row["holds_slot"] is False
@@ -56,8 +65,11 @@ async def test_registration_timeout_terminates_and_frees_the_slot(skip_env, sett
     assert ledger[f"ec2_instance:{ws['id']}"]["status"] == "deleted"
     # The token the instance booted with is dead.
     async with pool.connection() as conn:
-        tokens = await (await conn.execute(
-            "SELECT kind, revoked_at, used_at FROM workspace_tokens WHERE workspace_id = %s", (ws["id"],))).fetchall()
+        tokens = await (
+            await conn.execute(
+                "SELECT kind, revoked_at, used_at FROM workspace_tokens WHERE workspace_id = %s", (ws["id"],)
+            )
+        ).fetchall()
     assert tokens and all(t["revoked_at"] is not None for t in tokens)
 
 
@@ -65,8 +77,9 @@ async def test_boot_user_data_carries_only_the_one_time_token(skip_env, settings
     ws = await reserve(pool, org, tier=3)
     inp = provision_input(settings, org, ws)
     async with build_worker(skip_env.client, settings, pool, task_queue=task_queue):
-        handle = await skip_env.client.start_workflow(ProvisionWorkspaceWorkflow.run, inp,
-                                                      id=f"ws-provision:{ws['id']}", task_queue=task_queue)
+        handle = await skip_env.client.start_workflow(
+            ProvisionWorkspaceWorkflow.run, inp, id=f"ws-provision:{ws['id']}", task_queue=task_queue
+        )
         with pytest.raises(WorkflowFailureError):
             await handle.result()
         history = json.dumps([str(e) async for e in handle.fetch_history_events()])
@@ -108,13 +121,19 @@ class LostAnswerEc2:
         return answer
 
 
-async def test_launch_retried_after_lost_answer_starts_exactly_one_instance(skip_env, settings, pool, ec2, org, task_queue):
+async def test_launch_retried_after_lost_answer_starts_exactly_one_instance(
+    skip_env, settings, pool, ec2, org, task_queue
+):
     ws = await reserve(pool, org)
     flaky = LostAnswerEc2(make_ec2_client(settings))
     async with build_worker(skip_env.client, settings, pool, task_queue=task_queue, ec2_client_factory=lambda: flaky):
         with pytest.raises(WorkflowFailureError):  # nobody registers: it times out, which is fine here
-            await skip_env.client.execute_workflow(ProvisionWorkspaceWorkflow.run, provision_input(settings, org, ws),
-                                                   id=f"ws-provision:{ws['id']}", task_queue=task_queue)
+            await skip_env.client.execute_workflow(
+                ProvisionWorkspaceWorkflow.run,
+                provision_input(settings, org, ws),
+                id=f"ws-provision:{ws['id']}",
+                task_queue=task_queue,
+            )
     # The retry either found the instance by its tag or (still invisible to tag lookups right after
     # the launch) sent the same ClientToken with byte-identical user data, which EC2 answers with
     # the original reservation: one instance either way.
@@ -127,8 +146,9 @@ async def test_launch_retried_after_lost_answer_starts_exactly_one_instance(skip
 EVERY_STATE = ("pending", "running", "stopping", "stopped", "shutting-down", "terminated")
 
 
-async def test_launch_committed_but_answer_lost_at_ec2_is_one_instance(skip_env, settings, pool, ec2, org, task_queue,
-                                                                        ec2_faults, moto_url):
+async def test_launch_committed_but_answer_lost_at_ec2_is_one_instance(
+    skip_env, settings, pool, ec2, org, task_queue, ec2_faults, moto_url
+):
     """EC2 itself starts the instance and then answers 500: the retry carries the same token and
     the same user data (the registration token is derived, not random), so EC2 returns the first
     reservation instead of refusing with IdempotentParameterMismatch or starting a second one."""
@@ -136,21 +156,32 @@ async def test_launch_committed_but_answer_lost_at_ec2_is_one_instance(skip_env,
     ec2_faults("RunInstances", "InternalError", when="after")
     async with build_worker(skip_env.client, settings, pool, task_queue=task_queue):
         with pytest.raises(WorkflowFailureError):  # nobody registers: it times out, which is fine here
-            await skip_env.client.execute_workflow(ProvisionWorkspaceWorkflow.run, provision_input(settings, org, ws),
-                                                   id=f"ws-provision:{ws['id']}", task_queue=task_queue)
+            await skip_env.client.execute_workflow(
+                ProvisionWorkspaceWorkflow.run,
+                provision_input(settings, org, ws),
+                id=f"ws-provision:{ws['id']}",
+                task_queue=task_queue,
+            )
     assert ec2_stats(moto_url)["errors"]["RunInstances"] == {"InternalError": 1}
     assert len(instances_of(ec2, ws["id"], states=EVERY_STATE)) == 1
 
 
-async def test_launch_with_other_parameters_under_the_same_token_adopts_the_first(skip_env, settings, pool, ec2, org,
-                                                                                   task_queue):
+async def test_launch_with_other_parameters_under_the_same_token_adopts_the_first(
+    skip_env, settings, pool, ec2, org, task_queue
+):
     """An earlier attempt launched with other parameters (another release rendered other user
     data): EC2 answers IdempotentParameterMismatch, and the launch resolves it through the
     client-token filter instead of failing the workspace."""
     ws = await reserve(pool, org)
-    first = ec2.run_instances(ImageId=settings.agent_ami_id, MinCount=1, MaxCount=1, ClientToken=ws["id"],
-                              SubnetId=ws["subnet_id"], UserData="#!/bin/bash\necho an older release\n",
-                              InstanceType=ws["instance_type"])["Instances"][0]["InstanceId"]
+    first = ec2.run_instances(
+        ImageId=settings.agent_ami_id,
+        MinCount=1,
+        MaxCount=1,
+        ClientToken=ws["id"],
+        SubnetId=ws["subnet_id"],
+        UserData="#!/bin/bash\necho an older release\n",
+        InstanceType=ws["instance_type"],
+    )["Instances"][0]["InstanceId"]
     activities = InstanceActivities(settings, Ledger(pool), WorkspaceRepo(pool))
     launched = await ActivityEnvironment().run(activities.launch_instance, provision_input(settings, org, ws))
     assert launched.instance_id == first

@@ -44,9 +44,18 @@ if str(ROOT) not in sys.path:
 import psycopg  # noqa: E402
 from psycopg.rows import dict_row  # noqa: E402
 
-from domain.models import resource_name  # noqa: E402
+from domain.resources import (  # noqa: E402
+    ORG_ID_TAG,
+    PRESENT_STATES,
+    WORKSPACE_TAG,
+    name_of_key,
+    resource_name,
+    state_filter,
+    tag_filter,
+    tags_of,
+)
 from starter import ApiClient, ApiError  # noqa: E402
-from tools.soak import LIVE_INSTANCE_STATES, WS_BODY, StackHarness, wait_for  # noqa: E402
+from tools.soak import WS_BODY, StackHarness, wait_for  # noqa: E402
 
 # The answers each request may get. Anything else (and every 5xx) is a violation.
 ALLOWED = {
@@ -60,17 +69,35 @@ ALLOWED = {
     "ws_delete": {202, 401, 403, 404},
     "tenant_list": {200, 401, 403},
 }
-WEIGHTS = {"create": 3, "suspend": 3, "resume": 3, "quota": 1, "delete": 2, "mint_key": 3, "ws_create": 4,
-           "ws_delete": 2, "tenant_list": 2}
-NEON_FAULTS = [("/projects/{project_id}/branches", "POST", 423), ("/projects/{project_id}/branches", "POST", 503),
-               ("/projects/{project_id}/branches/{branch_id}", "DELETE", 423),
-               ("/projects/{project_id}/branches/{branch_id}", "DELETE", 429),
-               ("/projects/{project_id}/operations/{operation_id}", "GET", 503)]
+WEIGHTS = {
+    "create": 3,
+    "suspend": 3,
+    "resume": 3,
+    "quota": 1,
+    "delete": 2,
+    "mint_key": 3,
+    "ws_create": 4,
+    "ws_delete": 2,
+    "tenant_list": 2,
+}
+NEON_FAULTS = [
+    ("/projects/{project_id}/branches", "POST", 423),
+    ("/projects/{project_id}/branches", "POST", 503),
+    ("/projects/{project_id}/branches/{branch_id}", "DELETE", 423),
+    ("/projects/{project_id}/branches/{branch_id}", "DELETE", 429),
+    ("/projects/{project_id}/operations/{operation_id}", "GET", 503),
+]
 # Transient EC2 faults; "after" commits the change and loses the answer.
-EC2_FAULTS = [("RunInstances", "InsufficientInstanceCapacity", "before"), ("RunInstances", "InternalError", "after"),
-              ("TerminateInstances", "RequestLimitExceeded", "before"), ("StopInstances", "InternalError", "after"),
-              ("StartInstances", "RequestLimitExceeded", "before"), ("CreateSecurityGroup", "InternalError", "after"),
-              ("DeleteSecurityGroup", "Unavailable", "before"), ("DescribeInstances", "RequestLimitExceeded", "before")]
+EC2_FAULTS = [
+    ("RunInstances", "InsufficientInstanceCapacity", "before"),
+    ("RunInstances", "InternalError", "after"),
+    ("TerminateInstances", "RequestLimitExceeded", "before"),
+    ("StopInstances", "InternalError", "after"),
+    ("StartInstances", "RequestLimitExceeded", "before"),
+    ("CreateSecurityGroup", "InternalError", "after"),
+    ("DeleteSecurityGroup", "Unavailable", "before"),
+    ("DescribeInstances", "RequestLimitExceeded", "before"),
+]
 SETTLED = {"active", "suspended", "failed"}
 
 
@@ -92,10 +119,16 @@ def schedule(seed: int, orgs: int, steps: int) -> list[Step]:
     rng = random.Random(seed)
     plan = [Step("create", i, rng.uniform(0, 0.2)) for i in rng.sample(range(orgs), orgs)]
     plan += [Step("mint_key", i, rng.uniform(4, 8)) for i in rng.sample(range(orgs), orgs)]
-    ops, weights = zip(*WEIGHTS.items())
+    ops, weights = zip(*WEIGHTS.items(), strict=False)
     for _ in range(steps):
-        step = Step(rng.choices(ops, weights)[0], rng.randrange(orgs), rng.uniform(0.2, 4),
-                    stop_instances=rng.random() < 0.5, quota=rng.randint(1, 4), pick=rng.random())
+        step = Step(
+            rng.choices(ops, weights)[0],
+            rng.randrange(orgs),
+            rng.uniform(0.2, 4),
+            stop_instances=rng.random() < 0.5,
+            quota=rng.randint(1, 4),
+            pick=rng.random(),
+        )
         if rng.random() < 0.25:
             step.fault = ("neon", *rng.choice(NEON_FAULTS)) if rng.random() < 0.5 else ("ec2", *rng.choice(EC2_FAULTS))
         plan.append(step)
@@ -153,11 +186,21 @@ class Run:
         tenant = ApiClient(self.h.api_url, tenant_key or "tfk_none")
         if step.op == "create":
             vpc_id, subnets = self.network
-            self.call("create", op, "POST", "/api/v1/orgs", {"name": f"Chaos {slug}", "slug": slug, "plan": "pro",
-                                                              "vpc_id": vpc_id, "subnet_ids": subnets})
+            self.call(
+                "create",
+                op,
+                "POST",
+                "/api/v1/orgs",
+                {"name": f"Chaos {slug}", "slug": slug, "plan": "pro", "vpc_id": vpc_id, "subnet_ids": subnets},
+            )
         elif step.op == "suspend":
-            self.call("suspend", op, "POST", f"/api/v1/orgs/{slug}/suspend",
-                      {"reason": "chaos", "stop_instances": step.stop_instances})
+            self.call(
+                "suspend",
+                op,
+                "POST",
+                f"/api/v1/orgs/{slug}/suspend",
+                {"reason": "chaos", "stop_instances": step.stop_instances},
+            )
         elif step.op == "resume":
             self.call("resume", op, "POST", f"/api/v1/orgs/{slug}/resume", {})
         elif step.op == "quota":
@@ -171,8 +214,9 @@ class Run:
                 with self.lock:
                     self.keys.setdefault(step.org, []).append((org_id, minted["key"]))
         elif step.op == "ws_create":
-            self.call("ws_create", tenant, "POST", "/api/v1/workspaces",
-                      {"name": f"agent-{int(step.pick * 1e6)}", **WS_BODY})
+            self.call(
+                "ws_create", tenant, "POST", "/api/v1/workspaces", {"name": f"agent-{int(step.pick * 1e6)}", **WS_BODY}
+            )
         elif step.op == "ws_delete":
             listed = self.call("tenant_list", tenant, "GET", "/api/v1/workspaces")
             live = [w for w in (listed or {}).get("workspaces", []) if w["status"] in ("running", "failed")]
@@ -184,6 +228,7 @@ class Run:
 
 
 # -- quiescence and invariants -----------------------------------------------------------------
+
 
 def settle(run: Run, orgs: int, timeout: float) -> dict[int, dict]:
     """Wait until every org is settled (or deleted) and no workspace is in flight."""
@@ -198,13 +243,15 @@ def settle(run: Run, orgs: int, timeout: float) -> dict[int, dict]:
                 if err.status != 404:
                     raise
         with psycopg.connect(run.h.database_url, row_factory=dict_row) as conn:
-            busy = conn.execute("SELECT count(*) AS n FROM workspaces WHERE status IN ('provisioning', 'deleting')"
-                                ).fetchone()["n"]
+            busy = conn.execute(
+                "SELECT count(*) AS n FROM workspaces WHERE status IN ('provisioning', 'deleting')"
+            ).fetchone()["n"]
         return {"orgs": found, "busy_workspaces": busy}
 
     def settled(s: dict) -> bool:
         return s["busy_workspaces"] == 0 and all(
-            o["status"] == "deleted" or (o["status"] in SETTLED and not o.get("operation")) for o in s["orgs"].values())
+            o["status"] == "deleted" or (o["status"] in SETTLED and not o.get("operation")) for o in s["orgs"].values()
+        )
 
     return wait_for(state, settled, timeout, "quiescence")["orgs"]
 
@@ -222,15 +269,21 @@ def check(run: Run, final: dict[int, dict]) -> None:
         if org_id in live_orgs:
             v.append(f"org {org_id} has a receipt but still a row")
         name = resource_name(receipt["slug"], org_id)
-        left = [i["InstanceId"] for r in ec2.describe_instances(Filters=[
-            {"Name": "tag:tenantflow:org-id", "Values": [org_id]},
-            {"Name": "instance-state-name", "Values": LIVE_INSTANCE_STATES}])["Reservations"] for i in r["Instances"]]
+        left = [
+            i["InstanceId"]
+            for r in ec2.describe_instances(Filters=[tag_filter(ORG_ID_TAG, org_id), state_filter(*PRESENT_STATES)])[
+                "Reservations"
+            ]
+            for i in r["Instances"]
+        ]
         groups = ec2.describe_security_groups(Filters=[{"Name": "group-name", "Values": [name]}])["SecurityGroups"]
         branches = [b for b in inv["branches"] if b["name"] == name]
         if left or groups or branches:
-            v.append(f"deleted org {receipt['slug']} left instances {left}, groups {[g['GroupId'] for g in groups]}, "
-                     f"branches {[b['id'] for b in branches]}")
-        recorded = {r["business_key"].split(":", 1)[1] for r in ledger if r["org_id"] == org_id}
+            v.append(
+                f"deleted org {receipt['slug']} left instances {left}, groups {[g['GroupId'] for g in groups]}, "
+                f"branches {[b['id'] for b in branches]}"
+            )
+        recorded = {name_of_key(r["business_key"]) for r in ledger if r["org_id"] == org_id}
         listed = {r["name"] for r in receipt["resources"]}
         if recorded != listed:
             v.append(f"receipt of {receipt['slug']} lists {sorted(listed)}, the ledger {sorted(recorded)}")
@@ -259,8 +312,7 @@ def check(run: Run, final: dict[int, dict]) -> None:
     # Exactly one instance per running or stopped workspace, none for the others, no orphans.
     instances: dict[str, list[dict]] = {}
     for inst in inv["instances"]:
-        tags = {t["Key"]: t["Value"] for t in inst.get("Tags", [])}
-        instances.setdefault(tags.get("tenantflow:workspace-id", "?"), []).append(inst)
+        instances.setdefault(tags_of(inst).get(WORKSPACE_TAG, "?"), []).append(inst)
     for ws in inv["workspaces"]:
         mine = instances.pop(ws["id"], [])
         want = {"running": "running", "stopped": "stopped"}.get(ws["status"])
@@ -284,12 +336,16 @@ def check(run: Run, final: dict[int, dict]) -> None:
 
 async def _running_operations(h: StackHarness) -> list[str]:
     client = await h.temporal()
-    return [f"{w.workflow_type} {w.id}" async for w in client.list_workflows("ExecutionStatus = 'Running'")
-            if w.workflow_type not in ("OrgWorkflow", "ReconcileWorkflow")]
+    return [
+        f"{w.workflow_type} {w.id}"
+        async for w in client.list_workflows("ExecutionStatus = 'Running'")
+        if w.workflow_type not in ("OrgWorkflow", "ReconcileWorkflow")
+    ]
 
 
-def run_chaos(h: StackHarness, *, seed: int, orgs: int, steps: int, concurrency: int = 4,
-              settle_timeout: float = 300) -> dict:
+def run_chaos(
+    h: StackHarness, *, seed: int, orgs: int, steps: int, concurrency: int = 4, settle_timeout: float = 300
+) -> dict:
     started = time.monotonic()
     run = Run(h, seed, h.network())
     plan = schedule(seed, orgs, steps)
@@ -307,9 +363,17 @@ def run_chaos(h: StackHarness, *, seed: int, orgs: int, steps: int, concurrency:
     except TimeoutError as err:
         final = {}
         run.violations.append(str(err))
-    return {"seed": seed, "orgs": orgs, "steps": steps, "elapsed_seconds": round(time.monotonic() - started, 1),
-            "final": {run.slug(i): o["status"] for i, o in final.items()}, "answers": dict(sorted(run.answers.items())),
-            "faults_armed": dict(run.faults), "violations": run.violations, "ok": not run.violations}
+    return {
+        "seed": seed,
+        "orgs": orgs,
+        "steps": steps,
+        "elapsed_seconds": round(time.monotonic() - started, 1),
+        "final": {run.slug(i): o["status"] for i, o in final.items()},
+        "answers": dict(sorted(run.answers.items())),
+        "faults_armed": dict(run.faults),
+        "violations": run.violations,
+        "ok": not run.violations,
+    }
 
 
 def seeds(spec: str) -> list[int]:
@@ -322,7 +386,9 @@ def seeds(spec: str) -> list[int]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seed", "--seeds", dest="seeds", default="1", help="a seed, a list (1,5,9) or a range (1-20)")
-    parser.add_argument("--orgs", type=int, default=4, help="org slots the operations spread over (default %(default)s)")
+    parser.add_argument(
+        "--orgs", type=int, default=4, help="org slots the operations spread over (default %(default)s)"
+    )
     parser.add_argument("--steps", type=int, default=40, help="random operations per seed (default %(default)s)")
     parser.add_argument("--concurrency", type=int, default=4, help="requests in flight at once (default %(default)s)")
     parser.add_argument("--report", type=Path, default=None, help="write the JSON report here")
@@ -335,8 +401,11 @@ def main(argv: list[str] | None = None) -> int:
             for seed in seeds(args.seeds):
                 report = run_chaos(h, seed=seed, orgs=args.orgs, steps=args.steps, concurrency=args.concurrency)
                 reports.append(report)
-                print(f"seed {seed}: {'OK' if report['ok'] else 'VIOLATIONS'} in {report['elapsed_seconds']}s "
-                      f"{report['final']} {report['violations'] or ''}", flush=True)
+                print(
+                    f"seed {seed}: {'OK' if report['ok'] else 'VIOLATIONS'} in {report['elapsed_seconds']}s "
+                    f"{report['final']} {report['violations'] or ''}",
+                    flush=True,
+                )
         finally:
             h.stop()
     summary = {"runs": reports, "interleavings": len(reports), "violations": sum(len(r["violations"]) for r in reports)}

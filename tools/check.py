@@ -9,7 +9,8 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import sys
-from typing import Awaitable, Callable, TextIO
+from collections.abc import Awaitable, Callable
+from typing import TextIO
 
 import psycopg
 from pydantic import ValidationError
@@ -45,13 +46,15 @@ async def check_postgres(s: Settings) -> str:
 async def check_temporal(s: Settings) -> str:
     from temporalio.api.operatorservice.v1 import ListSearchAttributesRequest
 
-    from domain.temporal import SEARCH_ATTRIBUTES, connect_temporal
+    from domain.operations import SEARCH_ATTRIBUTES
+    from domain.temporal import connect_temporal
 
     client = await connect_temporal()
     await client.service_client.check_health()
     try:
         listed = await client.operator_service.list_search_attributes(
-            ListSearchAttributesRequest(namespace=client.namespace))
+            ListSearchAttributesRequest(namespace=client.namespace)
+        )
         missing = set(SEARCH_ATTRIBUTES) - set(listed.custom_attributes)
     except Exception:  # noqa: BLE001 - Temporal Cloud keys may not see the operator API
         return f"namespace {client.namespace} reachable (search attributes not verifiable with this credential)"
@@ -87,7 +90,11 @@ async def run_checks(s: Settings, out: TextIO) -> bool:
     if ok:
         out.write("ok   settings\n")
     checks: list[tuple[str, Callable[[Settings], Awaitable[str]]]] = [
-        ("postgres", check_postgres), ("temporal", check_temporal), ("aws", check_aws), ("neon", check_neon)]
+        ("postgres", check_postgres),
+        ("temporal", check_temporal),
+        ("aws", check_aws),
+        ("neon", check_neon),
+    ]
     for name, check in checks:
         try:
             detail = await asyncio.wait_for(check(s), 20)

@@ -2,7 +2,8 @@
 
     .venv/bin/python -m tools.soak --orgs 20 --workspaces 50          # the CI size
     # the full size:
-    .venv/bin/python -m tools.soak --orgs 200 --workspaces 500 --concurrency 8 --registration-timeout 30 --time-limit 3600
+    .venv/bin/python -m tools.soak --orgs 200 --workspaces 500 --concurrency 8 --registration-timeout 30 \\
+        --time-limit 3600
 
 Starts the whole local stack (``devstack.stack.LocalStack``: Temporal dev server, Postgres, moto,
 the local Neon server, the boot emulator, the worker and the API) on free loopback ports in a
@@ -35,10 +36,11 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
@@ -48,14 +50,30 @@ import psycopg  # noqa: E402
 from psycopg.rows import dict_row  # noqa: E402
 
 from devstack.moto_client import moto_ec2_client  # noqa: E402
-from devstack.procs import free_port, spawn, wait_for_port  # noqa: E402
+from devstack.procs import free_port  # noqa: E402
+from devstack.settings import StackSettings  # noqa: E402
 from devstack.stack import NEON_PLATFORM_PROJECT, LocalStack, load_or_create_secrets, wait_http_ok  # noqa: E402
-from domain.settings import Settings  # noqa: E402
+from domain.resources import (  # noqa: E402
+    MANAGED,
+    NAME_PREFIX,
+    PRESENT_STATES,
+    WORKSPACE_TAG,
+    state_filter,
+    tags_of,
+)
 from starter import ApiError, OperatorClient, TenantClient  # noqa: E402
 
-PORT_FIELDS = ("api_port", "temporal_port", "temporal_ui_port", "postgres_port", "moto_port", "neon_port",
-               "boot_emulator_port", "worker_health_port", "worker_sdk_metrics_port")
-LIVE_INSTANCE_STATES = ["pending", "running", "stopping", "stopped", "shutting-down"]
+PORT_FIELDS = (
+    "api_port",
+    "temporal_port",
+    "temporal_ui_port",
+    "postgres_port",
+    "moto_port",
+    "neon_port",
+    "boot_emulator_port",
+    "worker_health_port",
+    "worker_sdk_metrics_port",
+)
 
 
 class StackHarness:
@@ -65,14 +83,14 @@ class StackHarness:
         os.environ.setdefault("AWS_ACCESS_KEY_ID", "testing")
         os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "testing")
         ports = {name: free_port() for name in PORT_FIELDS}
-        self.settings = Settings(state_dir=str(state_dir), **ports, **overrides)
+        self.settings = StackSettings(state_dir=str(state_dir), **ports, **overrides)
         self.stack = LocalStack(self.settings)
         # Children inherit os.environ (the stack's env overrides it): settings the stack does not
         # forward (registration timeout, heartbeat interval) reach the worker and API this way.
         self._extra_env = {f"TENANTFLOW_{k.upper()}": str(v) for k, v in overrides.items()}
 
     # -- lifecycle ---------------------------------------------------------------------------
-    def start(self) -> "StackHarness":
+    def start(self) -> StackHarness:
         os.environ.update(self._extra_env)
         self.stack.start()
         wait_http_ok(f"{self.api_url}/healthz", timeout=90)
@@ -135,8 +153,11 @@ class StackHarness:
 
     def restart(self, name: str, args: list[str]) -> None:
         """Start a killed process again with exactly the same arguments (same --db-filename etc.)."""
-        port = {"temporal": self.settings.temporal_port, "api": self.settings.api_port,
-                "boot": self.settings.boot_emulator_port}.get(name)
+        port = {
+            "temporal": self.settings.temporal_port,
+            "api": self.settings.api_port,
+            "boot": self.settings.boot_emulator_port,
+        }.get(name)
         if name == "worker":
             self.stack.start_worker()
             return
@@ -155,8 +176,9 @@ class StackHarness:
                 time.sleep(1)
 
     # -- fault injection ---------------------------------------------------------------------
-    def neon_fault(self, route: str, status: int, *, method: str = "*", count: int = 1,
-                   retry_after: float | None = None) -> None:
+    def neon_fault(
+        self, route: str, status: int, *, method: str = "*", count: int = 1, retry_after: float | None = None
+    ) -> None:
         body: dict[str, Any] = {"route": route, "status": status, "method": method, "count": count}
         if retry_after is not None:
             body["retry_after"] = retry_after
@@ -169,8 +191,11 @@ class StackHarness:
         return _http("GET", f"{self.neon_base}/__devstack/stats")
 
     def ec2_fault(self, action: str, code: str, *, when: str = "before", count: int = 1) -> None:
-        _http("POST", f"{self.stack.aws_endpoint}/__devstack/ec2/faults",
-              {"action": action, "code": code, "when": when, "count": count})
+        _http(
+            "POST",
+            f"{self.stack.aws_endpoint}/__devstack/ec2/faults",
+            {"action": action, "code": code, "when": when, "count": count},
+        )
 
     def clear_ec2_faults(self) -> None:
         _http("DELETE", f"{self.stack.aws_endpoint}/__devstack/ec2/faults")
@@ -190,18 +215,30 @@ class StackHarness:
     def inventory(self) -> dict:
         """Cloud resources (moto + Neon) and the records that should account for them."""
         ec2 = self.ec2()
-        instances = [i for r in ec2.describe_instances(Filters=[
-            {"Name": "tag:tenantflow:managed", "Values": ["true"]},
-            {"Name": "instance-state-name", "Values": LIVE_INSTANCE_STATES}])["Reservations"] for i in r["Instances"]]
-        groups = [g for g in ec2.describe_security_groups()["SecurityGroups"] if g["GroupName"].startswith("tf-")]
-        branches = neon_list(f"{self.neon_base}/api/v2", self.secrets["neon_api_key"],
-                             f"projects/{NEON_PLATFORM_PROJECT}/branches", "branches")
+        instances = [
+            i
+            for r in ec2.describe_instances(Filters=[MANAGED, state_filter(*PRESENT_STATES)])["Reservations"]
+            for i in r["Instances"]
+        ]
+        groups = [g for g in ec2.describe_security_groups()["SecurityGroups"] if g["GroupName"].startswith(NAME_PREFIX)]
+        branches = neon_list(
+            f"{self.neon_base}/api/v2",
+            self.secrets["neon_api_key"],
+            f"projects/{NEON_PLATFORM_PROJECT}/branches",
+            "branches",
+        )
         with psycopg.connect(self.database_url, row_factory=dict_row) as conn:
             orgs = conn.execute("SELECT id, slug, status, neon_branch_id, security_group_id FROM orgs").fetchall()
             workspaces = conn.execute("SELECT id, org_id, status, instance_id FROM workspaces").fetchall()
             ledger = conn.execute("SELECT kind, business_key, cloud_id, status, org_id FROM resources").fetchall()
-        return {"instances": instances, "groups": groups, "branches": branches, "orgs": orgs,
-                "workspaces": workspaces, "ledger": ledger}
+        return {
+            "instances": instances,
+            "groups": groups,
+            "branches": branches,
+            "orgs": orgs,
+            "workspaces": workspaces,
+            "ledger": ledger,
+        }
 
     def leaks(self) -> dict[str, list[str]]:
         """Cloud resources without a live record pointing at them."""
@@ -210,15 +247,15 @@ class StackHarness:
         live_ws = {w["id"]: w for w in inv["workspaces"] if w["status"] not in ("deleted", "failed")}
         leaked_instances = []
         for inst in inv["instances"]:
-            tags = {t["Key"]: t["Value"] for t in inst.get("Tags", [])}
-            ws = live_ws.get(tags.get("tenantflow:workspace-id", ""))
+            ws = live_ws.get(tags_of(inst).get(WORKSPACE_TAG, ""))
             if ws is None or ws["instance_id"] != inst["InstanceId"]:
                 leaked_instances.append(inst["InstanceId"])
         sg_ids = {o["security_group_id"] for o in live_orgs.values()}
         leaked_groups = [g["GroupId"] for g in inv["groups"] if g["GroupId"] not in sg_ids]
         branch_ids = {o["neon_branch_id"] for o in live_orgs.values()}
-        leaked_branches = [b["id"] for b in inv["branches"]
-                           if b["name"].startswith("tf-") and b["id"] not in branch_ids]
+        leaked_branches = [
+            b["id"] for b in inv["branches"] if b["name"].startswith(NAME_PREFIX) and b["id"] not in branch_ids
+        ]
         return {"instances": leaked_instances, "security_groups": leaked_groups, "neon_branches": leaked_branches}
 
 
@@ -247,15 +284,21 @@ def neon_list(api_base: str, api_key: str, path: str, key: str) -> list[dict]:
 
 def _http(method: str, url: str, body: Any = None, headers: dict | None = None) -> Any:
     data = json.dumps(body).encode() if body is not None else None
-    req = urllib.request.Request(url, data=data, method=method,
-                                 headers={"Content-Type": "application/json", **(headers or {})})
+    req = urllib.request.Request(
+        url, data=data, method=method, headers={"Content-Type": "application/json", **(headers or {})}
+    )
     with urllib.request.urlopen(req, timeout=10) as resp:
         raw = resp.read()
     return json.loads(raw) if raw else {}
 
 
-def wait_for(fetch: Callable[[], dict], done: Callable[[dict], bool], timeout: float, what: str,
-             on_error: Callable[[Exception], None] | None = None) -> dict:
+def wait_for(
+    fetch: Callable[[], dict],
+    done: Callable[[dict], bool],
+    timeout: float,
+    what: str,
+    on_error: Callable[[Exception], None] | None = None,
+) -> dict:
     deadline = time.monotonic() + timeout
     last: Any = None
     while True:
@@ -284,12 +327,18 @@ NEON_FAULTS = [(route, method, status) for route, method, statuses in NEON_FAULT
 # EC2 faults on every action the workflows use: throttling and capacity refusals before anything
 # happens, and 5xx after the change took effect (the answer is lost; the product must recover
 # what it created by ClientToken or tag).
-EC2_FAULTS = [("RunInstances", "InsufficientInstanceCapacity", "before"), ("RunInstances", "InternalError", "after"),
-              ("TerminateInstances", "RequestLimitExceeded", "before"), ("TerminateInstances", "InternalError", "after"),
-              ("StopInstances", "InternalError", "after"), ("StartInstances", "RequestLimitExceeded", "before"),
-              ("CreateSecurityGroup", "InternalError", "after"), ("DeleteSecurityGroup", "Unavailable", "before"),
-              ("AuthorizeSecurityGroupIngress", "RequestLimitExceeded", "before"),
-              ("DescribeInstances", "RequestLimitExceeded", "before")]
+EC2_FAULTS = [
+    ("RunInstances", "InsufficientInstanceCapacity", "before"),
+    ("RunInstances", "InternalError", "after"),
+    ("TerminateInstances", "RequestLimitExceeded", "before"),
+    ("TerminateInstances", "InternalError", "after"),
+    ("StopInstances", "InternalError", "after"),
+    ("StartInstances", "RequestLimitExceeded", "before"),
+    ("CreateSecurityGroup", "InternalError", "after"),
+    ("DeleteSecurityGroup", "Unavailable", "before"),
+    ("AuthorizeSecurityGroupIngress", "RequestLimitExceeded", "before"),
+    ("DescribeInstances", "RequestLimitExceeded", "before"),
+]
 WS_BODY = {"role": "Soak worker", "runtime": "hermes", "tier": 1, "model": "claude-sonnet-4"}
 
 
@@ -311,8 +360,9 @@ class SoakResult:
             self.timings.append((op, subject, time.monotonic() - t0))
 
 
-def inject_faults(h: StackHarness, neon: list[tuple[str, str, int]], ec2: list[tuple[str, str, str]],
-                  result: SoakResult) -> None:
+def inject_faults(
+    h: StackHarness, neon: list[tuple[str, str, int]], ec2: list[tuple[str, str, str]], result: SoakResult
+) -> None:
     """One error answer each, served to whichever request of that route (or EC2 action) comes next."""
     for route, method, status in neon:
         h.neon_fault(route, status, method=method, count=1, retry_after=0.5 if status == 429 else None)
@@ -328,12 +378,23 @@ def rolling_faults(index: int) -> tuple[list[tuple[str, str, int]], list[tuple[s
     """Two Neon and two EC2 faults per org, rotating through every route, action and status: the
     storm lasts the whole run instead of landing on the first few orgs (which would then just
     wait out maximum backoffs)."""
-    return ([NEON_FAULTS[index % len(NEON_FAULTS)], NEON_FAULTS[(index * 4 + 1) % len(NEON_FAULTS)]],
-            [EC2_FAULTS[index % len(EC2_FAULTS)], EC2_FAULTS[(index * 3 + 1) % len(EC2_FAULTS)]])
+    return (
+        [NEON_FAULTS[index % len(NEON_FAULTS)], NEON_FAULTS[(index * 4 + 1) % len(NEON_FAULTS)]],
+        [EC2_FAULTS[index % len(EC2_FAULTS)], EC2_FAULTS[(index * 3 + 1) % len(EC2_FAULTS)]],
+    )
 
 
-def soak_org(h: StackHarness, network: tuple[str, list[str]], index: int, n_workspaces: int,
-             never_boot_every: int, tag: str, result: SoakResult, timeout: float, faults: bool) -> None:
+def soak_org(
+    h: StackHarness,
+    network: tuple[str, list[str]],
+    index: int,
+    n_workspaces: int,
+    never_boot_every: int,
+    tag: str,
+    result: SoakResult,
+    timeout: float,
+    faults: bool,
+) -> None:
     op = h.operator
     vpc_id, subnets = network
     slug = f"s{tag}{index:03d}"
@@ -346,8 +407,15 @@ def soak_org(h: StackHarness, network: tuple[str, list[str]], index: int, n_work
         except ApiError as err:  # a retried POST answers with the same org
             if err.status != 409:
                 raise
-    result.timed("onboard", slug, lambda: (created_or_existing(), wait_for(
-        lambda: op.org(slug), lambda o: o["status"] in ("active", "failed"), timeout, f"onboard {slug}")))
+
+    result.timed(
+        "onboard",
+        slug,
+        lambda: (
+            created_or_existing(),
+            wait_for(lambda: op.org(slug), lambda o: o["status"] in ("active", "failed"), timeout, f"onboard {slug}"),
+        ),
+    )
     org = op.org(slug)
     if org["status"] != "active":
         result.unexpected.append(f"org {slug}: {org['status']} ({org.get('failure_reason')})")
@@ -363,8 +431,13 @@ def soak_org(h: StackHarness, network: tuple[str, list[str]], index: int, n_work
         created.append((ws["id"], silent))
     finals = {}
     for ws_id, silent in created:
-        w = result.timed("provision", ws_id, lambda: wait_for(
-            lambda: tenant.workspace(ws_id), lambda w: w["status"] in ("running", "failed"), timeout, ws_id))
+        w = result.timed(
+            "provision",
+            ws_id,
+            lambda: wait_for(
+                lambda: tenant.workspace(ws_id), lambda w: w["status"] in ("running", "failed"), timeout, ws_id
+            ),
+        )
         finals[ws_id] = w
         if w["status"] == "running":
             result.workspaces["running"] += 1
@@ -378,9 +451,16 @@ def soak_org(h: StackHarness, network: tuple[str, list[str]], index: int, n_work
     running = [ws_id for ws_id, w in finals.items() if w["status"] == "running"]
     for ws_id in running[: (len(running) + 1) // 2]:
         tenant.delete_workspace(ws_id)
-        result.timed("deprovision", ws_id, lambda: wait_for(
-            lambda: {"ids": [w["id"] for w in tenant.workspaces()]}, lambda b: ws_id not in b["ids"], timeout,
-            f"delete {ws_id}"))
+        result.timed(
+            "deprovision",
+            ws_id,
+            lambda: wait_for(
+                lambda: {"ids": [w["id"] for w in tenant.workspaces()]},
+                lambda b: ws_id not in b["ids"],
+                timeout,
+                f"delete {ws_id}",
+            ),
+        )
         result.workspaces["deleted"] += 1
     # Nothing the tenant created may be missing from the records before the org goes.
     with psycopg.connect(h.database_url) as conn:
@@ -388,20 +468,30 @@ def soak_org(h: StackHarness, network: tuple[str, list[str]], index: int, n_work
     result.lost += [f"workspace {ws_id} of {slug}: no row" for ws_id, _ in created if ws_id not in rows]
 
     op.suspend(slug, reason="soak", stop_instances=index % 2 == 0)
-    result.timed("suspend", slug, lambda: wait_for(lambda: op.org(slug), lambda o: o["status"] == "suspended",
-                                                    timeout, f"suspend {slug}"))
+    result.timed(
+        "suspend",
+        slug,
+        lambda: wait_for(lambda: op.org(slug), lambda o: o["status"] == "suspended", timeout, f"suspend {slug}"),
+    )
     op.resume(slug)
-    result.timed("resume", slug, lambda: wait_for(lambda: op.org(slug), lambda o: o["status"] == "active",
-                                                   timeout, f"resume {slug}"))
+    result.timed(
+        "resume",
+        slug,
+        lambda: wait_for(lambda: op.org(slug), lambda o: o["status"] == "active", timeout, f"resume {slug}"),
+    )
     op.delete(slug, confirm=slug, delete_workspaces=True)
-    done = result.timed("hard_delete", slug, lambda: wait_for(
-        lambda: op.org(slug), lambda o: o["status"] == "deleted", timeout, f"delete {slug}"))
+    done = result.timed(
+        "hard_delete",
+        slug,
+        lambda: wait_for(lambda: op.org(slug), lambda o: o["status"] == "deleted", timeout, f"delete {slug}"),
+    )
     receipt = done.get("receipt") or {}
     if receipt.get("slug") != slug:
         result.lost.append(f"org {slug}: deleted without a receipt")
     in_receipt = {w["id"] for w in receipt.get("workspaces", [])}
-    result.lost += [f"workspace {ws_id} of {slug}: not in the purge receipt"
-                    for ws_id, _ in created if ws_id not in in_receipt]
+    result.lost += [
+        f"workspace {ws_id} of {slug}: not in the purge receipt" for ws_id, _ in created if ws_id not in in_receipt
+    ]
     result.orgs_done += 1
 
 
@@ -416,13 +506,25 @@ async def temporal_figures(h: StackHarness) -> dict:
         by.setdefault(wf.workflow_type, {}).setdefault(wf.status.name if wf.status else "?", 0)
         by[wf.workflow_type][wf.status.name if wf.status else "?"] += 1
         async for e in client.get_workflow_handle(wf.id, run_id=wf.run_id).fetch_history_events():
-            if e.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_STARTED and e.activity_task_started_event_attributes.attempt > 1:
+            if (
+                e.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_STARTED
+                and e.activity_task_started_event_attributes.attempt > 1
+            ):
                 retries[wf.workflow_type] = retries.get(wf.workflow_type, 0) + 1
     return {"workflows": by, "activity_retries": retries}
 
 
-def run_soak(h: StackHarness, *, orgs: int, workspaces: int, concurrency: int = 4, never_boot_every: int = 5,
-             faults: bool = True, time_limit: float = 1800, op_timeout: float = 240) -> dict:
+def run_soak(
+    h: StackHarness,
+    *,
+    orgs: int,
+    workspaces: int,
+    concurrency: int = 4,
+    never_boot_every: int = 5,
+    faults: bool = True,
+    time_limit: float = 1800,
+    op_timeout: float = 240,
+) -> dict:
     """Drive ``orgs`` orgs with ``workspaces`` workspaces in all through the lifecycle on ``h``."""
     result = SoakResult()
     tag = os.urandom(2).hex()
@@ -435,8 +537,20 @@ def run_soak(h: StackHarness, *, orgs: int, workspaces: int, concurrency: int = 
     with ThreadPoolExecutor(max_workers=concurrency) as pool:
         futures = []
         for i in range(orgs):
-            futures.append(pool.submit(soak_org, h, network, i, per_org[i], never_boot_every, tag, result,
-                                       min(op_timeout, max(30.0, deadline - time.monotonic())), faults))
+            futures.append(
+                pool.submit(
+                    soak_org,
+                    h,
+                    network,
+                    i,
+                    per_org[i],
+                    never_boot_every,
+                    tag,
+                    result,
+                    min(op_timeout, max(30.0, deadline - time.monotonic())),
+                    faults,
+                )
+            )
         for f in futures:
             try:
                 f.result(timeout=max(1.0, deadline - time.monotonic()))
@@ -450,8 +564,10 @@ def run_soak(h: StackHarness, *, orgs: int, workspaces: int, concurrency: int = 
     time.sleep(2)
     leaks = h.leaks()
     figures = asyncio.run(temporal_figures(h))
-    neon_errors = {route: {k: v for k, v in statuses.items() if not k.startswith("2")}
-                   for route, statuses in (neon.get("by_route") or {}).items()}
+    neon_errors = {
+        route: {k: v for k, v in statuses.items() if not k.startswith("2")}
+        for route, statuses in (neon.get("by_route") or {}).items()
+    }
     slowest = sorted(result.timings, key=lambda t: -t[2])[:8]
     by_op: dict[str, list[float]] = {}
     for op_name, _, secs in result.timings:
@@ -470,8 +586,10 @@ def run_soak(h: StackHarness, *, orgs: int, workspaces: int, concurrency: int = 
         "leaked_total": sum(len(v) for v in leaks.values()),
         "lost_records": result.lost,
         "unexpected": result.unexpected + errors,
-        "operation_seconds": {op_name: {"n": len(v), "p50": round(sorted(v)[len(v) // 2], 2),
-                                        "max": round(max(v), 2)} for op_name, v in by_op.items()},
+        "operation_seconds": {
+            op_name: {"n": len(v), "p50": round(sorted(v)[len(v) // 2], 2), "max": round(max(v), 2)}
+            for op_name, v in by_op.items()
+        },
         "slowest": [{"operation": o, "subject": s, "seconds": round(t, 2)} for o, s, t in slowest],
     }
     report["ok"] = report["leaked_total"] == 0 and not report["lost_records"] and not report["unexpected"]
@@ -492,8 +610,8 @@ def text_report(report: dict) -> str:
         f"  leaked resources: {report['leaked_total']} {report['leaked'] if report['leaked_total'] else ''}",
         f"  lost records: {len(report['lost_records'])} {report['lost_records'] or ''}",
         f"  unexpected: {len(report['unexpected'])} {report['unexpected'] or ''}",
-        "  per operation (n, p50 s, max s): " + ", ".join(
-            f"{k} {v['n']}/{v['p50']}/{v['max']}" for k, v in report["operation_seconds"].items()),
+        "  per operation (n, p50 s, max s): "
+        + ", ".join(f"{k} {v['n']}/{v['p50']}/{v['max']}" for k, v in report["operation_seconds"].items()),
         "  slowest: " + ", ".join(f"{s['operation']} {s['subject']} {s['seconds']}s" for s in report["slowest"][:5]),
     ]
     return "\n".join(lines)
@@ -505,23 +623,35 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workspaces", type=int, default=50, help="in all, spread over the orgs")
     parser.add_argument("--concurrency", type=int, default=4, help="orgs driven at once")
     parser.add_argument("--never-boot-every", type=int, default=5, help="every Nth workspace never boots (0: none)")
-    parser.add_argument("--registration-timeout", type=float, default=15.0,
-                        help="seconds an agent has to register; at concurrency 8 on 2 cores a real boot "
-                             "can take longer than 15 s (default %(default)s)")
+    parser.add_argument(
+        "--registration-timeout",
+        type=float,
+        default=15.0,
+        help="seconds an agent has to register; at concurrency 8 on 2 cores a real boot "
+        "can take longer than 15 s (default %(default)s)",
+    )
     parser.add_argument("--no-faults", action="store_true")
     parser.add_argument("--time-limit", type=float, default=1800.0, help="seconds, for the whole run")
     parser.add_argument("--report", type=Path, default=None, help="write the JSON report here")
     parser.add_argument("--state-dir", type=Path, default=None, help="default: a fresh temporary directory")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="tf-soak-") as tmp:
-        h = StackHarness(args.state_dir or Path(tmp) / "state",
-                         registration_timeout_seconds=args.registration_timeout,
-                         agent_heartbeat_interval_seconds=2.0)
+        h = StackHarness(
+            args.state_dir or Path(tmp) / "state",
+            registration_timeout_seconds=args.registration_timeout,
+            agent_heartbeat_interval_seconds=2.0,
+        )
         h.start()
         try:
-            report = run_soak(h, orgs=args.orgs, workspaces=args.workspaces, concurrency=args.concurrency,
-                              never_boot_every=args.never_boot_every, faults=not args.no_faults,
-                              time_limit=args.time_limit)
+            report = run_soak(
+                h,
+                orgs=args.orgs,
+                workspaces=args.workspaces,
+                concurrency=args.concurrency,
+                never_boot_every=args.never_boot_every,
+                faults=not args.no_faults,
+                time_limit=args.time_limit,
+            )
         finally:
             h.stop()
     if args.report:

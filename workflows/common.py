@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 from datetime import timedelta
-from typing import Any, Callable
+from typing import Any, TypeVar, overload
 
 from temporalio import workflow
 from temporalio.common import RetryPolicy
@@ -12,8 +13,10 @@ from temporalio.exceptions import ActivityError, ApplicationError, ChildWorkflow
 from temporalio.workflow import ActivityCancellationType
 
 with workflow.unsafe.imports_passed_through():
-    from domain.models import Progress
+    from activities.workflow_control import WorkflowControlActivities
+    from domain.operations import PROGRESS_QUERY, Progress, provision_workflow_id
     from domain.org_entity import Parked
+    from domain.refs import WorkflowToStop
 
 # Signals an operation run by the org entity sends its parent, so that the entity's validators
 # know when a step waits for an operator's retry or abandon.
@@ -22,8 +25,9 @@ UNPARKED_SIGNAL = "operation_unparked"
 
 # Transient faults (throttling, 423/429/5xx) back off up to 30 s; permanent ones are raised
 # non-retryable by the activities and stop the retries at once.
-RETRY = RetryPolicy(initial_interval=timedelta(seconds=1), backoff_coefficient=2.0,
-                    maximum_interval=timedelta(seconds=30))
+RETRY = RetryPolicy(
+    initial_interval=timedelta(seconds=1), backoff_coefficient=2.0, maximum_interval=timedelta(seconds=30)
+)
 # A single call to an external API; the whole step (with its retries) gets schedule_to_close.
 CALL_TIMEOUT = timedelta(seconds=60)
 STEP_DEADLINE = timedelta(minutes=10)
@@ -31,21 +35,74 @@ STEP_DEADLINE = timedelta(minutes=10)
 CLEANUP_DEADLINE = timedelta(hours=1)
 # A waiting activity (instances, Neon operations, another workflow's cleanup) heartbeats while it
 # waits: each attempt may take a whole step, and a worker lost mid-wait is noticed in 30 s.
-WAITING: dict[str, Any] = {"start_to_close_timeout": STEP_DEADLINE, "heartbeat_timeout": CALL_TIMEOUT / 2}
+WAIT_ATTEMPT_TIMEOUT = STEP_DEADLINE
+WAIT_HEARTBEAT_TIMEOUT = CALL_TIMEOUT / 2
 # A cancelled activity that creates or powers something is waited for, so whatever runs next
 # (compensation, a delete's cascade) sees everything it did.
 FINISH_FIRST = ActivityCancellationType.WAIT_CANCELLATION_COMPLETED
-_NO_ARG = object()
+_NO_ARG: Any = object()
+
+ActivitySelf = TypeVar("ActivitySelf")
+Arg = TypeVar("Arg")
+Result = TypeVar("Result")
 
 
-async def run_activity(method: Callable, arg: Any = _NO_ARG, summary: str = "", *,
-                       deadline: timedelta = STEP_DEADLINE, **options: Any) -> Any:
-    """An activity under the shared retry policy: by default one external call (``CALL_TIMEOUT``
-    per attempt), every attempt within ``deadline``; ``**WAITING`` for one that waits."""
-    options.setdefault("start_to_close_timeout", CALL_TIMEOUT)
-    args = () if arg is _NO_ARG else (arg,)
-    return await workflow.execute_activity_method(method, *args, summary=summary, retry_policy=RETRY,
-                                                  schedule_to_close_timeout=deadline, **options)
+@overload
+async def run_activity(
+    method: Callable[[ActivitySelf], Awaitable[Result]],
+    /,
+    *,
+    summary: str,
+    deadline: timedelta = ...,
+    waits: bool = ...,
+    attempt_timeout: timedelta | None = ...,
+    cancellation_type: ActivityCancellationType = ...,
+) -> Result: ...
+
+
+@overload
+async def run_activity(
+    method: Callable[[ActivitySelf, Arg], Awaitable[Result]],
+    arg: Arg,
+    /,
+    summary: str,
+    *,
+    deadline: timedelta = ...,
+    waits: bool = ...,
+    attempt_timeout: timedelta | None = ...,
+    cancellation_type: ActivityCancellationType = ...,
+) -> Result: ...
+
+
+async def run_activity(
+    method: Callable[..., Awaitable[Any]],
+    arg: Any = _NO_ARG,
+    /,
+    summary: str = "",
+    *,
+    deadline: timedelta = STEP_DEADLINE,
+    waits: bool = False,
+    attempt_timeout: timedelta | None = None,
+    cancellation_type: ActivityCancellationType = ActivityCancellationType.TRY_CANCEL,
+) -> Any:
+    """An activity method under the shared retry policy; its result has the method's type.
+
+    Every attempt gets ``attempt_timeout`` (default: one external call, ``CALL_TIMEOUT``), every
+    attempt together ``deadline``. An activity that ``waits`` (for instances, Neon operations,
+    another workflow) gets a whole step per attempt and heartbeats."""
+    if attempt_timeout is None:
+        attempt_timeout = WAIT_ATTEMPT_TIMEOUT if waits else CALL_TIMEOUT
+    args = [] if arg is _NO_ARG else [arg]
+    return await workflow.execute_activity_method(
+        method,
+        args=args,
+        summary=summary,
+        retry_policy=RETRY,
+        schedule_to_close_timeout=deadline,
+        start_to_close_timeout=attempt_timeout,
+        heartbeat_timeout=WAIT_HEARTBEAT_TIMEOUT if waits else None,
+        cancellation_type=cancellation_type,
+    )
 
 
 class ProgressTracker:
@@ -53,8 +110,9 @@ class ProgressTracker:
 
     def __init__(self, operation: str, steps: list[str], status: str):
         self.steps = steps
-        self.progress = Progress(operation=operation, step="starting", steps_done=0,
-                                 steps_total=len(steps), status=status)
+        self.progress = Progress(
+            operation=operation, step="starting", steps_done=0, steps_total=len(steps), status=status
+        )
         self._publish()
 
     def enter(self, step: str) -> None:
@@ -76,8 +134,9 @@ class ProgressTracker:
     def park(self, reason: str) -> None:
         self.progress.failure_reason = reason
         self.progress.waiting_for_operator = True
-        self._publish(extra="**waiting for an operator**: fix the cause, then send the signal `retry` "
-                            "(or `abandon` to stop here)")
+        self._publish(
+            extra="**waiting for an operator**: fix the cause, then send the signal `retry` (or `abandon` to stop here)"
+        )
 
     def unpark(self) -> None:
         self.progress.failure_reason = None
@@ -128,6 +187,47 @@ def failure_reason(step: str, err: BaseException) -> str:
     return f"{step}: {type(cause).__name__}: {cause}"
 
 
+async def cancel_provisioning(workspace_id: str) -> str:
+    """Cancel a workspace's provisioning and wait until its cleanup finished (how it ended)."""
+    return await run_activity(
+        WorkflowControlActivities.cancel_and_wait,
+        WorkflowToStop(workflow_id=provision_workflow_id(workspace_id)),
+        f"cancel provisioning of {workspace_id}",
+        waits=True,
+    )
+
+
+class Tracked:
+    """A workflow whose progress operators follow: the ``progress`` query and the UI's details."""
+
+    def __init__(self, operation: str, steps: list[str], status: str):
+        self._tracker = ProgressTracker(operation, steps, status)
+
+    @workflow.query(name=PROGRESS_QUERY)
+    def progress(self) -> Progress:
+        return self._tracker.progress
+
+
+class Gated(Tracked):
+    """A teardown an operator decides on when a step fails for good: the ``retry`` and ``abandon``
+    signals (from the Temporal UI or CLI, or the org entity), and ``run_step`` to run a step
+    behind the gate."""
+
+    def __init__(self, operation: str, steps: list[str], status: str):
+        super().__init__(operation, steps, status)
+        self._gate = OperatorGate(self._tracker)
+
+    @workflow.signal
+    def retry(self) -> None:
+        """Run the parked step again (after fixing its cause)."""
+        self._gate.decide("retry")
+
+    @workflow.signal
+    def abandon(self) -> None:
+        """Stop on the parked step; the workflow fails and can be re-run later."""
+        self._gate.decide("abandon")
+
+
 class OperatorGate:
     """Parks a workflow on a failed step until an operator decides: ``retry`` or ``abandon``.
 
@@ -143,7 +243,12 @@ class OperatorGate:
         if self._tracker.progress.waiting_for_operator:
             self._decision = decision
 
-    async def run_step(self, step: str, action, on_parked=None):
+    async def run_step(
+        self,
+        step: str,
+        action: Callable[[], Awaitable[Result]],
+        on_parked: Callable[[str, str], Awaitable[None]] | None = None,
+    ) -> Result:
         while True:
             self._tracker.enter(step)
             try:
@@ -166,8 +271,9 @@ class OperatorGate:
                 self._tracker.unpark()
                 await _tell_parent(UNPARKED_SIGNAL)
                 if decision == "abandon":
-                    raise ApplicationError(f"abandoned by an operator at {reason}", type="TeardownAbandoned",
-                                           non_retryable=True) from err
+                    raise ApplicationError(
+                        f"abandoned by an operator at {reason}", type="TeardownAbandoned", non_retryable=True
+                    ) from err
 
 
 async def _tell_parent(signal: str, *args: object) -> None:

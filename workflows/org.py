@@ -13,25 +13,20 @@ the entity continues as new when Temporal suggests it, carrying its state and qu
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from temporalio import workflow
-from temporalio.common import SearchAttributePair, TypedSearchAttributes
 from temporalio.exceptions import ApplicationError, ChildWorkflowError
 
 with workflow.unsafe.imports_passed_through():
+    from pydantic import BaseModel
+
     from activities.lifecycle import OrgLifecycleActivities
     from activities.workflow_control import WorkflowControlActivities
-    from domain.models import (
-        HardDeleteOrgInput,
-        OnboardOrgInput,
-        OrgRef,
-        OrgStatus,
-        OrgTransition,
-        ResumeOrgInput,
-        SuspendOrgInput,
-        WorkflowToStop,
-    )
+    from domain.hard_delete_org import HardDeleteOrgInput
+    from domain.onboard_org import OnboardOrgInput
+    from domain.operations import Operation, operation_start, operation_workflow_id
     from domain.org_entity import (
         DONE_STATUS,
         FAILED_STATUS,
@@ -39,10 +34,10 @@ with workflow.unsafe.imports_passed_through():
         Command,
         DecisionCommand,
         DeleteCommand,
-        Operation,
         OrgEntityResult,
         OrgSnapshot,
         OrgState,
+        OrgTransition,
         OrgWorkflowInput,
         Parked,
         QuotaChange,
@@ -50,19 +45,20 @@ with workflow.unsafe.imports_passed_through():
         ResumeCommand,
         Running,
         SuspendCommand,
-        operation_workflow_id,
         refusal,
     )
-    from domain.temporal import OPERATION, ORG_SLUG
-    from workflows.common import CLEANUP_DEADLINE, PARKED_SIGNAL, UNPARKED_SIGNAL, WAITING, root_message, run_activity
+    from domain.refs import OrgRef, WorkflowToStop
+    from domain.status import OrgStatus
+    from domain.suspend_org import ResumeOrgInput, SuspendOrgInput
+    from workflows.common import CLEANUP_DEADLINE, PARKED_SIGNAL, UNPARKED_SIGNAL, root_message, run_activity
     from workflows.hard_delete_org import HardDeleteOrgWorkflow
     from workflows.onboard_org import OnboardOrgWorkflow
     from workflows.suspend_org import ResumeOrgWorkflow, SuspendOrgWorkflow
 
 REFUSED = "CommandRefused"
-_EVERY_STATUS_BUT_DELETED = [s for s in OrgStatus if s != OrgStatus.deleted]
+_EVERY_STATUS_BUT_DELETED: list[OrgStatus] = [s for s in OrgStatus if s != OrgStatus.deleted]
 # Where each operation may start from (its transitional status included, for a re-run).
-_STARTS_FROM = {
+_STARTS_FROM: dict[Operation, list[OrgStatus]] = {
     Operation.onboard: [OrgStatus.provisioning, OrgStatus.failed],
     Operation.suspend: [OrgStatus.active, OrgStatus.suspending],
     Operation.resume: [OrgStatus.suspended, OrgStatus.resuming],
@@ -86,8 +82,9 @@ class OrgWorkflow:
         if inp.adopt_status is None:
             return OrgState(status=OrgStatus.provisioning, queue=[Command(operation=Operation.onboard)])
         if inp.adopt_workflow_id:  # a run from before the entity existed may still be going
-            return OrgState(status=inp.adopt_status,
-                            queue=[Command(operation=Operation.adopt, workflow_id=inp.adopt_workflow_id)])
+            return OrgState(
+                status=inp.adopt_status, queue=[Command(operation=Operation.adopt, workflow_id=inp.adopt_workflow_id)]
+            )
         return OrgState(status=inp.adopt_status)
 
     # -- what operators see ---------------------------------------------------------------------
@@ -98,24 +95,34 @@ class OrgWorkflow:
 
     def _snapshot(self) -> OrgSnapshot:
         s, running = self._state, self._state.running
-        return OrgSnapshot(org_id=self._inp.org_id, slug=self._inp.slug, status=s.status,
-                           operation=running.operation if running else None,
-                           workflow_id=running.workflow_id if running else None,
-                           parked=running.parked if running else None,
-                           queued=[c.operation for c in s.queue], failure_reason=s.failure_reason)
+        return OrgSnapshot(
+            org_id=self._inp.org_id,
+            slug=self._inp.slug,
+            status=s.status,
+            operation=running.operation if running else None,
+            workflow_id=running.workflow_id if running else None,
+            parked=running.parked if running else None,
+            queued=[c.operation for c in s.queue],
+            failure_reason=s.failure_reason,
+        )
 
     def _refuse_if_not_allowed(self, request: str) -> None:
         reason = refusal(self._state, request)
         if reason is not None:
-            raise ApplicationError(f"{request} refused: {reason}", self._snapshot().model_dump(mode="json"),
-                                   type=REFUSED, non_retryable=True)
+            raise ApplicationError(
+                f"{request} refused: {reason}",
+                self._snapshot().model_dump(mode="json"),
+                type=REFUSED,
+                non_retryable=True,
+            )
 
     # -- commands -------------------------------------------------------------------------------
 
     @workflow.update
     async def suspend(self, cmd: SuspendCommand) -> OrgSnapshot:
-        return await self._accept(Command(operation=Operation.suspend, actor=cmd.actor, reason=cmd.reason,
-                                          stop_instances=cmd.stop_instances))
+        return await self._accept(
+            Command(operation=Operation.suspend, actor=cmd.actor, reason=cmd.reason, stop_instances=cmd.stop_instances)
+        )
 
     @suspend.validator
     def _validate_suspend(self, cmd: SuspendCommand) -> None:
@@ -171,8 +178,11 @@ class OrgWorkflow:
     @workflow.update
     async def set_quota(self, cmd: QuotaCommand) -> OrgSnapshot:
         async with self._writes:
-            await run_activity(OrgLifecycleActivities.set_org_quota, QuotaChange(
-                org_id=self._inp.org_id, **cmd.model_dump()), "set quotas")
+            await run_activity(
+                OrgLifecycleActivities.set_org_quota,
+                QuotaChange(org_id=self._inp.org_id, **cmd.model_dump()),
+                "set quotas",
+            )
         return self._snapshot()
 
     @set_quota.validator
@@ -197,26 +207,41 @@ class OrgWorkflow:
         self._state.status, self._state.failure_reason = status, None
         self._state.queue.append(cmd.model_copy(update={"recorded": True}))
         accepted = self._snapshot()
-        await self._write(status, _STARTS_FROM[cmd.operation], operation=cmd.operation, actor=cmd.actor,
-                          status_reason=cmd.reason)
+        await self._write(
+            status, _STARTS_FROM[cmd.operation], operation=cmd.operation, actor=cmd.actor, status_reason=cmd.reason
+        )
         return accepted
 
     async def _decide(self, running: Running, decision: str) -> None:
         running.parked = None  # a second decision is refused from now on
         await workflow.get_external_workflow_handle(running.workflow_id).signal(decision)
 
-    async def _write(self, status: OrgStatus, only_from: list[OrgStatus], *, actor: str,
-                     operation: Operation | None = None, failure_reason: str | None = None,
-                     status_reason: str | None = None) -> None:
+    async def _write(
+        self,
+        status: OrgStatus,
+        only_from: list[OrgStatus],
+        *,
+        actor: str,
+        operation: Operation | None = None,
+        failure_reason: str | None = None,
+        status_reason: str | None = None,
+    ) -> None:
         change = OrgTransition(
-            org_id=self._inp.org_id, status=status, only_from=only_from, actor=actor,
+            org_id=self._inp.org_id,
+            status=status,
+            only_from=only_from,
+            actor=actor,
             operation=operation.value if operation else None,
             workflow_id=operation_workflow_id(operation, self._inp.org_id)
-            if operation and operation != Operation.adopt else None,
-            failure_reason=failure_reason, status_reason=status_reason)
+            if operation and operation != Operation.adopt
+            else None,
+            failure_reason=failure_reason,
+            status_reason=status_reason,
+        )
         async with self._writes:
-            await run_activity(OrgLifecycleActivities.transition_org, change, f"org -> {status.value}",
-                               deadline=CLEANUP_DEADLINE)
+            await run_activity(
+                OrgLifecycleActivities.transition_org, change, f"org -> {status.value}", deadline=CLEANUP_DEADLINE
+            )
 
     # -- the life -------------------------------------------------------------------------------
 
@@ -251,20 +276,16 @@ class OrgWorkflow:
         workflow.set_current_details(f"**{cmd.operation.value}** running as `{workflow_id}`")
         try:
             if not cmd.recorded:
-                await self._write(RUNNING_STATUS[cmd.operation], _STARTS_FROM[cmd.operation], actor=cmd.actor,
-                                  operation=cmd.operation)
-            await workflow.execute_child_workflow(
-                *self._child(cmd), id=workflow_id,
-                static_summary=f"{cmd.operation.value.capitalize()} org {self._inp.slug}",
-                search_attributes=TypedSearchAttributes([
-                    SearchAttributePair(ORG_SLUG, self._inp.slug),
-                    SearchAttributePair(OPERATION, "hard-delete" if cmd.operation == Operation.delete
-                                        else cmd.operation.value)]))
+                await self._write(
+                    RUNNING_STATUS[cmd.operation], _STARTS_FROM[cmd.operation], actor=cmd.actor, operation=cmd.operation
+                )
+            await self._run_child(cmd)
         except asyncio.CancelledError:
             # Preempted by a delete, which recorded the org's status itself; the child's
             # compensation has finished (children are waited on when cancelled).
-            workflow.logger.info("operation preempted", extra={"org_slug": self._inp.slug,
-                                                               "operation": cmd.operation.value})
+            workflow.logger.info(
+                "operation preempted", extra={"org_slug": self._inp.slug, "operation": cmd.operation.value}
+            )
             self._state.running = None
             return
         except ChildWorkflowError as err:
@@ -283,31 +304,60 @@ class OrgWorkflow:
         workflow.set_current_details(f"**{status.value}**" + (f"\n\n{reason}" if reason else ""))
         if status != OrgStatus.deleted:  # the cascade purged the row
             # Onboarding records its own outcome first: from there too, so the operation is cleared.
-            await self._write(status, [RUNNING_STATUS[cmd.operation], status], actor="workflow",
-                              failure_reason=reason, status_reason=cmd.reason if status == OrgStatus.suspended else None)
+            await self._write(
+                status,
+                [RUNNING_STATUS[cmd.operation], status],
+                actor="workflow",
+                failure_reason=reason,
+                status_reason=cmd.reason if status == OrgStatus.suspended else None,
+            )
 
-    def _child(self, cmd: Command) -> tuple[Any, Any]:
+    async def _run_child(self, cmd: Command) -> None:
+        """The operation's child workflow, until it ends."""
+        start = operation_start(cmd.operation, self._inp.org_id, self._inp.slug)
+        run, arg = self._child(cmd)
+        await workflow.execute_child_workflow(
+            run, arg, id=start.id, static_summary=start.summary, search_attributes=start.search_attributes
+        )
+
+    def _child(self, cmd: Command) -> tuple[Callable[[Any, Any], Awaitable[Any]], BaseModel]:
         i = self._inp
         if cmd.operation == Operation.onboard:
             return OnboardOrgWorkflow.run, OnboardOrgInput(
-                org_id=i.org_id, slug=i.slug, name=i.name, plan=i.plan, vpc_id=i.vpc_id, subnet_ids=i.subnet_ids,
-                neon_mode=i.neon_mode)
+                org_id=i.org_id,
+                slug=i.slug,
+                name=i.name,
+                plan=i.plan,
+                vpc_id=i.vpc_id,
+                subnet_ids=i.subnet_ids,
+                neon_mode=i.neon_mode,
+            )
         if cmd.operation == Operation.suspend:
-            return SuspendOrgWorkflow.run, SuspendOrgInput(org_id=i.org_id, slug=i.slug, reason=cmd.reason,
-                                                           stop_instances=cmd.stop_instances)
+            return SuspendOrgWorkflow.run, SuspendOrgInput(
+                org_id=i.org_id, slug=i.slug, reason=cmd.reason, stop_instances=cmd.stop_instances
+            )
         if cmd.operation == Operation.resume:
             return ResumeOrgWorkflow.run, ResumeOrgInput(org_id=i.org_id, slug=i.slug)
-        return HardDeleteOrgWorkflow.run, HardDeleteOrgInput(org_id=i.org_id, slug=i.slug, vpc_id=i.vpc_id,
-                                                             neon_mode=i.neon_mode)
+        return HardDeleteOrgWorkflow.run, HardDeleteOrgInput(
+            org_id=i.org_id, slug=i.slug, vpc_id=i.vpc_id, neon_mode=i.neon_mode
+        )
 
     async def _adopt(self, cmd: Command) -> None:
         """Wait for a run started before this entity existed, then take the org's status from its
         record: onboarding that never finished runs again; a purged org is deleted."""
         assert cmd.workflow_id is not None
-        await run_activity(WorkflowControlActivities.wait_until_closed, WorkflowToStop(workflow_id=cmd.workflow_id),
-                           f"wait for {cmd.workflow_id}", deadline=CLEANUP_DEADLINE, **WAITING)
-        status = await run_activity(OrgLifecycleActivities.read_org_status,
-                                    OrgRef(org_id=self._inp.org_id, slug=self._inp.slug), "read the org's status")
+        await run_activity(
+            WorkflowControlActivities.wait_until_closed,
+            WorkflowToStop(workflow_id=cmd.workflow_id),
+            f"wait for {cmd.workflow_id}",
+            deadline=CLEANUP_DEADLINE,
+            waits=True,
+        )
+        status = await run_activity(
+            OrgLifecycleActivities.read_org_status,
+            OrgRef(org_id=self._inp.org_id, slug=self._inp.slug),
+            "read the org's status",
+        )
         if status is None:
             self._state.status = OrgStatus.deleted
         elif status == OrgStatus.provisioning:

@@ -18,18 +18,17 @@ with workflow.unsafe.imports_passed_through():
     from activities.a2a import AgentActivities
     from activities.instances import InstanceActivities
     from activities.workspace_store import WorkspaceStoreActivities
-    from domain.models import (
+    from domain.provision_workspace import (
         AgentCardCheck,
         AgentRegistration,
         InstanceRef,
-        Progress,
         ProvisionWorkspaceInput,
         ProvisionWorkspaceResult,
         WorkspaceFailure,
-        WorkspaceRef,
-        WorkspaceStatus,
     )
-    from workflows.common import CLEANUP_DEADLINE, FINISH_FIRST, WAITING, ProgressTracker, failure_reason, run_activity
+    from domain.refs import WorkspaceRef
+    from domain.status import WorkspaceStatus
+    from workflows.common import CLEANUP_DEADLINE, FINISH_FIRST, Tracked, failure_reason, run_activity
 
 STEPS = ["take_slot", "launch_instance", "wait_running", "wait_registration", "check_agent", "activate"]
 
@@ -41,14 +40,10 @@ class _StepFailed(Exception):
 
 
 @workflow.defn
-class ProvisionWorkspaceWorkflow:
+class ProvisionWorkspaceWorkflow(Tracked):
     def __init__(self) -> None:
-        self._tracker = ProgressTracker("provision", STEPS, WorkspaceStatus.provisioning.value)
+        super().__init__("provision", STEPS, WorkspaceStatus.provisioning.value)
         self._registration: AgentRegistration | None = None
-
-    @workflow.query
-    def progress(self) -> Progress:
-        return self._tracker.progress
 
     @workflow.signal
     def agent_registered(self, registration: AgentRegistration) -> None:
@@ -67,21 +62,26 @@ class ProvisionWorkspaceWorkflow:
 
             self._tracker.enter(step := "launch_instance")
             # Waits for a cancelled launch to finish, so cleanup sees any instance it started.
-            launched = await run_activity(InstanceActivities.launch_instance, inp,
-                                          f"launch {inp.instance_type} in {inp.subnet_id}",
-                                          cancellation_type=FINISH_FIRST)
+            launched = await run_activity(
+                InstanceActivities.launch_instance,
+                inp,
+                f"launch {inp.instance_type} in {inp.subnet_id}",
+                cancellation_type=FINISH_FIRST,
+            )
             result.instance_id = launched.instance_id
 
             self._tracker.enter(step := "wait_running")
-            await run_activity(InstanceActivities.wait_instance_running, launched, f"wait for {launched.instance_id}",
-                               **WAITING)
+            await run_activity(
+                InstanceActivities.wait_instance_running, launched, f"wait for {launched.instance_id}", waits=True
+            )
 
             self._tracker.enter(step := "wait_registration")
             timeout = inp.registration_timeout_seconds
             try:
-                await workflow.wait_condition(lambda: self._registration is not None,
-                                              timeout=timedelta(seconds=timeout))
-            except asyncio.TimeoutError:
+                await workflow.wait_condition(
+                    lambda: self._registration is not None, timeout=timedelta(seconds=timeout)
+                )
+            except TimeoutError:
                 raise _StepFailed(f"wait_registration: agent did not register within {timeout:g}s") from None
             assert self._registration is not None
             # The address the platform derived from the instance, never one the agent chose (runs
@@ -92,19 +92,22 @@ class ProvisionWorkspaceWorkflow:
                 raise _StepFailed("wait_registration: no address to reach the agent at")
 
             self._tracker.enter(step := "check_agent")
-            await run_activity(AgentActivities.check_agent_card,
-                               AgentCardCheck(workspace_id=inp.workspace_id, name=inp.name, agent_url=result.agent_url),
-                               "fetch and check the A2A agent card",
-                               deadline=timedelta(seconds=inp.agent_check_timeout_seconds),
-                               start_to_close_timeout=timedelta(seconds=15))
+            await run_activity(
+                AgentActivities.check_agent_card,
+                AgentCardCheck(workspace_id=inp.workspace_id, name=inp.name, agent_url=result.agent_url),
+                "fetch and check the A2A agent card",
+                deadline=timedelta(seconds=inp.agent_check_timeout_seconds),
+                attempt_timeout=timedelta(seconds=15),
+            )
 
             self._tracker.enter(step := "activate")
             await run_activity(WorkspaceStoreActivities.mark_workspace_running, ws, "mark workspace running")
         except (ActivityError, _StepFailed) as err:
             reason = err.reason if isinstance(err, _StepFailed) else failure_reason(step, err)
             await self._clean_up(inp, result, reason, step)
-            raise ApplicationError(f"workspace {inp.workspace_id} failed: {reason}", type="WorkspaceFailed",
-                                   non_retryable=True) from err
+            raise ApplicationError(
+                f"workspace {inp.workspace_id} failed: {reason}", type="WorkspaceFailed", non_retryable=True
+            ) from err
         except asyncio.CancelledError:
             await self._clean_up(inp, result, f"{step}: provisioning cancelled", step)
             raise
@@ -114,18 +117,30 @@ class ProvisionWorkspaceWorkflow:
         workflow.logger.info("workspace running", extra={"org_slug": inp.org_slug, "workspace_id": inp.workspace_id})
         return result
 
-    async def _clean_up(self, inp: ProvisionWorkspaceInput, result: ProvisionWorkspaceResult, reason: str,
-                        step: str) -> None:
+    async def _clean_up(
+        self, inp: ProvisionWorkspaceInput, result: ProvisionWorkspaceResult, reason: str, step: str
+    ) -> None:
         """Terminate (and wait for) any instance, then fail the workspace and free its slot."""
-        workflow.logger.warning("workspace failed, cleaning up",
-                                extra={"org_slug": inp.org_slug, "workspace_id": inp.workspace_id, "reason": reason})
+        workflow.logger.warning(
+            "workspace failed, cleaning up",
+            extra={"org_slug": inp.org_slug, "workspace_id": inp.workspace_id, "reason": reason},
+        )
         self._tracker.finish(WorkspaceStatus.failed.value, reason, step=f"cleaning up after {step}")
         result.status, result.failure_reason = WorkspaceStatus.failed, reason
-        instance = InstanceRef(workspace_id=inp.workspace_id, org_id=inp.org_id, org_slug=inp.org_slug,
-                               instance_id=result.instance_id)
-        await run_activity(InstanceActivities.terminate_instances, instance, "terminate and wait",
-                           deadline=CLEANUP_DEADLINE, **WAITING)
-        await run_activity(WorkspaceStoreActivities.mark_workspace_failed,
-                           WorkspaceFailure(workspace_id=inp.workspace_id, reason=reason),
-                           "mark failed, free slot", deadline=CLEANUP_DEADLINE)
+        instance = InstanceRef(
+            workspace_id=inp.workspace_id, org_id=inp.org_id, org_slug=inp.org_slug, instance_id=result.instance_id
+        )
+        await run_activity(
+            InstanceActivities.terminate_instances,
+            instance,
+            "terminate and wait",
+            deadline=CLEANUP_DEADLINE,
+            waits=True,
+        )
+        await run_activity(
+            WorkspaceStoreActivities.mark_workspace_failed,
+            WorkspaceFailure(workspace_id=inp.workspace_id, reason=reason),
+            "mark failed, free slot",
+            deadline=CLEANUP_DEADLINE,
+        )
         self._tracker.finish(WorkspaceStatus.failed.value, reason, step=step)

@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from dataclasses import dataclass, field as dc_field
-from datetime import datetime, timezone
-from typing import Any, AsyncIterator
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from dataclasses import field as dc_field
+from datetime import UTC, datetime
+from typing import Any
 
 from aiohttp import web
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
@@ -95,7 +97,7 @@ STATE = web.AppKey("neon_state", _State)
 
 
 def _now() -> datetime:
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 def _operations(st: _State, project_id: str, branch: Row, actions: list[str]) -> list[Row]:
@@ -160,10 +162,13 @@ async def list_projects(request: web.Request) -> web.Response:
     st = request.app[STATE]
     cursor, limit = pagination.seq_page_params(request, default_limit=10, max_limit=400)
     rows = await st.control.projects(cursor or 0, limit)
-    return _reply(st, {
-        "projects": [render.project(p, st.config.pg_host) for p in rows],
-        "pagination": pagination.seq_pagination(rows, cursor),
-    })
+    return _reply(
+        st,
+        {
+            "projects": [render.project(p, st.config.pg_host) for p in rows],
+            "pagination": pagination.seq_pagination(rows, cursor),
+        },
+    )
 
 
 async def create_project(request: web.Request) -> web.Response:
@@ -203,9 +208,16 @@ async def _provision_project(
             await st.cluster.create_database(physical_db, pg_role)
             now = _now()
             project = {
-                "id": project_id, "name": name, "region_id": region, "pg_version": st.pg_version,
-                "database_name": database, "role_name": role, "pg_role": pg_role, "pg_password": password,
-                "created_at": now, "updated_at": now,
+                "id": project_id,
+                "name": name,
+                "region_id": region,
+                "pg_version": st.pg_version,
+                "database_name": database,
+                "role_name": role,
+                "pg_role": pg_role,
+                "pg_password": password,
+                "created_at": now,
+                "updated_at": now,
             }
             branch = _branch_row(project_id, branch_id, branch_name, physical_db, None, None, "read_write")
             ops = _operations(st, project_id, branch, ["create_timeline", "start_compute"])
@@ -220,16 +232,27 @@ async def _provision_project(
 
 
 def _branch_row(
-    project_id: str, branch_id: str, name: str, physical_db: str,
-    parent: Row | None, parent_lsn: str | None, endpoint_type: str | None,
+    project_id: str,
+    branch_id: str,
+    name: str,
+    physical_db: str,
+    parent: Row | None,
+    parent_lsn: str | None,
+    endpoint_type: str | None,
 ) -> Row:
     now = _now()
     return {
-        "id": branch_id, "project_id": project_id, "name": name,
-        "parent_id": parent["id"] if parent else None, "parent_lsn": parent_lsn,
-        "is_default": parent is None, "physical_db": physical_db,
-        "endpoint_id": ids.endpoint_id() if endpoint_type else None, "endpoint_type": endpoint_type,
-        "created_at": now, "ready_at": now,
+        "id": branch_id,
+        "project_id": project_id,
+        "name": name,
+        "parent_id": parent["id"] if parent else None,
+        "parent_lsn": parent_lsn,
+        "is_default": parent is None,
+        "physical_db": physical_db,
+        "endpoint_id": ids.endpoint_id() if endpoint_type else None,
+        "endpoint_type": endpoint_type,
+        "created_at": now,
+        "ready_at": now,
     }
 
 
@@ -266,10 +289,13 @@ async def delete_project(request: web.Request) -> web.Response:
     # The project's operations go with it, so these are reported but cannot be fetched later.
     ops = [op for b in branches for op in _operations(st, project_id, b, _deletion_actions(b))]
     now = _now()
-    return _reply(st, {
-        "project": render.project(project, st.config.pg_host),
-        "operations": [render.operation(op, now) for op in ops],
-    })
+    return _reply(
+        st,
+        {
+            "project": render.project(project, st.config.pg_host),
+            "operations": [render.operation(op, now) for op in ops],
+        },
+    )
 
 
 def _deletion_actions(branch: Row) -> list[str]:
@@ -285,11 +311,14 @@ async def list_branches(request: web.Request) -> web.Response:
     query = pagination.branch_query(request, st.rules.pagination.branch_page_size)
     rows, page = pagination.branch_page(await st.control.branches(project["id"], 0, None), query)
     now = _now()
-    return _reply(st, {
-        "branches": [render.branch(b, now) for b in rows],
-        "annotations": {},
-        "pagination": page,
-    })
+    return _reply(
+        st,
+        {
+            "branches": [render.branch(b, now) for b in rows],
+            "annotations": {},
+            "pagination": page,
+        },
+    )
 
 
 async def get_branch(request: web.Request) -> web.Response:
@@ -325,7 +354,8 @@ async def create_branch(request: web.Request) -> web.Response:
     async with st.lock(project_id):
         project = await _project_or_404(st, project_id)
         parent = (
-            await _branch_or_404(st, project_id, parent_id) if parent_id
+            await _branch_or_404(st, project_id, parent_id)
+            if parent_id
             else await st.control.default_branch(project_id)
         )
         branch_id = ids.branch_id()
@@ -338,15 +368,21 @@ async def create_branch(request: web.Request) -> web.Response:
         lsn = await st.cluster.create_database(physical_db, project["pg_role"], template=parent["physical_db"])
         try:
             branch = _branch_row(project_id, branch_id, name, physical_db, parent, lsn, endpoint_type)
-            ops = _operations(st, project_id, branch, ["create_timeline"] + (["start_compute"] if endpoint_type else []))
+            ops = _operations(
+                st, project_id, branch, ["create_timeline"] + (["start_compute"] if endpoint_type else [])
+            )
             branch["ready_at"] = ops[-1]["finished_at"]
             stored = await st.control.save(branch=branch, ops=ops)
         except BaseException:
             await st.cluster.drop_databases([physical_db])
             raise
     if billed:
-        log.info("branch %s of project %s is beyond the %s plan's included branches: billed as an extra",
-                 branch_id, project_id, st.rules.plan)
+        log.info(
+            "branch %s of project %s is beyond the %s plan's included branches: billed as an extra",
+            branch_id,
+            project_id,
+            st.rules.plan,
+        )
     return _reply(st, _branch_created(st, project, stored["branch"], stored["operations"]), status=201)
 
 
@@ -362,12 +398,17 @@ async def delete_branch(request: web.Request) -> web.Response:
             raise ApiError(422, "cannot delete a branch that has child branches; delete them first")
         await _refuse_if_busy(st, project_id)
         await st.cluster.drop_databases([branch["physical_db"]])
-        ops = await st.control.delete_branch(branch["id"], _operations(st, project_id, branch, _deletion_actions(branch)))
+        ops = await st.control.delete_branch(
+            branch["id"], _operations(st, project_id, branch, _deletion_actions(branch))
+        )
     now = _now()
-    return _reply(st, {
-        "branch": render.branch(branch, now),
-        "operations": [render.operation(op, now) for op in ops],
-    })
+    return _reply(
+        st,
+        {
+            "branch": render.branch(branch, now),
+            "operations": [render.operation(op, now) for op in ops],
+        },
+    )
 
 
 # -- operations and connection URIs ----------------------------------------------------------
@@ -379,10 +420,13 @@ async def list_operations(request: web.Request) -> web.Response:
     cursor, limit = pagination.seq_page_params(request, default_limit=10, max_limit=1000)
     rows = await st.control.operations(project["id"], cursor, limit)
     now = _now()
-    return _reply(st, {
-        "operations": [render.operation(op, now) for op in rows],
-        "pagination": pagination.seq_pagination(rows, cursor),
-    })
+    return _reply(
+        st,
+        {
+            "operations": [render.operation(op, now) for op in rows],
+            "pagination": pagination.seq_pagination(rows, cursor),
+        },
+    )
 
 
 async def get_operation(request: web.Request) -> web.Response:
@@ -401,7 +445,8 @@ async def get_connection_uri(request: web.Request) -> web.Response:
     project = await _project_or_404(st, request.match_info["project_id"])
     branch_id = request.query.get("branch_id")
     branch = (
-        await _branch_or_404(st, project["id"], branch_id) if branch_id
+        await _branch_or_404(st, project["id"], branch_id)
+        if branch_id
         else await st.control.default_branch(project["id"])
     )
     database = request.query.get("database_name")
@@ -423,8 +468,13 @@ async def _ensure_seed_project(st: _State) -> None:
     if not config.seed_project_id or await st.control.project(config.seed_project_id):
         return
     await _provision_project(
-        st, config.seed_project_id, name=config.seed_project_name, region=DEFAULT_REGION,
-        branch_name=DEFAULT_BRANCH, role=DEFAULT_ROLE, database=DEFAULT_DATABASE,
+        st,
+        config.seed_project_id,
+        name=config.seed_project_name,
+        region=DEFAULT_REGION,
+        branch_name=DEFAULT_BRANCH,
+        role=DEFAULT_ROLE,
+        database=DEFAULT_DATABASE,
     )
     log.info("created seed project %s", config.seed_project_id)
 
@@ -473,8 +523,9 @@ def create_app(config: NeonServerConfig) -> web.Application:
     pg_port = config.pg_port or int(conninfo_to_dict(config.pg_admin_url).get("port") or 5432)
     strictness, planner, limiter = StrictnessHolder(config.strict), OperationPlanner(), RateLimiter()
     strictness.listeners.append(limiter.reset)
-    app[STATE] = _State(config=config, cluster=Cluster(config.pg_admin_url), pg_port=pg_port,
-                        strictness=strictness, planner=planner)
+    app[STATE] = _State(
+        config=config, cluster=Cluster(config.pg_admin_url), pg_port=pg_port, strictness=strictness, planner=planner
+    )
     app[DEVTOOLS] = DevTools(api_key=config.api_key)
     app[STRICTNESS], app[PLANNER], app[RATE_LIMITER] = strictness, planner, limiter
     app.cleanup_ctx.append(_lifecycle)

@@ -81,21 +81,19 @@ class Cluster:
     async def drop_databases(self, names: list[str]) -> None:
         async with await self._connect() as conn:
             for name in names:
-                await conn.execute(
-                    sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
-                )
+                await conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
 
     async def drop_role(self, role: str) -> None:
         """Drop ``role`` and every database it still owns."""
         async with await self._connect() as conn:
-            rows = await (await conn.execute(
-                "SELECT d.datname FROM pg_database d JOIN pg_roles r ON r.oid = d.datdba WHERE r.rolname = %s",
-                (role,),
-            )).fetchall()
-            for (name,) in rows:
+            rows = await (
                 await conn.execute(
-                    sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
+                    "SELECT d.datname FROM pg_database d JOIN pg_roles r ON r.oid = d.datdba WHERE r.rolname = %s",
+                    (role,),
                 )
+            ).fetchall()
+            for (name,) in rows:
+                await conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
             await conn.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(role)))
 
     @staticmethod

@@ -133,9 +133,7 @@ class Control:
         return row is not None
 
     async def operation(self, project_id: str, operation_id: str) -> Row | None:
-        return await self._one(
-            "SELECT * FROM operations WHERE project_id = %s AND id = %s", (project_id, operation_id)
-        )
+        return await self._one("SELECT * FROM operations WHERE project_id = %s AND id = %s", (project_id, operation_id))
 
     async def operations(self, project_id: str, before: int | None, limit: int) -> list[Row]:
         """Newest first, like Neon."""

@@ -12,7 +12,8 @@ import json
 import logging
 import uuid
 from collections import Counter, defaultdict
-from dataclasses import asdict, dataclass, field as dc_field
+from dataclasses import asdict, dataclass
+from dataclasses import field as dc_field
 from http import HTTPStatus
 from typing import Any
 

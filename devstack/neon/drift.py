@@ -15,7 +15,8 @@ The meaning is unchanged: terminal statuses (finished, cancelled) and ``ready`` 
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 NEWER_STATUSES = {"scheduling": "queued"}
 NEWER_BRANCH_STATES = {"init": "provisioning"}
@@ -45,10 +46,15 @@ def _project(project: dict[str, Any]) -> dict[str, Any]:
 
 
 _ONE: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
-    "operation": _operation, "branch": _branch, "project": _project,
+    "operation": _operation,
+    "branch": _branch,
+    "project": _project,
 }
 _MANY: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
-    "operations": _operation, "branches": _branch, "endpoints": _endpoint, "projects": _project,
+    "operations": _operation,
+    "branches": _branch,
+    "endpoints": _endpoint,
+    "projects": _project,
 }
 
 

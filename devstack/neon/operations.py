@@ -78,20 +78,42 @@ class OperationPlanner:
         return 0, "finished"
 
 
-def _row(project_id: str, branch: Row, action: str, now: datetime, timing: Timing,
-         failures: int = 0, retry_seconds: float = 0.0, outcome: str = "finished") -> Row:
+def _row(
+    project_id: str,
+    branch: Row,
+    action: str,
+    now: datetime,
+    timing: Timing,
+    failures: int = 0,
+    retry_seconds: float = 0.0,
+    outcome: str = "finished",
+) -> Row:
     running = now + timedelta(seconds=timing.scheduling)
     busy = timing.running * (failures + 1) + retry_seconds * failures
     return {
-        "id": ids.operation_id(), "project_id": project_id, "branch_id": branch["id"],
+        "id": ids.operation_id(),
+        "project_id": project_id,
+        "branch_id": branch["id"],
         "endpoint_id": branch["endpoint_id"] if action.endswith("_compute") else None,
-        "action": action, "created_at": now, "running_at": running, "finished_at": running + timedelta(seconds=busy),
-        "failures": failures, "retry_seconds": retry_seconds, "outcome": outcome,
+        "action": action,
+        "created_at": now,
+        "running_at": running,
+        "finished_at": running + timedelta(seconds=busy),
+        "failures": failures,
+        "retry_seconds": retry_seconds,
+        "outcome": outcome,
     }
 
 
-def new_operations(planner: OperationPlanner, settings: Operations, timing: Timing, project_id: str,
-                   branch: Row, actions: list[str], now: datetime) -> list[Row]:
+def new_operations(
+    planner: OperationPlanner,
+    settings: Operations,
+    timing: Timing,
+    project_id: str,
+    branch: Row,
+    actions: list[str],
+    now: datetime,
+) -> list[Row]:
     """Rows for the operations one request starts, their fates decided now."""
     rows = []
     for action in actions:
@@ -100,8 +122,9 @@ def new_operations(planner: OperationPlanner, settings: Operations, timing: Timi
     return rows
 
 
-def background_operation(planner: OperationPlanner, project_id: str, branch: Row, seconds: float, now: datetime,
-                         action: str | None = None) -> Row:
+def background_operation(
+    planner: OperationPlanner, project_id: str, branch: Row, seconds: float, now: datetime, action: str | None = None
+) -> Row:
     """One of Neon's own operations on ``branch``, running from ``now`` for ``seconds``."""
     return _row(project_id, branch, action or planner.pick(BACKGROUND_ACTIONS), now, Timing(0.0, seconds))
 

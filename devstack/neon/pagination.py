@@ -104,9 +104,13 @@ def _encode(query: BranchQuery, key: tuple[Any, int], back: bool) -> str:
 def _decode(raw: str) -> dict[str, Any]:
     try:
         state = json.loads(base64.urlsafe_b64decode(raw + "=" * (-len(raw) % 4)))
-        valid = (state["by"] in BRANCH_SORT_COLUMNS and state["order"] in SORT_ORDERS
-                 and isinstance(state["seq"], int) and isinstance(state["back"], bool)
-                 and isinstance(state["key"], str if state["by"] == "name" else (int, float)))
+        valid = (
+            state["by"] in BRANCH_SORT_COLUMNS
+            and state["order"] in SORT_ORDERS
+            and isinstance(state["seq"], int)
+            and isinstance(state["back"], bool)
+            and isinstance(state["key"], str if state["by"] == "name" else (int, float))
+        )
     except (ValueError, TypeError, KeyError, binascii.Error):
         valid = False
     if not valid:
@@ -131,7 +135,7 @@ def branch_page(rows: list[Row], query: BranchQuery) -> tuple[list[Row], dict[st
     if query.limit is None:
         page = ordered
     else:
-        page = ordered[-query.limit:] if query.backwards else ordered[:query.limit]
+        page = ordered[-query.limit :] if query.backwards else ordered[: query.limit]
     pagination: dict[str, Any] = {"sort_by": query.sort_by, "sort_order": query.sort_order}
     if page and query.limit is not None:
         if len(page) == query.limit or query.backwards:

@@ -29,8 +29,11 @@ def check_new_branch(plan: str, existing: int) -> bool:
     """Refuse a branch beyond the plan's cap; True when the new one is a billed extra."""
     cap = limits(plan)
     if existing >= cap.max_branches:
-        raise ApiError(422, f"branches limit exceeded: the {plan} plan allows {cap.max_branches} branches "
-                            "per project", code=BRANCHES_LIMIT_EXCEEDED)
+        raise ApiError(
+            422,
+            f"branches limit exceeded: the {plan} plan allows {cap.max_branches} branches per project",
+            code=BRANCHES_LIMIT_EXCEEDED,
+        )
     return cap.branch_is_billed(existing + 1)
 
 

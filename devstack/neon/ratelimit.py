@@ -12,7 +12,8 @@ from __future__ import annotations
 import math
 import time
 from collections import defaultdict, deque
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from aiohttp import web
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import quote
 
@@ -25,7 +25,7 @@ _ZERO_USAGE = {
 
 
 def ts(moment: datetime) -> str:
-    return moment.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def operation(op: Row, now: datetime) -> dict[str, Any]:
@@ -155,14 +155,16 @@ def roles(b: Row, p: Row, *, with_password: bool) -> list[dict[str, Any]]:
 
 
 def databases(b: Row, p: Row) -> list[dict[str, Any]]:
-    return [{
-        "id": b["seq"],
-        "branch_id": b["id"],
-        "name": p["database_name"],
-        "owner_name": p["pg_role"],
-        "created_at": ts(b["created_at"]),
-        "updated_at": ts(b["created_at"]),
-    }]
+    return [
+        {
+            "id": b["seq"],
+            "branch_id": b["id"],
+            "name": p["database_name"],
+            "owner_name": p["pg_role"],
+            "created_at": ts(b["created_at"]),
+            "updated_at": ts(b["created_at"]),
+        }
+    ]
 
 
 def connection_uri(b: Row, p: Row, host: str, port: int) -> str:
@@ -174,13 +176,15 @@ def connection_uri(b: Row, p: Row, host: str, port: int) -> str:
 
 
 def connection_uris(b: Row, p: Row, host: str, port: int) -> list[dict[str, Any]]:
-    return [{
-        "connection_uri": connection_uri(b, p, host, port),
-        "connection_parameters": {
-            "database": b["physical_db"],
-            "password": p["pg_password"],
-            "role": p["pg_role"],
-            "host": host,
-            "pooler_host": host,
-        },
-    }]
+    return [
+        {
+            "connection_uri": connection_uri(b, p, host, port),
+            "connection_parameters": {
+                "database": b["physical_db"],
+                "password": p["pg_password"],
+                "role": p["pg_role"],
+                "host": host,
+                "pooler_host": host,
+            },
+        }
+    ]

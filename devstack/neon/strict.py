@@ -79,8 +79,12 @@ class Strictness:
     @classmethod
     def lenient(cls, **overrides: Any) -> Strictness:
         """No throttling, no paging by default, no random failures or locks; plan caps stay."""
-        quiet = cls(rate_limit=RateLimit(enabled=False), pagination=Pagination(branch_page_size=0),
-                    operations=Operations(failure_share=0.0), background=Background(share=0.0))
+        quiet = cls(
+            rate_limit=RateLimit(enabled=False),
+            pagination=Pagination(branch_page_size=0),
+            operations=Operations(failure_share=0.0),
+            background=Background(share=0.0),
+        )
         return replace(quiet, **overrides)
 
     def to_json(self) -> dict[str, Any]:
@@ -94,8 +98,11 @@ class Strictness:
         if self.pagination.branch_page_size < 0:
             raise ValueError("pagination.branch_page_size: expected >= 0 (0: no default page)")
         ops, background = self.operations, self.background
-        for name, share in (("operations.failure_share", ops.failure_share),
-                            ("operations.cancel_share", ops.cancel_share), ("background.share", background.share)):
+        for name, share in (
+            ("operations.failure_share", ops.failure_share),
+            ("operations.cancel_share", ops.cancel_share),
+            ("background.share", background.share),
+        ):
             if not 0.0 <= share <= 1.0:
                 raise ValueError(f"{name}: expected a share between 0 and 1")
         if ops.failures < 1 or ops.retry_seconds < 0 or background.seconds <= 0:
