@@ -55,9 +55,14 @@ DESELECT = {
     "abandon that follows is refused (409) until the step has parked again",
 }
 MODES = ("strict", "lenient")
-# Every local stack (tools.soak, tools.chaos, the demo) puts its instances in 127.42.0.0/16
-# (devstack.demo.DEMO_VPC_CIDR); another stack on the machine answers for the same addresses.
-DEMO_NETWORK = "127.42."
+# The demo puts its instances in 127.42.0.0/16 and each tools.soak / tools.chaos stack in one of
+# 127.50-99 (devstack.demo.ensure_demo_network); another stack on the machine may listen there.
+INSTANCE_NETWORK_OCTETS = {42, *range(50, 100)}
+
+
+def _in_instance_network(ip: str) -> bool:
+    parts = ip.split(".")
+    return len(parts) == 4 and parts[0] == "127" and int(parts[1]) in INSTANCE_NETWORK_OCTETS
 
 
 def _run(args: list[str], timeout: float) -> tuple[float, subprocess.CompletedProcess]:
@@ -119,7 +124,7 @@ def demo_network_listeners() -> list[str]:
         {
             f"{c.laddr.ip}:{c.laddr.port}"
             for c in psutil.net_connections(kind="tcp")
-            if c.status == psutil.CONN_LISTEN and c.laddr and c.laddr.ip.startswith(DEMO_NETWORK)
+            if c.status == psutil.CONN_LISTEN and c.laddr and _in_instance_network(c.laddr.ip)
         }
     )
 

@@ -18,29 +18,32 @@ DEMO_VPC_TAG = "tenantflow-demo-vpc"
 
 
 # Loopback, so that every instance's private IP is an address its agent really listens on (the
-# boot emulator refuses instances outside 127/8).
-DEMO_VPC_CIDR = "127.42.0.0/16"
+# boot emulator refuses instances outside 127/8): 127.<octet>.0.0/16. Stacks running side by side on
+# one machine (the soak, the chaos run, the crash suite) each take their own octet: instance
+# addresses are host addresses here, and two stacks on one network answer for each other's agents.
+DEMO_NETWORK_OCTET = 42
 
 
-def ensure_demo_network(endpoint_url: str, region: str) -> tuple[str, list[str]]:
+def ensure_demo_network(endpoint_url: str, region: str, octet: int = DEMO_NETWORK_OCTET) -> tuple[str, list[str]]:
     """A VPC with two subnets in two zones, all tagged, found by tag so a restarted stack reuses them."""
     ec2 = moto_ec2_client(endpoint_url, region)
     tags = [{"Key": "Name", "Value": DEMO_VPC_TAG}]
+    cidr = f"127.{octet}.0.0/16"
     found = ec2.describe_vpcs(
-        Filters=[{"Name": "tag:Name", "Values": [DEMO_VPC_TAG]}, {"Name": "cidr", "Values": [DEMO_VPC_CIDR]}]
+        Filters=[{"Name": "tag:Name", "Values": [DEMO_VPC_TAG]}, {"Name": "cidr", "Values": [cidr]}]
     )["Vpcs"]
     if found:
         vpc_id = found[0]["VpcId"]
     else:
-        vpc_id = ec2.create_vpc(CidrBlock=DEMO_VPC_CIDR, TagSpecifications=[{"ResourceType": "vpc", "Tags": tags}])[
-            "Vpc"
-        ]["VpcId"]
+        vpc_id = ec2.create_vpc(CidrBlock=cidr, TagSpecifications=[{"ResourceType": "vpc", "Tags": tags}])["Vpc"][
+            "VpcId"
+        ]
     subnets = ec2.describe_subnets(Filters=[{"Name": "vpc-id", "Values": [vpc_id]}])["Subnets"]
     if not subnets:
         for i, zone in enumerate((f"{region}a", f"{region}b")):
             ec2.create_subnet(
                 VpcId=vpc_id,
-                CidrBlock=f"127.42.{i}.0/24",
+                CidrBlock=f"127.{octet}.{i}.0/24",
                 AvailabilityZone=zone,
                 TagSpecifications=[{"ResourceType": "subnet", "Tags": tags}],
             )

@@ -29,6 +29,7 @@ import argparse
 import asyncio
 import json
 import os
+import random
 import signal
 import sys
 import tempfile
@@ -85,6 +86,8 @@ class StackHarness:
         ports = {name: free_port() for name in PORT_FIELDS}
         self.settings = StackSettings(state_dir=str(state_dir), **ports, **overrides)
         self.stack = LocalStack(self.settings)
+        # Its own loopback network (devstack.demo), clear of the demo's (42) and the tests' (100-249).
+        self.network_octet = random.randint(50, 99)
         # Children inherit os.environ (the stack's env overrides it): settings the stack does not
         # forward (registration timeout, heartbeat interval) reach the worker and API this way.
         self._extra_env = {f"TENANTFLOW_{k.upper()}": str(v) for k, v in overrides.items()}
@@ -210,7 +213,7 @@ class StackHarness:
     def network(self) -> tuple[str, list[str]]:
         from devstack.demo import ensure_demo_network
 
-        return ensure_demo_network(self.stack.aws_endpoint, self.settings.aws_region)
+        return ensure_demo_network(self.stack.aws_endpoint, self.settings.aws_region, self.network_octet)
 
     def inventory(self) -> dict:
         """Cloud resources (moto + Neon) and the records that should account for them."""
