@@ -6,7 +6,9 @@
     python starter.py watch acme
     python starter.py orgs [--status suspended,deleting] [--prefix ac]   # every org, its operation
     python starter.py quota acme --max-workspaces 10 --max-tier 3 --billing-plan pro
-    python starter.py mint-key acme --name ci            # prints the org API key once
+    python starter.py mint-key acme --name ci [--scopes read,workspaces:write] [--expires-at 2027-01-01T00:00:00Z]
+    python starter.py operator-token create alice        # prints a named operator token once
+    python starter.py operator-token list | revoke tfo_0123456789ab
     python starter.py workspace create --name agent-1 --role "Inference worker" --runtime hermes \\
         --tier 2 --model claude-sonnet-4                  # as the tenant: TENANTFLOW_ORG_KEY
     python starter.py workspace list
@@ -18,9 +20,10 @@
     python starter.py retry acme | abandon acme           # decide on a parked step (or retry a failed onboarding)
     python starter.py audit acme                         # the trail, and whether the chain verifies
 
-The API URL comes from TENANTFLOW_API_URL (default http://127.0.0.1:8080), the operator secret
-from TENANTFLOW_PROVISION_SECRET and the tenant's key from TENANTFLOW_ORG_KEY; on the local stack
-both fall back to the saved state (the demo org's key). Exit status: 0 when the operation ends
+The API URL comes from TENANTFLOW_API_URL (default http://127.0.0.1:8080), the operator's
+credential from TENANTFLOW_OPERATOR_TOKEN (a named token) or else TENANTFLOW_PROVISION_SECRET (the
+deprecated shared secret), and the tenant's key from TENANTFLOW_ORG_KEY; on the local stack the
+secret and the key fall back to the saved state (the demo org's key). Exit status: 0 when the operation ends
 well, 1 when it fails, 2 on a refused request.
 """
 
@@ -94,8 +97,18 @@ class OperatorClient(ApiClient):
     def set_quota(self, slug: str, **body: Any) -> dict:
         return self.request("PATCH", f"/api/v1/orgs/{slug}", body)[1]
 
-    def mint_key(self, slug: str, name: str) -> dict:
-        return self.request("POST", f"/api/v1/orgs/{slug}/keys", {"name": name})[1]
+    def mint_key(self, slug: str, name: str, scopes: list[str] | None = None, expires_at: str | None = None) -> dict:
+        body = {"name": name, "scopes": scopes, "expires_at": expires_at}
+        return self.request("POST", f"/api/v1/orgs/{slug}/keys", {k: v for k, v in body.items() if v})[1]
+
+    def create_operator_token(self, name: str) -> dict:
+        return self.request("POST", "/api/v1/operator-tokens", {"name": name})[1]
+
+    def operator_tokens(self) -> list[dict]:
+        return self.request("GET", "/api/v1/operator-tokens")[1]["tokens"]
+
+    def revoke_operator_token(self, token_id: str) -> dict:
+        return self.request("DELETE", f"/api/v1/operator-tokens/{token_id}")[1]
 
     def suspend(self, slug: str, reason: str | None = None, stop_instances: bool = False) -> dict:
         return self.request(
@@ -273,6 +286,13 @@ def _parser() -> argparse.ArgumentParser:
     mint = sub.add_parser("mint-key", help="mint an org API key (shown once)")
     mint.add_argument("slug")
     mint.add_argument("--name", default="operator-minted")
+    mint.add_argument("--scopes", help="comma-separated among read, workspaces:write, keys:admin (default: all)")
+    mint.add_argument("--expires-at", help="ISO 8601 time with a zone, e.g. 2027-01-01T00:00:00Z (default: never)")
+    tokens = sub.add_parser("operator-token", help="named operator tokens: create (shown once), list, revoke")
+    tokens_sub = tokens.add_subparsers(dest="token_command", required=True)
+    tokens_sub.add_parser("create", help="a new token for NAME (a second one while rotating)").add_argument("name")
+    tokens_sub.add_parser("list", help="every token, without secrets")
+    tokens_sub.add_parser("revoke", help="revoke a token by id (tfo_<id>)").add_argument("token_id")
     suspend = sub.add_parser("suspend", help="suspend an org: keys revoked, creation frozen")
     suspend.add_argument("slug")
     suspend.add_argument("--reason")
@@ -350,8 +370,26 @@ def _quota(client: OperatorClient, args: argparse.Namespace, out: TextIO) -> int
 
 
 def _mint_key(client: OperatorClient, args: argparse.Namespace, out: TextIO) -> int:
-    key = client.mint_key(args.slug, args.name)
-    out.write(f"{key['key']}\n(shown once: store it now; id {key['id']})\n")
+    scopes = [s for s in args.scopes.split(",") if s] if args.scopes else None
+    key = client.mint_key(args.slug, args.name, scopes, args.expires_at)
+    expiry = f", expires {key['expires_at']}" if key["expires_at"] else ""
+    out.write(f"{key['key']}\n(shown once: store it now; id {key['id']}, scopes {','.join(key['scopes'])}{expiry})\n")
+    return 0
+
+
+def _operator_token(client: OperatorClient, args: argparse.Namespace, out: TextIO) -> int:
+    if args.token_command == "create":
+        token = client.create_operator_token(args.name)
+        out.write(
+            f"{token['token']}\n(shown once: store it now; id {token['prefix']}; use it as TENANTFLOW_OPERATOR_TOKEN)\n"
+        )
+    elif args.token_command == "list":
+        for t in client.operator_tokens():
+            state = "revoked" if t["revoked"] else f"last used {t['last_used_at'] or 'never'}"
+            out.write(f"{t['prefix']}  {t['name']:<24} created {t['created_at']} by {t['created_by']}  {state}\n")
+    else:
+        revoked = client.revoke_operator_token(args.token_id)
+        out.write(f"revoked {revoked['prefix']} ({revoked['name']})\n")
     return 0
 
 
@@ -444,11 +482,13 @@ OPERATOR_COMMANDS: dict[str, Callable[[OperatorClient, argparse.Namespace, TextI
     "orgs": _orgs,
     "teardowns": _teardowns,
     "audit": _audit,
+    "operator-token": _operator_token,
 }
 
 
 def _operator_command(args: argparse.Namespace, out: TextIO) -> int:
-    client = OperatorClient(args.api_url, _local_secret("TENANTFLOW_PROVISION_SECRET", "provision_secret"))
+    token = os.environ.get("TENANTFLOW_OPERATOR_TOKEN")
+    client = OperatorClient(args.api_url, token or _local_secret("TENANTFLOW_PROVISION_SECRET", "provision_secret"))
     return OPERATOR_COMMANDS.get(args.command, _status)(client, args, out)
 
 

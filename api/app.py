@@ -10,15 +10,17 @@ from pathlib import Path
 from aiohttp import web
 from temporalio.client import Client
 
-from api import lifecycle, org_keys, orgs, registry, workspaces
+from api import lifecycle, operator_tokens, org_keys, orgs, registry, workspaces
+from api.auth import bootstrap_deprecation_middleware
 from api.errors import error_middleware
 from api.observability import METRICS, create_metrics, healthz, metrics, metrics_middleware, readyz
 from api.progress import ProgressQueries
 from api.ratelimit import LIMITER, RateLimiter, rate_limit_middleware
-from api.state import AUDIT, ORG_KEYS, ORGS, POOL, PROGRESS, SETTINGS, TEMPORAL, WORKSPACES
+from api.state import AUDIT, OPERATOR_TOKENS, ORG_KEYS, ORGS, POOL, PROGRESS, SETTINGS, TEMPORAL, WORKSPACES
 from api.versioning import add_versioned_routes, deprecation_middleware
 from db.audit import AuditRepo
 from db.keys import OrgKeyRepo
+from db.operators import OperatorTokenRepo
 from db.orgs import OrgRepo
 from db.pool import open_pool
 from db.workspaces import WorkspaceRepo
@@ -38,7 +40,13 @@ async def serve_spec(_: web.Request) -> web.Response:
 def create_app(settings: Settings, *, temporal: Client | None = None) -> web.Application:
     """The app; it opens its own pool and (lazily) its Temporal client unless one is given."""
     app = web.Application(
-        middlewares=[metrics_middleware, deprecation_middleware, error_middleware, rate_limit_middleware],
+        middlewares=[
+            metrics_middleware,
+            deprecation_middleware,
+            bootstrap_deprecation_middleware,
+            error_middleware,
+            rate_limit_middleware,
+        ],
         client_max_size=MAX_BODY_BYTES,
     )
     app[METRICS] = create_metrics()
@@ -53,7 +61,8 @@ def create_app(settings: Settings, *, temporal: Client | None = None) -> web.App
         )
         app[POOL] = pool
         app[ORGS] = OrgRepo(pool)
-        app[ORG_KEYS] = OrgKeyRepo(pool)
+        app[ORG_KEYS] = OrgKeyRepo(pool, max_live_per_org=settings.max_live_keys_per_org)
+        app[OPERATOR_TOKENS] = OperatorTokenRepo(pool)
         app[WORKSPACES] = WorkspaceRepo(pool)
         app[AUDIT] = AuditRepo(pool)
         app[TEMPORAL] = temporal or await connect_temporal(lazy=True)
@@ -65,6 +74,7 @@ def create_app(settings: Settings, *, temporal: Client | None = None) -> web.App
 
     app.cleanup_ctx.append(resources)
     add_versioned_routes(app, *(module.routes for module in (orgs, org_keys, workspaces, registry, lifecycle)))
+    app.add_routes(operator_tokens.routes)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics)

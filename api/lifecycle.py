@@ -12,7 +12,7 @@ from typing import Any
 import structlog
 from aiohttp import web
 
-from api.auth import require_operator
+from api.auth import principal, require_operator
 from api.commands import send_command
 from api.errors import ApiError, read_json
 from api.lookup import org_or_404, org_progress, slug_param
@@ -56,7 +56,10 @@ async def suspend(request: web.Request) -> web.Response:
     org = await org_or_404(request)
     req = SuspendRequest.model_validate(await _optional_json(request))
     state = await send_command(
-        request, org, OrgWorkflow.suspend, SuspendCommand(reason=req.reason, stop_instances=req.stop_instances)
+        request,
+        org,
+        OrgWorkflow.suspend,
+        SuspendCommand(actor=principal(request), reason=req.reason, stop_instances=req.stop_instances),
     )
     log.info("org suspension accepted", org_slug=org["slug"], org_id=org["id"])
     return _accepted(state)
@@ -65,7 +68,7 @@ async def suspend(request: web.Request) -> web.Response:
 @routes.post("/cp/orgs/{slug}/resume")
 async def resume(request: web.Request) -> web.Response:
     org = await org_or_404(request)
-    state = await send_command(request, org, OrgWorkflow.resume, ResumeCommand())
+    state = await send_command(request, org, OrgWorkflow.resume, ResumeCommand(actor=principal(request)))
     log.info("org resume accepted", org_slug=org["slug"], org_id=org["id"])
     return _accepted(state)
 
@@ -83,7 +86,7 @@ async def hard_delete(request: web.Request) -> web.Response:
             "ORG_HAS_WORKSPACES",
             f'org has {len(live)} workspace(s): send "delete_workspaces": true to terminate them with the org',
         )
-    state = await send_command(request, org, OrgWorkflow.delete, DeleteCommand())
+    state = await send_command(request, org, OrgWorkflow.delete, DeleteCommand(actor=principal(request)))
     log.info("org deletion accepted", org_slug=org["slug"], org_id=org["id"])
     return _accepted(state)
 
@@ -92,7 +95,7 @@ async def _decide(request: web.Request, decision: str) -> web.Response:
     org = await org_or_404(request)
     update = OrgWorkflow.retry if decision == "retry" else OrgWorkflow.abandon
     before = await org_progress(request, org)
-    state = await send_command(request, org, update, DecisionCommand())
+    state = await send_command(request, org, update, DecisionCommand(actor=principal(request)))
     log.info("operator decision", org_slug=org["slug"], decision=decision, step=before.step if before else None)
     return _accepted(state, decision=decision, step=before.step if before else None)
 
@@ -122,7 +125,7 @@ async def abandon_teardown(request: web.Request) -> web.Response:
 @routes.get("/cp/teardowns")
 async def list_teardowns(request: web.Request) -> web.Response:
     """Orgs being deleted, with the step each is on and whether it waits for an operator."""
-    require_operator(request)
+    await require_operator(request)
     result = []
     for org in await request.app[ORGS].page(statuses=[OrgStatus.deleting.value], limit=1000):
         progress = await org_progress(request, org)
@@ -142,7 +145,7 @@ async def list_teardowns(request: web.Request) -> web.Response:
 @routes.get("/cp/orgs/{slug}/audit")
 async def org_audit(request: web.Request) -> web.Response:
     """The org's audit records (they outlive it) and a verification of the whole chain."""
-    require_operator(request)
+    await require_operator(request)
     slug = slug_param(request)
     records, chain = await request.app[AUDIT].trail(slug)
     if not records:

@@ -11,7 +11,7 @@ from typing import Any
 import structlog
 from aiohttp import web
 
-from api.auth import require_operator
+from api.auth import principal, require_operator
 from api.commands import send_command, start_entity
 from api.errors import ApiError, read_json
 from api.lookup import SLUG, org_or_404, org_progress, slug_param
@@ -58,7 +58,7 @@ def org_view(row: dict[str, Any], progress: Progress | None = None) -> dict[str,
 
 @routes.post("/cp/orgs")
 async def create_org(request: web.Request) -> web.Response:
-    require_operator(request)
+    actor = await require_operator(request)
     dry_run = request.query.get("dry_run", "false").lower()
     if dry_run not in ("true", "false"):
         raise ApiError(400, "VALIDATION_FAILED", "dry_run must be true or false")
@@ -81,7 +81,7 @@ async def create_org(request: web.Request) -> web.Response:
         **req.model_dump(),
         request_hash=req.request_hash(),
         neon_mode=settings.neon_mode,
-        actor="operator",
+        actor=actor,
     )
     if not created and row["request_hash"] != req.request_hash():
         raise ApiError(
@@ -124,7 +124,7 @@ def _encode_cursor(slug: str) -> str:
 async def list_orgs(request: web.Request) -> web.Response:
     """Every org, by slug: ``?status=a,b`` filters, ``?prefix=`` searches slugs, ``?limit=`` and
     ``?cursor=`` page (the answer's ``next_cursor``)."""
-    require_operator(request)
+    await require_operator(request)
     q = request.query
     statuses = [s for s in q.get("status", "").split(",") if s]
     unknown = sorted(set(statuses) - {s.value for s in OrgStatus} - {"deleted"})
@@ -168,7 +168,7 @@ async def list_orgs(request: web.Request) -> web.Response:
 
 @routes.get("/cp/orgs/{slug}")
 async def get_org(request: web.Request) -> web.Response:
-    require_operator(request)
+    await require_operator(request)
     slug = slug_param(request)
     row = await request.app[ORGS].get_by_slug(slug)
     if row is None:
@@ -197,5 +197,5 @@ async def update_quota(request: web.Request) -> web.Response:
     fields = update.model_dump(exclude_none=True)
     if not fields:
         raise ApiError(400, "VALIDATION_FAILED", "give at least one of max_workspaces, max_tier, billing_plan")
-    await send_command(request, row, OrgWorkflow.set_quota, QuotaCommand(actor="operator", **fields))
+    await send_command(request, row, OrgWorkflow.set_quota, QuotaCommand(actor=principal(request), **fields))
     return web.json_response(org_view(await request.app[ORGS].get(row["id"]) or row))

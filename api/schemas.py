@@ -7,10 +7,11 @@ import hashlib
 import json
 from typing import Annotated
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints
 
 from domain.org_entity import Plan, Quotas
 from domain.resources import Tier
+from domain.scopes import Scope
 
 # Slugs become subdomains, Neon branch names and AWS tags: DNS-label rules, 3 to 40 chars.
 Slug = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9-]{1,38}[a-z0-9]$")]
@@ -69,6 +70,18 @@ class WorkspaceCreateRequest(Strict):
 
 class KeyCreateRequest(Strict):
     name: KeyName
+    # None: the minter's own scopes (the operator's: all of them).
+    scopes: Annotated[list[Scope], Field(min_length=1, max_length=len(Scope))] | None = None
+    # None: never, or the minting key's own expiry if it has one.
+    expires_at: AwareDatetime | None = None
+
+
+# The audit actor is operator:<name>: a plain identifier ("bootstrap" is the shared secret's).
+OperatorName = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9._-]{1,39}$")]
+
+
+class OperatorTokenCreateRequest(Strict):
+    name: OperatorName
 
 
 class AgentRegisterRequest(Strict):

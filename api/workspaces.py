@@ -12,7 +12,7 @@ from aiohttp import web
 from temporalio.client import Client
 from temporalio.service import RPCError
 
-from api.auth import require_org_key
+from api.auth import requires, tenant_org
 from api.errors import ApiError, read_json
 from api.lookup import org_or_404
 from api.schemas import WorkspaceCreateRequest
@@ -30,6 +30,7 @@ from domain.operations import (
 )
 from domain.provision_workspace import ProvisionWorkspaceInput
 from domain.resources import TIER_INSTANCE_TYPES
+from domain.scopes import Scope
 from domain.settings import Settings
 from domain.status import WorkspaceStatus
 from workflows.deprovision_workspace import DeprovisionWorkspaceWorkflow
@@ -114,7 +115,7 @@ async def workspace_progress(request: web.Request, row: dict[str, Any]) -> Progr
 
 async def tenant_workspace(request: web.Request) -> tuple[dict[str, Any], dict[str, Any]]:
     """The caller's org and one of its workspaces; another org's workspace is simply not found."""
-    org = await require_org_key(request)
+    org = tenant_org(request)
     workspace_id = request.match_info["workspace_id"]
     row = await request.app[WORKSPACES].get(workspace_id, org["id"]) if _WORKSPACE_ID.match(workspace_id) else None
     if row is None or row["status"] == WorkspaceStatus.deleted:
@@ -123,8 +124,9 @@ async def tenant_workspace(request: web.Request) -> tuple[dict[str, Any], dict[s
 
 
 @routes.post("/workspaces")
+@requires(Scope.workspaces_write)
 async def create_workspace(request: web.Request) -> web.Response:
-    org = await require_org_key(request)
+    org = tenant_org(request)
     req = WorkspaceCreateRequest.model_validate(await read_json(request))
     settings = request.app[SETTINGS]
     repo = request.app[WORKSPACES]
@@ -171,19 +173,22 @@ async def create_workspace(request: web.Request) -> web.Response:
 
 
 @routes.get("/workspaces")
+@requires(Scope.read)
 async def list_workspaces(request: web.Request) -> web.Response:
-    org = await require_org_key(request)
+    org = tenant_org(request)
     rows = await request.app[WORKSPACES].list(org["id"])
     return web.json_response({"workspaces": [workspace_view(r) for r in rows]})
 
 
 @routes.get("/workspaces/{workspace_id}")
+@requires(Scope.read)
 async def get_workspace(request: web.Request) -> web.Response:
     _, row = await tenant_workspace(request)
     return web.json_response(workspace_view(row, await workspace_progress(request, row)))
 
 
 @routes.delete("/workspaces/{workspace_id}")
+@requires(Scope.workspaces_write)
 async def delete_workspace(request: web.Request) -> web.Response:
     org, row = await tenant_workspace(request)
     settings = request.app[SETTINGS]

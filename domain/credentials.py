@@ -1,5 +1,5 @@
-"""Platform-issued secrets: org API keys (``tfk_``), registration tokens (``tfr_``) and workspace
-tokens (``tfw_``).
+"""Platform-issued secrets: org API keys (``tfk_``), registration tokens (``tfr_``), workspace
+tokens (``tfw_``) and operator tokens (``tfo_``).
 
 A secret is ``<prefix>_<id>_<random>``: the prefix lets secret scanners recognise it, the id finds
 its record, and only a SHA-256 of the whole secret is stored (the random part carries 256 bits,
@@ -18,7 +18,8 @@ from dataclasses import dataclass
 ORG_KEY = "tfk"
 REGISTRATION_TOKEN = "tfr"
 WORKSPACE_TOKEN = "tfw"
-_FORMAT = re.compile(r"^(tf[krw])_([0-9a-f]{12})_([A-Za-z0-9_-]{43})$")
+OPERATOR_TOKEN = "tfo"
+_FORMAT = re.compile(r"^(tf[krwo])_([0-9a-f]{12})_([A-Za-z0-9_-]{43})$")
 
 
 @dataclass(frozen=True)

@@ -27,8 +27,11 @@ class Settings(BaseSettings):
     database_pool_min: int = 1
     database_pool_max: int = 10
 
-    # Operator authentication for /cp routes: Authorization: Bearer <provision secret>.
+    # Operator authentication: named operator tokens (tfo_..., POST /api/v1/operator-tokens), or
+    # this shared secret, kept as a deprecated bootstrap (its uses are logged and flagged).
     provision_secret: SecretStr = SecretStr("")
+    # How many unrevoked, unexpired API keys one org may hold at once.
+    max_live_keys_per_org: int = 25
 
     # API server.
     api_host: str = "127.0.0.1"

@@ -131,6 +131,7 @@ class FuzzEnv:
         self.held_slug = ""  # an active org the fuzzer may suspend (its suspension is held open)
         self.failed_slug = ""  # a failed org whose onboarding the fuzzer may retry
         self.spare_key_id = ""  # the key DELETE /api/v1/keys/{key_id} may revoke
+        self.spare_operator_token_id = ""  # the token DELETE /api/v1/operator-tokens/{token_id} may revoke
         self.workspace_id = ""
         self.registration_token = ""
         self.workspace_token = ""
@@ -153,6 +154,8 @@ async def fuzz_env(settings, dev_env, pool, ec2):
             # rate limiting would hide the handlers from it.
             "rate_limit_per_minute": 1_000_000.0,
             "rate_limit_burst": 1_000_000,
+            # Both mint routes mint for the same org: the cap's 409 would hide their success.
+            "max_live_keys_per_org": 100_000,
         }
     )
     suffix = uuid.uuid4().hex[:8]
@@ -180,6 +183,9 @@ async def fuzz_env(settings, dev_env, pool, ec2):
             resp = env.post("/api/v1/keys", {"name": "spare"}, env.org_key)
             assert resp.status_code == 201, resp.text
             env.spare_key_id = resp.json()["id"]
+            resp = env.post("/api/v1/operator-tokens", {"name": "fuzz-spare"}, env.operator)
+            assert resp.status_code == 201, resp.text
+            env.spare_operator_token_id = resp.json()["id"]
             resp = env.post(
                 "/api/v1/workspaces",
                 {"name": "fuzz-agent", "role": "Fuzzed", "runtime": "hermes", "tier": 1, "model": "claude-sonnet-4"},
@@ -261,6 +267,8 @@ def steer(case, env: FuzzEnv) -> None:
     if "key_id" in params:
         # A spare key: revoking the fuzzer's own key would turn every later tenant request into a 401.
         params["key_id"] = ("tfk_" if choice % 2 else "") + env.spare_key_id
+    if "token_id" in params:
+        params["token_id"] = ("tfo_" if choice % 2 else "") + env.spare_operator_token_id
     if case.headers and "X-Org-Slug" in case.headers:
         case.headers["X-Org-Slug"] = env.org_slug
     if isinstance(case.body, dict):
