@@ -8,6 +8,7 @@ from typing import Any
 from aiohttp import web
 
 from api.errors import ApiError
+from api.ratelimit import limit_principal
 from api.state import ORG_KEYS, SETTINGS, TENANT_ORG
 
 
@@ -19,7 +20,7 @@ def bearer_token(request: web.Request) -> str | None:
     return token.strip()
 
 
-def require_operator(request: web.Request) -> None:
+async def require_operator(request: web.Request) -> None:
     expected = request.app[SETTINGS].provision_secret.get_secret_value()
     token = bearer_token(request)
     # An unset secret refuses everyone rather than admitting an empty bearer.
@@ -29,6 +30,7 @@ def require_operator(request: web.Request) -> None:
         or not hmac.compare_digest(token.encode("utf-8", "surrogateescape"), expected.encode())
     ):
         raise ApiError(401, "UNAUTHORIZED", "operator credentials required: Authorization: Bearer <provision secret>")
+    await limit_principal(request, "operator:bootstrap")
 
 
 # What the tenant's subdomain would carry at the edge; it may only agree with the key.
@@ -42,6 +44,7 @@ async def require_org_key(request: web.Request) -> dict[str, Any]:
     org = await request.app[ORG_KEYS].authenticate(token) if token else None
     if org is None:
         raise ApiError(401, "UNAUTHORIZED", "a valid org API key is required: Authorization: Bearer tfk_...")
+    await limit_principal(request, f"org:{org['id']}")
     routed = request.headers.get(ORG_ROUTING_HEADER)
     if routed is not None and routed != org["slug"]:
         raise ApiError(403, "ORG_MISMATCH", f"{ORG_ROUTING_HEADER} does not match the org of this key")

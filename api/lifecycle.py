@@ -122,7 +122,7 @@ async def abandon_teardown(request: web.Request) -> web.Response:
 @routes.get("/cp/teardowns")
 async def list_teardowns(request: web.Request) -> web.Response:
     """Orgs being deleted, with the step each is on and whether it waits for an operator."""
-    require_operator(request)
+    await require_operator(request)
     result = []
     for org in await request.app[ORGS].page(statuses=[OrgStatus.deleting.value], limit=1000):
         progress = await org_progress(request, org)
@@ -142,7 +142,7 @@ async def list_teardowns(request: web.Request) -> web.Response:
 @routes.get("/cp/orgs/{slug}/audit")
 async def org_audit(request: web.Request) -> web.Response:
     """The org's audit records (they outlive it) and a verification of the whole chain."""
-    require_operator(request)
+    await require_operator(request)
     slug = slug_param(request)
     records, chain = await request.app[AUDIT].trail(slug)
     if not records:

@@ -14,7 +14,7 @@ from domain.operations import Progress
 from domain.org_entity import legacy_run_id
 from domain.status import OrgStatus
 
-SLUG = re.compile(r"^[a-z][a-z0-9-]{1,38}[a-z0-9]$")
+SLUG = re.compile(r"[a-z][a-z0-9-]{1,38}[a-z0-9]")
 _TRANSITIONAL = {OrgStatus.provisioning, OrgStatus.suspending, OrgStatus.resuming, OrgStatus.deleting}
 
 
@@ -27,7 +27,7 @@ def slug_param(request: web.Request) -> str:
 
 async def org_or_404(request: web.Request) -> dict[str, Any]:
     """For operator routes under /cp/orgs/{slug}: authenticated, validated, existing."""
-    require_operator(request)
+    await require_operator(request)
     slug = slug_param(request)
     row = await request.app[ORGS].get_by_slug(slug)
     if row is None:

@@ -16,7 +16,7 @@ from api.state import ORG_KEYS
 from db.keys import OrgNotActive
 
 routes = web.RouteTableDef()
-_KEY_ID = re.compile(r"^[0-9a-f]{12}$")
+_KEY_ID = re.compile(r"[0-9a-f]{12}")
 
 
 def key_view(row: dict[str, Any]) -> dict[str, Any]:
@@ -63,7 +63,7 @@ async def revoke_key(request: web.Request) -> web.Response:
     key_id = request.match_info["key_id"].removeprefix("tfk_")
     row = (
         await request.app[ORG_KEYS].revoke(org, key_id, actor=f"org_key:{org['key_id']}")
-        if _KEY_ID.match(key_id)
+        if _KEY_ID.fullmatch(key_id)
         else None
     )
     if row is None:

@@ -25,7 +25,7 @@ from workflows.org import OrgWorkflow
 
 routes = web.RouteTableDef()
 log = structlog.get_logger("tenantflow.api")
-_SLUG_PREFIX = re.compile(r"^[a-z0-9-]{1,40}$")
+_SLUG_PREFIX = re.compile(r"[a-z0-9-]{1,40}")
 MAX_PAGE = 200
 
 
@@ -58,7 +58,7 @@ def org_view(row: dict[str, Any], progress: Progress | None = None) -> dict[str,
 
 @routes.post("/cp/orgs")
 async def create_org(request: web.Request) -> web.Response:
-    require_operator(request)
+    await require_operator(request)
     dry_run = request.query.get("dry_run", "false").lower()
     if dry_run not in ("true", "false"):
         raise ApiError(400, "VALIDATION_FAILED", "dry_run must be true or false")
@@ -124,7 +124,7 @@ def _encode_cursor(slug: str) -> str:
 async def list_orgs(request: web.Request) -> web.Response:
     """Every org, by slug: ``?status=a,b`` filters, ``?prefix=`` searches slugs, ``?limit=`` and
     ``?cursor=`` page (the answer's ``next_cursor``)."""
-    require_operator(request)
+    await require_operator(request)
     q = request.query
     statuses = [s for s in q.get("status", "").split(",") if s]
     unknown = sorted(set(statuses) - {s.value for s in OrgStatus} - {"deleted"})
@@ -168,7 +168,7 @@ async def list_orgs(request: web.Request) -> web.Response:
 
 @routes.get("/cp/orgs/{slug}")
 async def get_org(request: web.Request) -> web.Response:
-    require_operator(request)
+    await require_operator(request)
     slug = slug_param(request)
     row = await request.app[ORGS].get_by_slug(slug)
     if row is None:
