@@ -59,6 +59,8 @@ def required_env(command: str) -> set[str]:
         "worker": WORKER_ONLY_ENV,
         "check": API_ONLY_ENV | WORKER_ONLY_ENV,
     }.get(command, set())
+
+
 # The Temporal SDK's environment configuration (temporalio.envconfig).
 TEMPORAL_ENV = {
     "TEMPORAL_ADDRESS",
