@@ -22,12 +22,11 @@ from pydantic import SecretStr
 from api.app import create_app
 from api.ratelimit import Refusals, client_address
 from db.keys import OrgKeyRepo
-from db.orgs import OrgRepo
 from db.pool import open_pool
 from db.ratelimit import RateLimitRepo
 from devstack.postgres import ensure_database
 from devstack.procs import free_port, spawn, stop, wait_for_port
-from tests.conftest import new_org_id
+from tests.helpers import active_org_key
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -163,26 +162,13 @@ async def test_500_random_bearer_tokens_from_one_address_are_limited(limited_app
 
 async def test_an_org_is_limited_across_all_its_keys_and_others_are_not(limited_app, limits_pool):
     client, _ = limited_app
-    orgs = OrgRepo(limits_pool)
-    keys = OrgKeyRepo(limits_pool)
     secrets_by_org = []
     for _ in range(2):
-        slug = f"rl-{secrets.token_hex(4)}"
-        row, _ = await orgs.create_or_get(
-            org_id=new_org_id(),
-            name=slug,
-            slug=slug,
-            plan="pro",
-            vpc_id="vpc-0123456789",
-            subnet_ids=["subnet-0123456789"],
-            request_hash=slug,
-            neon_mode="branch",
-            actor="test",
-        )
-        await orgs.update(row["id"], actor="test", status="active")
-        active = await orgs.get(row["id"])
-        assert active is not None
-        secrets_by_org.append([(await keys.mint(active, f"k{i}", actor="test"))[1] for i in range(3)])
+        first = await active_org_key(limits_pool, f"rl-{secrets.token_hex(4)}")
+        org = await OrgKeyRepo(limits_pool).authenticate(first)
+        assert org is not None
+        more = [(await OrgKeyRepo(limits_pool).mint(org, f"k{i}", actor="test"))[1] for i in range(2)]
+        secrets_by_org.append([first, *more])
     noisy, quiet = secrets_by_org
     # Three keys of one org, from three addresses: one bucket of 20.
     statuses = [
