@@ -15,7 +15,7 @@ from api.auth import bootstrap_deprecation_middleware
 from api.errors import error_middleware
 from api.observability import METRICS, create_metrics, healthz, metrics, metrics_middleware, readyz
 from api.progress import ProgressQueries
-from api.ratelimit import LIMITER, RateLimiter, rate_limit_middleware
+from api.ratelimit import rate_limit_middleware, rate_limits_context
 from api.state import AUDIT, OPERATOR_TOKENS, ORG_KEYS, ORGS, POOL, PROGRESS, SETTINGS, TEMPORAL, WORKSPACES
 from api.versioning import add_versioned_routes, deprecation_middleware
 from db.audit import AuditRepo
@@ -51,7 +51,6 @@ def create_app(settings: Settings, *, temporal: Client | None = None) -> web.App
     )
     app[METRICS] = create_metrics()
     app[SETTINGS] = settings
-    app[LIMITER] = RateLimiter(settings.rate_limit_per_minute, settings.rate_limit_burst)
 
     async def resources(app: web.Application) -> AsyncIterator[None]:
         pool = await open_pool(
@@ -73,6 +72,7 @@ def create_app(settings: Settings, *, temporal: Client | None = None) -> web.App
         await pool.close()
 
     app.cleanup_ctx.append(resources)
+    app.cleanup_ctx.append(rate_limits_context(settings))
     add_versioned_routes(app, *(module.routes for module in (orgs, org_keys, workspaces, registry, lifecycle)))
     app.add_routes(operator_tokens.routes)
     app.router.add_get("/healthz", healthz)

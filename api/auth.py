@@ -19,6 +19,7 @@ from aiohttp import web
 from aiohttp.typedefs import Handler
 
 from api.errors import ApiError
+from api.ratelimit import limit_principal
 from api.state import OPERATOR_TOKENS, ORG_KEYS, PRINCIPAL, SETTINGS, TENANT_ORG
 from db.keys import KeyExpired
 from domain.scopes import Scope
@@ -57,6 +58,7 @@ async def require_operator(request: web.Request) -> str:
         who = f"operator:{name}"
     if who is None:
         raise ApiError(401, "UNAUTHORIZED", "operator credentials required: Authorization: Bearer <operator token>")
+    await limit_principal(request, who)
     request[PRINCIPAL] = who
     return who
 
@@ -91,6 +93,7 @@ async def require_org_key(request: web.Request) -> dict[str, Any]:
         raise ApiError(401, "KEY_EXPIRED", f"{expired}: mint a new one") from None
     if org is None:
         raise ApiError(401, "UNAUTHORIZED", "a valid org API key is required: Authorization: Bearer tfk_...")
+    await limit_principal(request, f"org:{org['id']}")
     routed = request.headers.get(ORG_ROUTING_HEADER)
     if routed is not None and routed != org["slug"]:
         raise ApiError(403, "ORG_MISMATCH", f"{ORG_ROUTING_HEADER} does not match the org of this key")

@@ -19,7 +19,7 @@ from api.state import REQUEST_ID
 
 log = structlog.get_logger("tenantflow.api")
 # A caller's own request id is kept (for tracing across services) only if it is plain.
-_REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+_REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
 
 
 class ApiError(Exception):
@@ -32,6 +32,20 @@ class ApiError(Exception):
 def error_response(request: web.Request, status: int, code: str, message: str, **extra: Any) -> web.Response:
     body = {"error": message, "code": code, "request_id": request.get(REQUEST_ID), **extra}
     return web.json_response(body, status=status)
+
+
+def temporal_unreachable(err: BaseException) -> bool:
+    """Temporal could not be reached: an RPC failed, or the lazy client's connect failed (which the
+    SDK raises as a bare ``RuntimeError``, not an ``RPCError``)."""
+    return isinstance(err, RPCError) or (isinstance(err, RuntimeError) and str(err).startswith("Failed client connect"))
+
+
+def unavailable(request: web.Request, err: BaseException) -> web.Response:
+    log.warning("dependency unavailable", error=type(err).__name__, path=request.path)
+    what = "Temporal is" if temporal_unreachable(err) else "a backing service is"
+    response = error_response(request, 503, "UNAVAILABLE", f"{what} unavailable; retry shortly")
+    response.headers["Retry-After"] = "5"
+    return response
 
 
 def describe_validation_error(err: ValidationError) -> str:
@@ -58,7 +72,7 @@ _HTTP_CODES = {
 @web.middleware
 async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     offered = request.headers.get("X-Request-Id", "")
-    request[REQUEST_ID] = offered if _REQUEST_ID.match(offered) else secrets.token_hex(8)
+    request[REQUEST_ID] = offered if _REQUEST_ID.fullmatch(offered) else secrets.token_hex(8)
     structlog.contextvars.bind_contextvars(request_id=request[REQUEST_ID])
     started = time.monotonic()
     response: web.StreamResponse | None = None
@@ -74,12 +88,13 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
             raise
         response = error_response(request, err.status, _HTTP_CODES.get(err.status, "HTTP_ERROR"), err.reason)
     except (psycopg.OperationalError, psycopg.errors.ConnectionTimeout, RPCError) as err:
-        log.warning("dependency unavailable", error=type(err).__name__, path=request.path)
-        response = error_response(request, 503, "UNAVAILABLE", "a backing service is unavailable; retry shortly")
-        response.headers["Retry-After"] = "5"
-    except Exception:  # noqa: BLE001 - last line of defence: a clean 500, logged with the request id
-        log.exception("unhandled error", path=request.path, method=request.method)
-        response = error_response(request, 500, "INTERNAL", "internal error")
+        response = unavailable(request, err)
+    except Exception as err:  # noqa: BLE001 - last line of defence: a clean 500, logged with the request id
+        if temporal_unreachable(err):
+            response = unavailable(request, err)
+        else:
+            log.exception("unhandled error", path=request.path, method=request.method)
+            response = error_response(request, 500, "INTERNAL", "internal error")
     else:
         if (
             response.status >= 400

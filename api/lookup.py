@@ -14,7 +14,7 @@ from domain.operations import Progress
 from domain.org_entity import legacy_run_id
 from domain.status import OrgStatus
 
-SLUG = re.compile(r"^[a-z][a-z0-9-]{1,38}[a-z0-9]$")
+SLUG = re.compile(r"[a-z][a-z0-9-]{1,38}[a-z0-9]")
 _TRANSITIONAL = {OrgStatus.provisioning, OrgStatus.suspending, OrgStatus.resuming, OrgStatus.deleting}
 
 

@@ -19,7 +19,7 @@ from db.keys import KeyCapReached, OrgNotActive
 from domain.scopes import ALL_SCOPES, Scope
 
 routes = web.RouteTableDef()
-_KEY_ID = re.compile(r"^[0-9a-f]{12}$")
+_KEY_ID = re.compile(r"[0-9a-f]{12}")
 # Beyond this a key should simply not expire; it also keeps every expiry a representable time.
 MAX_LIFETIME = timedelta(days=3660)
 

@@ -25,7 +25,7 @@ from workflows.org import OrgWorkflow
 
 routes = web.RouteTableDef()
 log = structlog.get_logger("tenantflow.api")
-_SLUG_PREFIX = re.compile(r"^[a-z0-9-]{1,40}$")
+_SLUG_PREFIX = re.compile(r"[a-z0-9-]{1,40}")
 MAX_PAGE = 200
 
 

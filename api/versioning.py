@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+from urllib.parse import quote
+
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
@@ -10,6 +12,8 @@ API_V1 = "/api/v1"
 # RFC 9745 Deprecation (a date as @epoch) and RFC 8594 Sunset.
 DEPRECATED_SINCE = "@1795046400"  # 2026-11-18
 SUNSET = "Wed, 30 Jun 2027 00:00:00 GMT"
+# What RFC 3986 allows unencoded in a path (pchar and "/"), minus what the Link syntax reserves.
+_PATH_SAFE = "/-._~!$&'()*+,;=:@"
 UNVERSIONED = {"/healthz", "/readyz", "/metrics", "/openapi.yaml"}
 
 
@@ -38,5 +42,7 @@ async def deprecation_middleware(request: web.Request, handler: Handler) -> web.
     if not path.startswith(API_V1 + "/") and path not in UNVERSIONED:
         response.headers["Deprecation"] = DEPRECATED_SINCE
         response.headers["Sunset"] = SUNSET
-        response.headers["Link"] = f'<{canonical(path)}>; rel="successor-version"'
+        # The path is the client's, decoded: percent-encode it, or a control character in it
+        # (``/cp/orgs/%00``) would make the header unwritable and drop the connection.
+        response.headers["Link"] = f'<{quote(canonical(path), safe=_PATH_SAFE)}>; rel="successor-version"'
     return response

@@ -10,10 +10,9 @@ from typing import Any
 import structlog
 from aiohttp import web
 from temporalio.client import Client
-from temporalio.service import RPCError
 
 from api.auth import requires, tenant_org
-from api.errors import ApiError, read_json
+from api.errors import ApiError, read_json, temporal_unreachable
 from api.lookup import org_or_404
 from api.schemas import WorkspaceCreateRequest
 from api.state import PROGRESS, SETTINGS, TEMPORAL, WORKSPACES
@@ -38,7 +37,7 @@ from workflows.provision_workspace import ProvisionWorkspaceWorkflow
 
 routes = web.RouteTableDef()
 log = structlog.get_logger("tenantflow.api")
-_WORKSPACE_ID = re.compile(r"^ws_[0-9a-f]{12}$")
+_WORKSPACE_ID = re.compile(r"ws_[0-9a-f]{12}")
 # What a refused creation answers: the status and the machine code.
 REFUSALS = {
     Refusal.org_missing: (404, "ORG_NOT_FOUND"),
@@ -117,7 +116,7 @@ async def tenant_workspace(request: web.Request) -> tuple[dict[str, Any], dict[s
     """The caller's org and one of its workspaces; another org's workspace is simply not found."""
     org = tenant_org(request)
     workspace_id = request.match_info["workspace_id"]
-    row = await request.app[WORKSPACES].get(workspace_id, org["id"]) if _WORKSPACE_ID.match(workspace_id) else None
+    row = await request.app[WORKSPACES].get(workspace_id, org["id"]) if _WORKSPACE_ID.fullmatch(workspace_id) else None
     if row is None or row["status"] == WorkspaceStatus.deleted:
         raise ApiError(404, "WORKSPACE_NOT_FOUND", "no such workspace")
     return org, row
@@ -150,7 +149,9 @@ async def create_workspace(request: web.Request) -> web.Response:
         raise ApiError(status, code, str(refused)) from None
     try:
         await start_provisioning(request.app[TEMPORAL], settings, org, ws)
-    except RPCError:
+    except Exception as err:
+        if not temporal_unreachable(err):
+            raise
         # No workflow means nobody would ever free the slot: give it back before answering.
         await repo.update(
             ws["id"],

@@ -28,6 +28,9 @@ def main() -> int:
     )
     args = parser.parse_args()
 
+    # Started with SIGINT ignored (a background job, some CI runners), Python installs no handler
+    # for it and Ctrl-C would do nothing: take the default (KeyboardInterrupt) explicitly.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     settings = StackSettings()
     stack = LocalStack(settings, lenient=args.lenient)
     # SIGTERM behaves like Ctrl-C: whatever the stack is doing, it stops everything it started.

@@ -26,12 +26,28 @@ from domain.operations import SEARCH_ATTRIBUTES
 NEON_PLATFORM_PROJECT = "tenantflow-platform"
 
 
+def write_private(path: Path, text: str) -> None:
+    """Replace ``path`` atomically with a file that is 0600 from its creation: never readable by
+    others, not even between a write and a chmod, and never seen half-written."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.unlink(missing_ok=True)  # left by a crash; O_EXCL below refuses to reuse it
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        with os.fdopen(fd, "w") as out:
+            out.write(text)
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
 def save_secret(state_dir: Path, name: str, value: str) -> None:
     path = state_dir / "secrets.json"
     values = json.loads(path.read_text())
     values[name] = value
-    path.write_text(json.dumps(values))
-    os.chmod(path, 0o600)
+    write_private(path, json.dumps(values))
 
 
 def load_or_create_secrets(state_dir: Path) -> dict[str, str]:
@@ -47,8 +63,7 @@ def load_or_create_secrets(state_dir: Path) -> dict[str, str]:
         "neon_api_key": f"neon_local_{secrets.token_urlsafe(24)}",
         "token_signing_key": secrets.token_urlsafe(32),
     }
-    path.write_text(json.dumps(values))
-    os.chmod(path, 0o600)
+    write_private(path, json.dumps(values))
     return values
 
 
@@ -194,8 +209,7 @@ class LocalStack:
         )
 
         key_file = self.state_dir / "neon-api-key"
-        key_file.write_text(creds["neon_api_key"])
-        os.chmod(key_file, 0o600)
+        write_private(key_file, creds["neon_api_key"])
         self._start(
             "neon",
             [

@@ -55,7 +55,7 @@ def derive(prefix: str, key: str, context: str) -> Minted:
 
 def parse(secret: str, prefix: str) -> str | None:
     """The record id of a well-formed secret of this kind, else None."""
-    match = _FORMAT.match(secret or "")
+    match = _FORMAT.fullmatch(secret or "")
     if not match or match.group(1) != prefix:
         return None
     return match.group(2)

@@ -47,7 +47,7 @@ def resource_name(slug: str, org_id: str) -> str:
 
 def org_of_name(name: str) -> tuple[str | None, str | None]:
     """(org id, slug) from a ``resource_name``, or (None, None) if it is not one."""
-    match = _RESOURCE_NAME.match(name)
+    match = _RESOURCE_NAME.fullmatch(name)
     return (f"org_{match['hex']}", match["slug"]) if match else (None, None)
 
 

@@ -39,9 +39,14 @@ class Settings(BaseSettings):
     # Where tenants and agents reach the API (used in boot user data and Location headers).
     public_url: str = "http://127.0.0.1:8080"
 
-    # Per-credential rate limit of the API (a token bucket per bearer; per API process).
+    # Rate limit of the API: a token bucket per authenticated principal (org, operator) and per
+    # client address (requests that did not authenticate), shared by every API replica through the
+    # platform database (api/ratelimit.py).
     rate_limit_per_minute: float = 1200.0
     rate_limit_burst: int = 200
+    # How many proxies in front of the API append to X-Forwarded-For (0: the peer's address is the
+    # client's; 1 behind one load balancer). An entry further left is the client's own claim.
+    trusted_proxy_hops: int = 0
 
     # Temporal.
     task_queue: str = "tenantflow"

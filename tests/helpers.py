@@ -103,3 +103,25 @@ def user_data_of(ec2, instance_id: str) -> str:
 
     raw = ec2.describe_instance_attribute(InstanceId=instance_id, Attribute="userData")["UserData"]["Value"]
     return base64.b64decode(raw).decode()
+
+
+async def active_org_key(pool, slug: str) -> str:
+    """An active org (rows only, no workflow or cloud resources) and a fresh key of it."""
+    from db.keys import OrgKeyRepo
+
+    orgs = OrgRepo(pool)
+    row, _ = await orgs.create_or_get(
+        org_id=new_org_id(),
+        name=slug,
+        slug=slug,
+        plan="pro",
+        vpc_id="vpc-0123456789",
+        subnet_ids=["subnet-0123456789"],
+        request_hash=slug,
+        neon_mode="branch",
+        actor="test",
+    )
+    await orgs.update(row["id"], actor="test", status="active")
+    org = await orgs.get(row["id"])
+    assert org is not None
+    return (await OrgKeyRepo(pool).mint(org, "k", actor="test"))[1]

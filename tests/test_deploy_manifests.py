@@ -34,8 +34,6 @@ SETTING_FIELDS = set(Settings.model_fields)
 # What a production process cannot do without (the defaults describe the local stack).
 REQUIRED_SETTINGS = {
     "database_url",
-    "provision_secret",
-    "neon_api_key",
     "neon_mode",
     "neon_project_id",
     "public_url",
@@ -47,6 +45,22 @@ REQUIRED_SETTINGS = {
     "worker_health_host",
 }
 REQUIRED_ENV = {f"TENANTFLOW_{name.upper()}" for name in REQUIRED_SETTINGS} | {"TEMPORAL_ADDRESS", "TEMPORAL_NAMESPACE"}
+# Each process's own secrets, and only its own: the API faces the internet and calls neither AWS nor
+# Neon, so it never holds their credentials (nor the worker's token signing key).
+API_ONLY_ENV = {"TENANTFLOW_PROVISION_SECRET"}
+WORKER_ONLY_ENV = {"TENANTFLOW_NEON_API_KEY", "TENANTFLOW_TOKEN_SIGNING_KEY"}
+CLOUD_CREDENTIAL_ENV = re.compile(r"^(AWS_ACCESS_KEY|AWS_SECRET|AWS_SESSION_TOKEN|AWS_WEB_IDENTITY|AWS_ROLE_ARN)")
+
+
+def required_env(command: str) -> set[str]:
+    """What a process started with ``command`` cannot do without (check validates every setting)."""
+    return REQUIRED_ENV | {
+        "api": API_ONLY_ENV,
+        "worker": WORKER_ONLY_ENV,
+        "check": API_ONLY_ENV | WORKER_ONLY_ENV,
+    }.get(command, set())
+
+
 # The Temporal SDK's environment configuration (temporalio.envconfig).
 TEMPORAL_ENV = {
     "TEMPORAL_ADDRESS",
@@ -265,7 +279,7 @@ def test_kustomization_lists_every_manifest_but_templates_and_jobs() -> None:
 
 def test_k8s_containers_are_pinned_resourced_and_locked_down() -> None:
     for name, spec in pod_specs():
-        assert spec.get("serviceAccountName") == "tenantflow", name
+        assert spec.get("serviceAccountName") in ("tenantflow-api", "tenantflow-worker"), name
         assert spec["securityContext"].get("runAsNonRoot") is True, name
         assert spec["securityContext"].get("runAsUser", 0) != 0, name
         for c in spec["containers"]:
@@ -286,7 +300,7 @@ def test_k8s_every_needed_variable_reaches_every_process() -> None:
                 if "secretRef" in source:
                     assert source["secretRef"]["name"] in secrets, f"{name}: unknown Secret {source}"
             env = container_env(c)
-            missing = REQUIRED_ENV - set(env)
+            missing = required_env(c["args"][0]) - set(env)
             assert not missing, f"{name}: missing {sorted(missing)}"
             assert env["TENANTFLOW_API_HOST"] == "0.0.0.0" and env["TENANTFLOW_WORKER_HEALTH_HOST"] == "0.0.0.0"
 
@@ -317,9 +331,27 @@ def test_k8s_no_literal_secrets() -> None:
 
 
 def test_k8s_aws_credentials_only_through_the_service_account_role() -> None:
-    sa = one("ServiceAccount", "tenantflow")
+    sa = one("ServiceAccount", "tenantflow-worker")
     assert "eks.amazonaws.com/role-arn" in sa["metadata"].get("annotations", {})
     assert PLACEHOLDER in sa["metadata"]["annotations"]["eks.amazonaws.com/role-arn"]
+
+
+def test_k8s_only_the_worker_gets_cloud_credentials() -> None:
+    """The API pods get no AWS role, no Neon key and no token signing key; the worker does."""
+    accounts = {sa["metadata"]["name"]: sa["metadata"].get("annotations", {}) for sa in by_kind("ServiceAccount")}
+    assert not any(k.startswith("eks.amazonaws.com/") for k in accounts["tenantflow-api"])
+    api = one("Deployment", "tenantflow-api")["spec"]["template"]["spec"]
+    worker = one("Deployment", "tenantflow-worker")["spec"]["template"]["spec"]
+    assert api["serviceAccountName"] == "tenantflow-api"
+    assert worker["serviceAccountName"] == "tenantflow-worker"
+    (api_container,) = api["containers"]
+    (worker_container,) = worker["containers"]
+    api_env, worker_env = container_env(api_container), container_env(worker_container)
+    assert not WORKER_ONLY_ENV & set(api_env), sorted(WORKER_ONLY_ENV & set(api_env))
+    assert not [k for k in api_env if CLOUD_CREDENTIAL_ENV.match(k)]
+    assert api_env.get("AWS_EC2_METADATA_DISABLED") == "true"
+    assert WORKER_ONLY_ENV <= set(worker_env)
+    assert not API_ONLY_ENV & set(worker_env)
 
 
 def test_k8s_worker_deployment() -> None:
@@ -453,7 +485,7 @@ def test_compose_app_environment() -> None:
     doc = compose()
     for name, service in app_services(doc).items():
         env = service["environment"]
-        missing = REQUIRED_ENV - set(env)
+        missing = required_env(service["command"][0]) - set(env)
         assert not missing, f"{name}: missing {sorted(missing)}"
         for key, value in env.items():
             if key.startswith("TEMPORAL_"):
@@ -630,3 +662,18 @@ def test_deploy_docs_name_real_settings_and_files() -> None:
     guide = (ROOT / "docs" / "deploy.md").read_text()
     for topic in ("workflow.patched", "tests/test_replay.py", "search-attribute", "tools.check", "IRSA"):
         assert topic in guide, f"docs/deploy.md does not cover {topic}"
+
+
+def test_compose_only_the_workers_get_cloud_credentials() -> None:
+    apps = app_services(compose())
+    api = apps["api"]
+    assert not WORKER_ONLY_ENV & set(api["environment"]), sorted(WORKER_ONLY_ENV & set(api["environment"]))
+    assert not [k for k in api["environment"] if CLOUD_CREDENTIAL_ENV.match(k)]
+    assert api["environment"]["AWS_EC2_METADATA_DISABLED"] == "true"
+    # The file that may hold static AWS keys is read by the workers (and the check) only.
+    assert all("worker.env" not in str(f) for f in api.get("env_file", []))
+    workers = [s for s in apps.values() if s["command"] == ["worker"]]
+    for worker in workers:
+        assert WORKER_ONLY_ENV <= set(worker["environment"])
+        assert not API_ONLY_ENV & set(worker["environment"])
+        assert any("worker.env" in str(f) for f in worker["env_file"])

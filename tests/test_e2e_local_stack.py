@@ -58,7 +58,9 @@ class RunningStack:
     def api_url(self) -> str:
         return f"http://127.0.0.1:{self.ports['API_PORT']}"
 
-    def start(self, *args: str, until: str = "local stack running", timeout: float = 240) -> str:
+    def start(
+        self, *args: str, until: str = "local stack running", timeout: float = 240, sigint_ignored: bool = False
+    ) -> str:
         self.output = []
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "devstack", *args],
@@ -67,6 +69,8 @@ class RunningStack:
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
+            # As a shell starts a background job (and some CI runners start every step).
+            preexec_fn=(lambda: signal.signal(signal.SIGINT, signal.SIG_IGN)) if sigint_ignored else None,
         )
         deadline = time.monotonic() + timeout
         assert self.proc.stdout is not None
@@ -293,6 +297,22 @@ def test_run_command_onboards_and_restarts_with_saved_state(tmp_path):
         assert group["GroupId"] == demo["security_group_id"]
         stack.stop()
         assert stack.proc.returncode == 0
+    finally:
+        if stack.proc and stack.proc.poll() is None:
+            stack.proc.kill()
+
+
+def test_ctrl_c_stops_a_stack_started_with_sigint_ignored(tmp_path):
+    stack = RunningStack(tmp_path)
+    try:
+        stack.start("--no-demo", sigint_ignored=True)
+        children = stack.stop()
+        assert stack.proc.returncode == 0, "".join(stack.output)
+        assert "stopped" in stack.output[-1], "".join(stack.output)
+        time.sleep(0.5)
+        assert [p for p in children if p.is_running() and p.status() != psutil.STATUS_ZOMBIE] == []
+        # The secrets were never readable by others.
+        assert (stack.state_dir / "secrets.json").stat().st_mode & 0o777 == 0o600
     finally:
         if stack.proc and stack.proc.poll() is None:
             stack.proc.kill()

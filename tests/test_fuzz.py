@@ -40,7 +40,9 @@ from temporalio.common import RawValue
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.worker import Worker
 
+from api import lifecycle, org_keys, orgs, registry, workspaces
 from api.app import SPEC_PATH, create_app
+from api.versioning import API_V1, canonical
 from db.orgs import OrgRepo
 from db.pool import open_pool
 from db.purge import purge_org
@@ -217,10 +219,10 @@ async def fuzz_env(settings, dev_env, pool, ec2):
         await asyncio.to_thread(server.stop)
 
 
-@pytest.fixture(scope="module")
-def fuzz_schema(fuzz_env):
-    config = SchemathesisConfig.from_dict(
+def fuzz_config(fuzz_env, **extra) -> SchemathesisConfig:
+    return SchemathesisConfig.from_dict(
         {
+            **extra,
             "generation": {"max-examples": MAX_EXAMPLES, "deterministic": True, "database": "none"},
             "auth": {
                 "openapi": {
@@ -232,7 +234,26 @@ def fuzz_schema(fuzz_env):
             },
         }
     )
-    return schemathesis.openapi.from_url(f"{fuzz_env.url}/openapi.yaml", config=config, timeout=10)
+
+
+@pytest.fixture(scope="module")
+def fuzz_schema(fuzz_env):
+    return schemathesis.openapi.from_url(f"{fuzz_env.url}/openapi.yaml", config=fuzz_config(fuzz_env), timeout=10)
+
+
+def legacy_paths() -> dict[str, str]:
+    """Each canonical path and its deprecated mirror (``/cp/orgs/{slug}``, ``/workspaces`` ...)."""
+    tables = (orgs, org_keys, workspaces, registry, lifecycle)
+    return {canonical(route.path): route.path for module in tables for route in module.routes}  # type: ignore[attr-defined]
+
+
+@pytest.fixture(scope="module")
+def mirror_schema(fuzz_env):
+    """The same contract at the deprecated mirror's paths, which the spec does not list."""
+    spec = yaml.safe_load(SPEC_PATH.read_text())
+    mirror = legacy_paths()
+    spec["paths"] = {mirror[path]: item for path, item in spec["paths"].items() if path in mirror}
+    return schemathesis.openapi.from_dict(spec, config=fuzz_config(fuzz_env, **{"base-url": fuzz_env.url}))
 
 
 def _pick(case, salt: str) -> int:
@@ -248,6 +269,8 @@ def steer(case, env: FuzzEnv) -> None:
     if choice % 3 == 0:
         return
     method, path = case.method.upper(), case.operation.path
+    if not path.startswith(API_V1 + "/"):
+        path = canonical(path)  # the deprecated mirror is steered as its canonical twin
     params = case.path_parameters or {}
     if "slug" in params:
         # Commands go to orgs of their own: suspending or deleting the org whose key authenticates
@@ -297,6 +320,35 @@ def test_api_conforms_to_its_contract(case, fuzz_env):
     steer(case, fuzz_env)
     response = case.call_and_validate(checks=CHECKS)
     SEEN.setdefault(case.operation.label, set()).add(response.status_code)
+
+
+MIRROR_SEEN: dict[str, set[int]] = {}
+mirror = schemathesis.pytest.from_fixture("mirror_schema")
+
+
+@mirror.parametrize()
+def test_deprecated_mirror_conforms_to_the_same_contract(case, fuzz_env):
+    """No 5xx and no dropped connection (a request error fails the case) on /cp/..., /workspaces ..."""
+    steer(case, fuzz_env)
+    response = case.call_and_validate(checks=CHECKS)
+    assert "deprecation" in response.headers, case.operation.label
+    MIRROR_SEEN.setdefault(case.operation.label, set()).add(response.status_code)
+
+
+def test_the_mirror_fuzz_covered_every_deprecated_path():
+    if not MIRROR_SEEN:
+        pytest.skip("the mirror fuzz did not run in this session")
+    spec = yaml.safe_load(SPEC_PATH.read_text())
+    legacy = legacy_paths()
+    operations = {
+        f"{m.upper()} {legacy[p]}"
+        for p, item in spec["paths"].items()
+        if p in legacy
+        for m in item
+        if m in HTTP_METHODS
+    }
+    assert set(MIRROR_SEEN) == operations
+    assert all(s < 500 for statuses in MIRROR_SEEN.values() for s in statuses)
 
 
 # The operations are held open: no org becomes suspended and no step parks, so these never succeed here.

@@ -8,7 +8,9 @@ import json
 import logging
 import re
 import uuid
+from pathlib import Path
 
+import pytest
 import pytest_asyncio
 from aiohttp.test_utils import TestClient, TestServer
 
@@ -122,3 +124,121 @@ async def test_no_secret_in_any_response_or_log_line(two_orgs, settings):
         assert secret not in everything
     assert re.search(r"tf[krw]_[0-9a-f]{12}_[A-Za-z0-9_-]{43}", "\n".join(bodies[2:])) is None
     assert buf.getvalue().count('"event": "http request"') >= 7
+
+
+# -- robustness regressions ----------------------------------------------------------------------
+
+
+async def test_control_characters_in_paths_answer_json_and_keep_the_connection(settings, dev_env):
+    """The deprecated mirror's Link header echoes the path: a %00 in it once made the response
+    unwritable and the connection dropped. Now it is percent-encoded, and the answer is JSON."""
+    from yarl import URL
+
+    op = {"Authorization": f"Bearer {settings.provision_secret.get_secret_value()}"}
+    async with TestClient(TestServer(create_app(settings, temporal=dev_env.client))) as client:
+        for path, expected in [
+            ("/cp/orgs/%00", 400),
+            ("/cp/orgs/%0d%0aSet-Cookie:%20x=1", 400),
+            ("/cp/orgs/%7f/workspaces", 400),
+            ("/cp/orgs/a%3E%3Cb", 400),
+            ("/workspaces/%00", 401),
+            ("/keys/%0a", 405),
+            ("/registry/%00", 404),
+        ]:
+            resp = await client.get(URL(path, encoded=True), headers=op)
+            assert resp.status == expected, (path, await resp.text())
+            assert (await resp.json())["code"], path
+            link = resp.headers["Link"]
+            assert link.isprintable() and link.count("<") == 1 and link.count(">") == 1, link
+            assert link.startswith("</api/v1/"), link
+
+
+def test_path_parameters_refuse_a_trailing_newline():
+    """``re.match`` with ``$`` accepts "value\\n": every pattern must match the whole value."""
+    from api import lookup, org_keys, orgs, workspaces
+    from api.schemas import OrgCreateRequest
+    from domain import credentials
+    from domain.resources import org_of_name
+
+    assert lookup.SLUG.fullmatch("acme") and not lookup.SLUG.fullmatch("acme\n")
+    assert not orgs._SLUG_PREFIX.fullmatch("acme\n")
+    assert not workspaces._WORKSPACE_ID.fullmatch("ws_0123456789ab\n")
+    assert not org_keys._KEY_ID.fullmatch("0123456789ab\n")
+    key = credentials.mint(credentials.ORG_KEY).secret
+    assert credentials.parse(key, credentials.ORG_KEY) and credentials.parse(key + "\n", credentials.ORG_KEY) is None
+    assert org_of_name("tf-acme-0123456789ab") == ("org_0123456789ab", "acme")
+    assert org_of_name("tf-acme-0123456789ab\n") == (None, None)
+    with pytest.raises(ValueError):
+        OrgCreateRequest(name="x", slug="acme\n", plan="pro", vpc_id="vpc-0123456", subnet_ids=["subnet-0123456"])
+    # And nothing in production matches a pattern at the start only.
+    root = Path(__file__).resolve().parent.parent
+    sources = [p for d in ("api", "db", "domain", "activities", "workflows", "agent") for p in (root / d).rglob("*.py")]
+    offenders = [
+        f"{p.relative_to(root)}:{n}"
+        for p in sources
+        for n, line in enumerate(p.read_text().splitlines(), 1)
+        if re.search(r"\b(re|[A-Z_][A-Z0-9_]*)\.match\(", line)
+    ]
+    assert offenders == []
+
+
+async def test_temporal_unreachable_answers_503_and_gives_the_quota_slot_back(settings, pool, network):
+    """The lazy client's first connect failing raises a bare RuntimeError: once a 500 that left the
+    workspace holding its quota slot forever. Now 503 with Retry-After, and the slot is free."""
+    from temporalio.client import Client
+    from temporalio.contrib.pydantic import pydantic_data_converter
+
+    from db.keys import OrgKeyRepo
+    from db.orgs import OrgRepo
+    from devstack.procs import free_port
+    from tests.helpers import seed_org
+
+    nowhere = await Client.connect(f"127.0.0.1:{free_port()}", lazy=True, data_converter=pydantic_data_converter)
+    inp = await seed_org(pool, f"s{uuid.uuid4().hex[:8]}", *network)
+    await OrgRepo(pool).update(
+        inp.org_id, actor="test", status="active", security_group_id="sg-0123456789", max_workspaces=1
+    )
+    org = await OrgRepo(pool).get(inp.org_id)
+    _, key = await OrgKeyRepo(pool).mint(org, "k", actor="test")
+    tenant = {"Authorization": f"Bearer {key}"}
+    async with TestClient(TestServer(create_app(settings, temporal=nowhere))) as client:
+        for name in ("first", "second"):  # a leaked slot would make the second a 409 QUOTA_EXCEEDED
+            resp = await client.post("/api/v1/workspaces", json={**WS_BODY, "name": name}, headers=tenant)
+            body = await resp.json()
+            assert resp.status == 503, body
+            assert body["code"] == "UNAVAILABLE" and "Temporal" in body["error"]
+            assert int(resp.headers["Retry-After"]) >= 1
+        listed = await (await client.get("/api/v1/workspaces", headers=tenant)).json()
+        assert {w["status"] for w in listed["workspaces"]} == {"failed"}
+        assert all("Temporal unavailable" in w["failure_reason"] for w in listed["workspaces"])
+        # An operator's command meets the same outage the same way.
+        op = {"Authorization": f"Bearer {settings.provision_secret.get_secret_value()}"}
+        resp = await client.post(f"/api/v1/orgs/{inp.slug}/suspend", json={"reason": "x"}, headers=op)
+        assert resp.status == 503 and resp.headers["Retry-After"], await resp.text()
+
+
+def test_local_stack_secrets_are_private_from_their_creation(tmp_path, monkeypatch):
+    """secrets.json was written world-readable, then chmod'ed: now created 0600 and renamed into
+    place, whatever the umask."""
+    import os
+
+    from devstack import stack
+
+    modes = []
+    real_replace = os.replace
+
+    def replace(src, dst):
+        modes.append(os.stat(src).st_mode & 0o777)
+        real_replace(src, dst)
+
+    monkeypatch.setattr(stack.os, "replace", replace)
+    old = os.umask(0)
+    try:
+        values = stack.load_or_create_secrets(tmp_path)
+        stack.save_secret(tmp_path, "demo_org_key", "tfk_x")
+    finally:
+        os.umask(old)
+    assert modes == [0o600, 0o600]
+    assert (tmp_path / "secrets.json").stat().st_mode & 0o777 == 0o600
+    assert stack.load_or_create_secrets(tmp_path) == {**values, "demo_org_key": "tfk_x"}
+    assert [p.name for p in tmp_path.iterdir()] == ["secrets.json"]  # no temporary file left

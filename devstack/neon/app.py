@@ -113,14 +113,14 @@ def _reply(st: _State, body: dict[str, Any], status: int = 200) -> web.Response:
 
 
 async def _project_or_404(st: _State, project_id: str) -> Row:
-    project = await st.control.project(project_id) if ids.PROJECT_ID_RE.match(project_id) else None
+    project = await st.control.project(project_id) if ids.PROJECT_ID_RE.fullmatch(project_id) else None
     if project is None:
         raise ApiError(404, f"project {project_id} not found")
     return project
 
 
 async def _branch_or_404(st: _State, project_id: str, branch_id: str) -> Row:
-    branch = await st.control.branch(project_id, branch_id) if ids.BRANCH_ID_RE.match(branch_id) else None
+    branch = await st.control.branch(project_id, branch_id) if ids.BRANCH_ID_RE.fullmatch(branch_id) else None
     if branch is None:
         raise ApiError(404, f"branch {branch_id} not found")
     return branch
@@ -179,7 +179,7 @@ async def create_project(request: web.Request) -> web.Response:
         raise ApiError(400, "project: required")
     branch = field(spec, "branch", dict, "project.", {})
     role = _name(branch, "role_name", "project.branch.", DEFAULT_ROLE)
-    if not ids.ROLE_NAME_RE.match(role):
+    if not ids.ROLE_NAME_RE.fullmatch(role):
         raise ApiError(400, "project.branch.role_name: expected lowercase letters, digits and _ (up to 20)")
     project_id = ids.project_id()
     async with st.lock(_ACCOUNT_LOCK):
@@ -497,7 +497,7 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
 def _validate(config: NeonServerConfig) -> None:
     if not config.api_key:
         raise ValueError("api_key must not be empty")
-    if config.seed_project_id and not ids.PROJECT_ID_RE.match(config.seed_project_id):
+    if config.seed_project_id and not ids.PROJECT_ID_RE.fullmatch(config.seed_project_id):
         raise ValueError("seed_project_id: lowercase letters, digits and hyphens, up to 40 characters")
     if config.scheduling_seconds < 0 or config.running_seconds < 0:
         raise ValueError("operation phase durations must be >= 0")
