@@ -4,7 +4,7 @@ Operators: a named operator token (``tfo_...``), or the shared provision secret 
 bootstrap; both compared against what is stored in constant time. Tenants: an org API key
 (``tfk_...``) holding scopes; every tenant route declares the one scope it requires with
 ``@requires(...)``, which is the only place that says so (the OpenAPI spec is tested against it).
-Whoever a request authenticates as is put on it as ``request["principal"]``.
+Whoever a request authenticates as is put on it as ``request[api.state.PRINCIPAL]``.
 """
 
 from __future__ import annotations

@@ -29,5 +29,4 @@ REQUEST_ID = web.RequestKey("request_id", str)
 # The org a tenant request is authenticated as (from its key alone).
 TENANT_ORG = web.RequestKey("tenant_org", dict[str, Any])
 # Who an authenticated request acts as: "org:<org id>", "operator:<name>" or "operator:bootstrap".
-# A plain string key on purpose: the rate limiter reads request["principal"].
-PRINCIPAL = "principal"
+PRINCIPAL = web.RequestKey("principal", str)

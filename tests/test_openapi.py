@@ -317,9 +317,15 @@ async def test_rate_limited_answer_is_as_documented(settings, spec):
     client = TestClient(TestServer(create_app(limited)))
     await client.start_server()
     try:
-        assert (await client.get("/api/v1/teardowns")).status == 401
-        resp = await client.get("/api/v1/teardowns")
-        assert resp.status == 429
+        # An unauthenticated request is charged to its address after its answer: the one that
+        # finds the bucket empty is still answered (401), the next is refused before auth.
+        statuses = []
+        for _ in range(3):
+            resp = await client.get("/api/v1/teardowns")
+            statuses.append(resp.status)
+            if resp.status == 429:
+                break
+        assert statuses[-1] == 429 and set(statuses[:-1]) <= {401}, statuses
         assert int(resp.headers["Retry-After"]) >= 1 and resp.headers["X-Request-Id"]
         body = await resp.json()
         Draft202012Validator(spec["components"]["schemas"]["Error"]).validate(body)

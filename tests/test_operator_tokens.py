@@ -19,6 +19,7 @@ from aiohttp.test_utils import TestClient, TestServer
 import starter
 from api.app import create_app
 from api.auth import require_operator, require_org_key
+from api.state import PRINCIPAL
 from db.keys import OrgKeyRepo
 from db.orgs import OrgRepo
 from domain.logs import configure_logging
@@ -31,12 +32,12 @@ def bearer(secret: str) -> dict[str, str]:
 
 async def whoami_operator(request: web.Request) -> web.Response:
     await require_operator(request)
-    return web.json_response({"principal": request["principal"]})
+    return web.json_response({"principal": request[PRINCIPAL]})
 
 
 async def whoami_tenant(request: web.Request) -> web.Response:
     await require_org_key(request)
-    return web.json_response({"principal": request["principal"]})
+    return web.json_response({"principal": request[PRINCIPAL]})
 
 
 @pytest_asyncio.fixture
