@@ -100,7 +100,7 @@ def build_activities(settings: Settings, pool: Pool, client: Client, **overrides
         instances.terminate_org_instances,
         instances.stop_workspace_instances,
         instances.start_workspace_instances,
-        AgentActivities().check_agent_card,
+        AgentActivities(settings).check_agent_card,
         ws_store.confirm_workspace_slot,
         ws_store.mark_workspace_running,
         ws_store.mark_workspace_failed,

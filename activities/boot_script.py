@@ -5,14 +5,19 @@ agent itself: it writes the agent's config and a systemd unit, enables the unit 
 every later boot (a resume is a stop and a start) systemd starts the agent again from the disk.
 
 The agent listens on ``listen_port`` on every address and finds its own private address through
-the instance metadata service; the platform dials ``http://<PrivateIpAddress>:<listen_port>``, which
-the org's security group admits from the platform's CIDR only.
+the instance metadata service; the platform dials ``https://<PrivateIpAddress>:<listen_port>``,
+which the org's security group admits from the platform's CIDR only. At first boot the agent makes
+a key and a self-signed certificate (kept in its state directory) and registers the certificate's
+fingerprint with its one-time token; the worker accepts exactly that certificate.
 
-The script carries the workspace id, the platform URL, the runtime settings and the one-time
-registration token, and nothing long-lived. It never traces (`set -x` would print the token to the
-console output that the EC2 API exposes), runs no debug server, keeps the token in a root-only
-file (never on a command line) and renders byte-identical output for identical inputs, because a
-retried launch must render the same user data.
+The script carries the workspace id, the platform URL, the runtime settings, the one-time
+registration token and the SHA-256 of the platform's agent-access credential (the agent refuses
+any call whose bearer does not hash to it), and nothing long-lived: that hash lets nobody call the
+agent, so whoever can read the user data (``DescribeInstanceAttribute``) learns no credential.
+It never traces (`set -x` would print the token to the console output that the EC2 API exposes),
+runs no debug server, keeps the token in a root-only file (never on a command line) and renders
+byte-identical output for identical inputs, because a retried launch must render the same user
+data.
 
 Why the agent runs as root: it needs port 443 and nothing else. The unit takes every capability
 away except CAP_NET_BIND_SERVICE and forbids gaining new ones, and on a real systemd the file
@@ -34,8 +39,9 @@ CONFIG_MARKER = "TENANTFLOW_AGENT_CONFIG"
 UNIT_MARKER = "TENANTFLOW_AGENT_UNIT"
 
 # StateDirectory= gives the agent /var/lib/tenantflow (as $STATE_DIRECTORY): the one writable place,
-# where it keeps its workspace token across a stop and start. StartLimitIntervalSec=0: an agent that
-# cannot reach the metadata service or the platform yet keeps retrying every RestartSec.
+# where it keeps its workspace token, TLS key and certificate across a stop and start.
+# StartLimitIntervalSec=0: an agent that cannot reach the metadata service or the platform yet
+# keeps retrying every RestartSec.
 AGENT_UNIT = f"""\
 [Unit]
 Description=tenantflow workspace agent (A2A)
@@ -86,6 +92,7 @@ def render_user_data(
     tier: int,
     platform_url: str,
     registration_token: str,
+    platform_credential_sha256: str,
     heartbeat_interval_seconds: float,
     listen_port: int,
 ) -> str:
@@ -99,6 +106,7 @@ def render_user_data(
         "tier": tier,
         "platform_url": platform_url,
         "registration_token": registration_token,
+        "platform_credential_sha256": platform_credential_sha256,
         "listen_port": listen_port,
         "heartbeat_interval_seconds": heartbeat_interval_seconds,
     }

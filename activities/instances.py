@@ -59,8 +59,9 @@ NOT_FOUND = "InvalidInstanceID.NotFound"
 
 def agent_url(private_ip: str, port: int) -> str:
     """Where the platform reaches a workspace's agent: the instance's own private address on the
-    port its security group admits, never a URL the agent reports."""
-    return f"http://{private_ip}:{port}"
+    port its security group admits, never a URL the agent reports; over TLS with the certificate
+    the agent registered (pinned by the worker)."""
+    return f"https://{private_ip}:{port}"
 
 
 def _is(err: BaseException, code: str) -> bool:
@@ -196,6 +197,7 @@ class InstanceActivities:
             tier=inp.tier,
             platform_url=inp.platform_url,
             registration_token=token.secret,
+            platform_credential_sha256=credentials.agent_access(signing_key, inp.workspace_id).hash,
             heartbeat_interval_seconds=self._settings.agent_heartbeat_interval_seconds,
             listen_port=self._settings.agent_port,
         )

@@ -1,7 +1,7 @@
 """``python -m agent --config PATH [--host H] [--port N] [--public-url URL]``
 
-On an instance only ``--config`` is given: the agent listens on ``0.0.0.0:<listen_port>`` and
-advertises ``http://<private IPv4 from the metadata service>:<listen_port>/``. ``--host``,
+On an instance only ``--config`` is given: the agent serves HTTPS on ``0.0.0.0:<listen_port>`` and
+advertises ``https://<private IPv4 from the metadata service>:<listen_port>/``. ``--host``,
 ``--port`` and ``--public-url`` are developer overrides (the agent's unit tests use them).
 """
 
@@ -17,18 +17,28 @@ from agent.config import BootConfig
 from agent.imds import ImdsUnavailable, imds_endpoint, private_ipv4
 from agent.log import configure_logging, get_logger
 from agent.runtime import run
+from agent.tls import TlsIdentity, load_or_create
 
 log = get_logger("agent")
 
 
-def token_path(config_path: Path) -> Path:
-    """Where the workspace token is kept, so that a stopped and started instance resumes heartbeats
-    instead of re-spending its (dead) one-time registration token: systemd's StateDirectory= when
-    the unit has one, else beside the boot config."""
+def state_path(config_path: Path, suffix: str) -> Path:
+    """Where the agent keeps what must outlive a stop and start: the workspace token (so it resumes
+    heartbeats instead of re-spending its dead one-time token) and its TLS key and certificate (so
+    it still presents the registered one): systemd's StateDirectory= when the unit has one, else
+    beside the boot config."""
     state_dirs = os.environ.get("STATE_DIRECTORY", "")
     if state_dirs:
-        return Path(state_dirs.split(":")[0]) / "agent.token"
-    return config_path.with_suffix(".token")
+        return Path(state_dirs.split(":")[0]) / f"agent{suffix}"
+    return config_path.with_suffix(suffix)
+
+
+def token_path(config_path: Path) -> Path:
+    return state_path(config_path, ".token")
+
+
+def tls_identity(config_path: Path, config: BootConfig) -> TlsIdentity:
+    return load_or_create(state_path(config_path, ".key"), state_path(config_path, ".crt"), config.workspace_id)
 
 
 async def _boot(args: argparse.Namespace, config: BootConfig) -> int:
@@ -38,7 +48,7 @@ async def _boot(args: argparse.Namespace, config: BootConfig) -> int:
         public_url = args.public_url
     else:
         try:
-            public_url = f"http://{await private_ipv4()}:{port}"
+            public_url = f"https://{await private_ipv4()}:{port}"
         except ImdsUnavailable as exc:
             log.error(
                 "imds_unavailable",
@@ -47,8 +57,18 @@ async def _boot(args: argparse.Namespace, config: BootConfig) -> int:
                 detail="cannot learn the instance's private address; not serving",
             )
             return 3
+    try:
+        tls = tls_identity(args.config, config)
+    except (OSError, ValueError) as exc:
+        log.error("tls_unavailable", problem=f"{type(exc).__name__}: {exc}", detail="no certificate; not serving")
+        return 4
     return await run(
-        config, host=host, port=port, public_url=public_url.rstrip("/") + "/", token_path=token_path(args.config)
+        config,
+        host=host,
+        port=port,
+        public_url=public_url.rstrip("/") + "/",
+        tls=tls,
+        token_path=token_path(args.config),
     )
 
 
@@ -59,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--port", type=int, help="developer override of the config's listen_port")
     parser.add_argument(
         "--public-url",
-        help="developer override of the URL the card advertises (default: http://<private IPv4 from IMDSv2>:<port>/)",
+        help="developer override of the URL the card advertises (default: https://<private IPv4 from IMDSv2>:<port>/)",
     )
     args = parser.parse_args(argv)
 

@@ -7,7 +7,8 @@ The workspace identity travels in two places of the card:
   use ``workspace_id_from_card``);
 * the ``echo`` skill's tags ``workspace:<id>``, ``org:<slug>``, ``runtime:<runtime>``, ``model:<model>``.
 
-The card lists the JSON-RPC endpoint twice, as protocol 1.0 and 0.3: the 0.3 entry is what makes the
+The card is served to the platform only (see ``agent.auth``) and declares its bearer scheme. It
+lists the JSON-RPC endpoint (https) twice, as protocol 1.0 and 0.3: the 0.3 entry is what makes the
 served JSON carry the legacy top-level ``url`` as well as ``supportedInterfaces[].url``.
 """
 
@@ -15,10 +16,21 @@ from __future__ import annotations
 
 from typing import Any
 
-from a2a.types import AgentCapabilities, AgentCard, AgentExtension, AgentInterface, AgentSkill
+from a2a.types import (
+    AgentCapabilities,
+    AgentCard,
+    AgentExtension,
+    AgentInterface,
+    AgentSkill,
+    HTTPAuthSecurityScheme,
+    SecurityRequirement,
+    SecurityScheme,
+    StringList,
+)
 from google.protobuf.struct_pb2 import Struct
 
 from agent import __version__
+from agent.auth import SCHEME_NAME
 from agent.config import BootConfig
 
 WORKSPACE_EXTENSION_URI = "https://tenantflow.dev/a2a/extensions/workspace/v1"
@@ -55,6 +67,14 @@ def build_agent_card(config: BootConfig, public_url: str) -> AgentCard:
                 )
             ],
         ),
+        security_schemes={
+            SCHEME_NAME: SecurityScheme(
+                http_auth_security_scheme=HTTPAuthSecurityScheme(
+                    scheme="Bearer", description="the tenantflow platform's credential for this workspace"
+                )
+            )
+        },
+        security_requirements=[SecurityRequirement(schemes={SCHEME_NAME: StringList()})],
         default_input_modes=["text"],
         default_output_modes=["text"],
         skills=[

@@ -1,8 +1,9 @@
-"""The agent process: an A2A server (JSON-RPC over HTTP) that registers with the platform, then
-sends heartbeats until it is stopped.
+"""The agent process: an A2A server (JSON-RPC over HTTPS, for the platform's credential only) that
+registers with the platform, then sends heartbeats until it is stopped.
 
 The platform derives the agent's URL from the instance's private address itself, so neither the
-registration nor the heartbeats carry one.
+registration nor the heartbeats carry one; the registration carries the fingerprint of the
+certificate the agent serves, which the platform pins.
 """
 
 from __future__ import annotations
@@ -26,9 +27,11 @@ from a2a.server.tasks import InMemoryTaskStore
 from a2a.utils.errors import TaskNotCancelableError
 from starlette.applications import Starlette
 
+from agent.auth import RequirePlatform
 from agent.card import build_agent_card
 from agent.config import BootConfig
 from agent.log import add_secret, get_logger
+from agent.tls import TlsIdentity
 
 log = get_logger("agent")
 
@@ -81,15 +84,22 @@ def build_app(config: BootConfig, public_url: str, stats: Stats) -> tuple[Starle
         *create_agent_card_routes(card),
         *create_jsonrpc_routes(handler, rpc_url="/", enable_v0_3_compat=True),
     ]
-    return Starlette(routes=routes), handler
+    app = Starlette(routes=routes)
+    app.add_middleware(RequirePlatform, credential_sha256=config.platform_credential_sha256)
+    return app, handler
 
 
 async def register(
-    client: httpx.AsyncClient, config: BootConfig, *, deadline_seconds: float = REGISTER_DEADLINE_SECONDS
+    client: httpx.AsyncClient,
+    config: BootConfig,
+    cert_sha256: str,
+    *,
+    deadline_seconds: float = REGISTER_DEADLINE_SECONDS,
 ) -> dict:
-    """Exchange the one-time registration token for a workspace token; retries only transient failures."""
+    """Exchange the one-time registration token (and the fingerprint of the agent's certificate)
+    for a workspace token; retries only transient failures."""
     url = f"{config.platform_url.rstrip('/')}/api/v1/registry/register"
-    body = {"workspace_id": config.workspace_id}
+    body = {"workspace_id": config.workspace_id, "agent_cert_sha256": cert_sha256}
     headers = {"Authorization": f"Bearer {config.registration_token}"}
     deadline = time.monotonic() + deadline_seconds
     delay = 0.5
@@ -177,7 +187,9 @@ def _save_token(path: Path | None, token: str) -> None:
         f.write(token)
 
 
-async def _register_and_heartbeat(config: BootConfig, stats: Stats, token_path: Path | None = None) -> bool:
+async def _register_and_heartbeat(
+    config: BootConfig, stats: Stats, cert_sha256: str, token_path: Path | None = None
+) -> bool:
     """False if the agent should exit (registration refused or given up)."""
     async with httpx.AsyncClient(timeout=10.0) as client:
         saved = _load_token(token_path)
@@ -189,7 +201,7 @@ async def _register_and_heartbeat(config: BootConfig, stats: Stats, token_path: 
             await heartbeat_loop(client, config, saved, config.heartbeat_interval_seconds, stats)
             return True
         try:
-            answer = await register(client, config)
+            answer = await register(client, config, cert_sha256)
             token = answer["workspace_token"]
             add_secret(token)
             interval = max(0.1, float(answer.get("heartbeat_interval_seconds") or config.heartbeat_interval_seconds))
@@ -205,12 +217,25 @@ async def _register_and_heartbeat(config: BootConfig, stats: Stats, token_path: 
         return True
 
 
-async def run(config: BootConfig, *, host: str, port: int, public_url: str, token_path: Path | None = None) -> int:
-    """Serve until SIGTERM/SIGINT; the exit status (non-zero if registration failed)."""
+async def run(
+    config: BootConfig, *, host: str, port: int, public_url: str, tls: TlsIdentity, token_path: Path | None = None
+) -> int:
+    """Serve HTTPS until SIGTERM/SIGINT; the exit status (non-zero if registration failed)."""
     add_secret(config.registration_token)
     stats = Stats()
     app, handler = build_app(config, public_url, stats)
-    server = _Server(uvicorn.Config(app, host=host, port=port, log_config=None, access_log=False, lifespan="off"))
+    server = _Server(
+        uvicorn.Config(
+            app,
+            host=host,
+            port=port,
+            log_config=None,
+            access_log=False,
+            lifespan="off",
+            ssl_keyfile=str(tls.key_path),
+            ssl_certfile=str(tls.cert_path),
+        )
+    )
 
     loop = asyncio.get_running_loop()
 
@@ -227,9 +252,11 @@ async def run(config: BootConfig, *, host: str, port: int, public_url: str, toke
     if not server.started:
         log.error("server_failed_to_start", host=host, port=port)
         return 1
-    log.info("serving", workspace_id=config.workspace_id, host=host, port=port, public_url=public_url)
+    log.info(
+        "serving", workspace_id=config.workspace_id, host=host, port=port, public_url=public_url, cert_sha256=tls.sha256
+    )
 
-    lifecycle = asyncio.create_task(_register_and_heartbeat(config, stats, token_path))
+    lifecycle = asyncio.create_task(_register_and_heartbeat(config, stats, tls.sha256, token_path))
     exit_code = 0
     done, _ = await asyncio.wait({serving, lifecycle}, return_when=asyncio.FIRST_COMPLETED)
     if lifecycle in done and not lifecycle.result():

@@ -20,8 +20,9 @@ log = structlog.get_logger("tenantflow.api")
 
 @routes.post("/registry/register")
 async def register(request: web.Request) -> web.Response:
-    """Spend the one-time token for a workspace token. The agent's address is never taken from
-    here: the platform dials the instance's private IP on the agent port."""
+    """Spend the one-time token for a workspace token, recording the fingerprint of the agent's TLS
+    certificate (the worker pins it). The agent's address is never taken from here: the platform
+    dials the instance's private IP on the agent port."""
     token = bearer_token(request)
     if token is None:
         raise ApiError(401, "UNAUTHORIZED", "registration needs Authorization: Bearer <registration token>")
@@ -34,9 +35,12 @@ async def register(request: web.Request) -> web.Response:
         await (
             request.app[TEMPORAL]
             .get_workflow_handle(provision_workflow_id(ws["id"]))
-            .signal(ProvisionWorkspaceWorkflow.agent_registered, AgentRegistration())
+            .signal(
+                ProvisionWorkspaceWorkflow.agent_registered,
+                AgentRegistration(agent_cert_sha256=req.agent_cert_sha256),
+            )
         )
-        ws, workspace_token = await workspaces.redeem_registration_token(token, req.workspace_id)
+        ws, workspace_token = await workspaces.redeem_registration_token(token, req.workspace_id, req.agent_cert_sha256)
     except TokenRefused as refused:
         log.warning("registration refused", workspace_id=req.workspace_id, reason=str(refused))
         raise ApiError(
@@ -62,5 +66,6 @@ async def heartbeat(request: web.Request) -> web.Response:
     req = AgentHeartbeatRequest.model_validate(await read_json(request))
     if req.workspace_id != ws["id"]:
         raise ApiError(403, "WORKSPACE_MISMATCH", "this token belongs to another workspace")
-    await request.app[WORKSPACES].record_heartbeat(ws["id"], req.tasks_handled, req.avg_response_time_ms)
+    if not await request.app[WORKSPACES].record_heartbeat(ws["id"], req.tasks_handled, req.avg_response_time_ms):
+        raise ApiError(401, "UNAUTHORIZED", "heartbeat needs a live workspace token")
     return web.json_response({"ok": True})

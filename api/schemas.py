@@ -87,6 +87,9 @@ class OperatorTokenCreateRequest(Strict):
 class AgentRegisterRequest(Strict):
     workspace_id: WorkspaceId
     agent_url: IgnoredAgentUrl = None
+    # SHA-256 (hex) of the DER of the TLS certificate the agent serves; the worker pins it. Absent
+    # only from agents launched before agents served TLS.
+    agent_cert_sha256: Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")] | None = None
 
 
 class AgentHeartbeatRequest(Strict):

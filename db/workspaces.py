@@ -11,7 +11,10 @@ import psycopg
 from db import audit
 from db.pool import Pool, required
 from domain import credentials
-from domain.status import OrgStatus
+from domain.status import OrgStatus, WorkspaceStatus
+
+# A workspace that is over: its agent's token authenticates nothing, whatever else went wrong.
+_FINISHED = (WorkspaceStatus.failed.value, WorkspaceStatus.deleted.value)
 
 
 class Refusal(StrEnum):
@@ -209,16 +212,23 @@ class WorkspaceRepo:
             k: v for k, v in row.items() if k not in ("token_hash", "used_at", "revoked_at", "token_workspace", "alive")
         }
 
-    async def redeem_registration_token(self, secret: str, workspace_id: str) -> tuple[dict[str, Any], str]:
-        """Spend a registration token for exactly its workspace and issue a workspace token.
+    async def redeem_registration_token(
+        self, secret: str, workspace_id: str, agent_cert_sha256: str | None = None
+    ) -> tuple[dict[str, Any], str]:
+        """Spend a registration token for exactly its workspace, record the agent's certificate
+        fingerprint and issue a workspace token.
 
         The spend is a compare-and-set on a token that is unused, unrevoked, unexpired and whose
         workspace still provisions, so a concurrent redeem, a revocation or a failed workspace
-        that commits first wins, and no lock is held while the caller talks to Temporal."""
+        that commits first wins, and no lock is held while the caller talks to Temporal. The
+        workspace row is locked first, as ``revoke_tokens`` does: a revocation waits for this
+        transaction and then sees (and revokes) the token it inserted, or commits first and
+        this one finds its registration token revoked."""
         token_id = credentials.parse(secret, credentials.REGISTRATION_TOKEN)
         if token_id is None:
             raise TokenRefused("not a registration token")
         async with self._pool.connection() as conn, conn.transaction():
+            await _lock_workspace(conn, workspace_id)
             spent = await (
                 await conn.execute(
                     """UPDATE workspace_tokens t SET used_at = now()
@@ -240,9 +250,10 @@ class WorkspaceRepo:
             ws = required(
                 await (
                     await conn.execute(
-                        """UPDATE workspaces SET registered_at = now(), last_seen = now(), updated_at = now()
+                        """UPDATE workspaces SET registered_at = now(), last_seen = now(), updated_at = now(),
+                          agent_cert_sha256 = %s
                    WHERE id = %s RETURNING *""",
-                        (workspace_id,),
+                        (agent_cert_sha256, workspace_id),
                     )
                 ).fetchone()
             )
@@ -268,25 +279,32 @@ class WorkspaceRepo:
             row = await (
                 await conn.execute(
                     """SELECT t.token_hash, w.* FROM workspace_tokens t JOIN workspaces w ON w.id = t.workspace_id
-                   WHERE t.id = %s AND t.kind = 'workspace' AND t.revoked_at IS NULL""",
-                    (token_id,),
+                   WHERE t.id = %s AND t.kind = 'workspace' AND t.revoked_at IS NULL
+                     AND w.status <> ALL(%s)""",
+                    (token_id, list(_FINISHED)),
                 )
             ).fetchone()
         if row is None or not credentials.matches(secret, row.pop("token_hash")):
             return None
         return row
 
-    async def record_heartbeat(self, workspace_id: str, tasks_handled: int, avg_response_time_ms: float | None) -> None:
+    async def record_heartbeat(self, workspace_id: str, tasks_handled: int, avg_response_time_ms: float | None) -> bool:
+        """False (nothing written) when the workspace is over: it may have failed after the token
+        was checked."""
         async with self._pool.connection() as conn:
-            await conn.execute(
+            cur = await conn.execute(
                 """UPDATE workspaces SET last_seen = now(), tasks_handled = %s,
                        avg_response_time_ms = COALESCE(%s, avg_response_time_ms)
-                   WHERE id = %s""",
-                (tasks_handled, avg_response_time_ms, workspace_id),
+                   WHERE id = %s AND status <> ALL(%s)""",
+                (tasks_handled, avg_response_time_ms, workspace_id, list(_FINISHED)),
             )
+            return cur.rowcount == 1
 
     async def revoke_tokens(self, workspace_id: str) -> None:
-        async with self._pool.connection() as conn:
+        """Revoke every token of the workspace, including one a registration in flight inserts:
+        the workspace row lock orders this after (or before) any redeem."""
+        async with self._pool.connection() as conn, conn.transaction():
+            await _lock_workspace(conn, workspace_id)
             await conn.execute(
                 "UPDATE workspace_tokens SET revoked_at = now() WHERE workspace_id = %s AND revoked_at IS NULL",
                 (workspace_id,),
@@ -308,3 +326,9 @@ class WorkspaceRepo:
                     )
                 ).fetchone()
             )
+
+
+async def _lock_workspace(conn: psycopg.AsyncConnection[Any], workspace_id: str) -> None:
+    # NO KEY UPDATE: serializes redeem and revoke, yet lets token inserts (whose foreign key takes
+    # KEY SHARE on this row) proceed, so record_registration_token cannot deadlock with them.
+    await conn.execute("SELECT 1 FROM workspaces WHERE id = %s FOR NO KEY UPDATE", (workspace_id,))

@@ -1,5 +1,6 @@
 """Platform-issued secrets: org API keys (``tfk_``), registration tokens (``tfr_``), workspace
-tokens (``tfw_``) and operator tokens (``tfo_``).
+tokens (``tfw_``), operator tokens (``tfo_``) and the platform's credential for calling a
+workspace's agent (``tfa_``).
 
 A secret is ``<prefix>_<id>_<random>``: the prefix lets secret scanners recognise it, the id finds
 its record, and only a SHA-256 of the whole secret is stored (the random part carries 256 bits,
@@ -19,7 +20,8 @@ ORG_KEY = "tfk"
 REGISTRATION_TOKEN = "tfr"
 WORKSPACE_TOKEN = "tfw"
 OPERATOR_TOKEN = "tfo"
-_FORMAT = re.compile(r"^(tf[krwo])_([0-9a-f]{12})_([A-Za-z0-9_-]{43})$")
+AGENT_ACCESS = "tfa"
+_FORMAT = re.compile(r"(tf[krwo])_([0-9a-f]{12})_([A-Za-z0-9_-]{43})")
 
 
 @dataclass(frozen=True)
@@ -51,6 +53,13 @@ def derive(prefix: str, key: str, context: str) -> Minted:
     ident = mac("id").hex()[:12]
     secret = f"{prefix}_{ident}_{base64.urlsafe_b64encode(mac('secret')).decode().rstrip('=')}"
     return Minted(id=ident, secret=secret, hash=digest(secret))
+
+
+def agent_access(key: str, workspace_id: str) -> Minted:
+    """What the platform presents to a workspace's agent (``Authorization: Bearer``). Derived, so
+    nothing is stored: the worker derives it again for every call, and the agent holds only its
+    hash (from the user data), so neither the user data nor the agent's disk can call the agent."""
+    return derive(AGENT_ACCESS, key, f"{workspace_id}:agent-access")
 
 
 def parse(secret: str, prefix: str) -> str | None:

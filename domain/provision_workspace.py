@@ -38,6 +38,9 @@ class AgentRegistration(BaseModel):
 
     # Histories recorded before the platform derived agent URLs carry the agent's own.
     agent_url: str | None = None
+    # SHA-256 (hex, of the DER) of the certificate the agent registered; None from agents (and
+    # histories) from before agents served TLS.
+    agent_cert_sha256: str | None = None
 
 
 class InstanceRef(BaseModel):
@@ -51,12 +54,15 @@ class AgentCardCheck(BaseModel):
     workspace_id: str
     name: str
     agent_url: str
+    # The registered certificate the worker pins (see AgentRegistration).
+    agent_cert_sha256: str | None = None
 
 
 class WorkspaceInstance(BaseModel):
     workspace_id: str
     instance_id: str
-    # http://<private IP>:<agent port>, derived by the platform (None in histories from before).
+    # https://<private IP>:<agent port> (http:// before agents served TLS), derived by the platform
+    # (None in histories from before).
     agent_url: str | None = None
 
 

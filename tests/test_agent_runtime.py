@@ -9,22 +9,24 @@ IMDS speaks IMDSv2 on a loopback port that ``TENANTFLOW_IMDS_ENDPOINT`` points t
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import secrets
 import signal
+import ssl
 import subprocess
 import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 
-import httpx
 import pytest
-from a2a.client import A2ACardResolver, create_client
+from a2a.client import A2ACardResolver, ClientConfig, create_client
 from a2a.helpers import get_stream_response_text, new_text_message
 from a2a.types import Role, SendMessageRequest
 from aiohttp import web
 
+from activities.a2a import pinned_client, presented_certificate
 from agent.card import workspace_id_from_card
 from agent.imds import IMDS_ENDPOINT_ENV, ImdsUnavailable, private_ipv4
 from agent.log import add_secret, scrub
@@ -70,6 +72,8 @@ class FakePlatform(LocalServer):
         super().__init__()
         self.heartbeat_interval = heartbeat_interval
         self.registration_token = f"tfr_{secrets.token_urlsafe(24)}"
+        # What the platform presents to the agents it launched (each agent holds only its hash).
+        self.agent_credential = f"tfa_{secrets.token_urlsafe(24)}"
         self.workspace_tokens: dict[str, str] = {}  # workspace_id -> the token it was issued
         self.registrations: list[dict] = []  # {"authorization": ..., "body": ..., "remote": peer address}
         self.heartbeats: list[dict] = []
@@ -108,6 +112,16 @@ class FakePlatform(LocalServer):
             return web.json_response({"error": "revoked"}, status=self.heartbeat_status)
         return web.json_response({"ok": True})
 
+    def cert_sha256(self, workspace_id: str) -> str:
+        """The fingerprint the workspace's agent registered."""
+        return next(
+            r["body"]["agent_cert_sha256"] for r in self.registrations if r["body"]["workspace_id"] == workspace_id
+        )
+
+    def client(self, agent_url: str, workspace_id: str):
+        """The platform's pinned, credentialed client for that workspace's agent."""
+        return pinned_client(agent_url, self.cert_sha256(workspace_id), self.agent_credential)
+
     def add_routes(self, router: web.UrlDispatcher) -> None:
         router.add_post("/api/v1/registry/register", self._register)
         router.add_post("/api/v1/registry/heartbeat", self._heartbeat)
@@ -123,6 +137,7 @@ class FakePlatform(LocalServer):
             "tier": 3,
             "platform_url": self.url,
             "registration_token": self.registration_token,
+            "platform_credential_sha256": hashlib.sha256(self.agent_credential.encode()).hexdigest(),
             "listen_port": 443,
             "heartbeat_interval_seconds": 15,
             **overrides,
@@ -198,7 +213,7 @@ def run_agent(tmp_path, fake_imds):
         config_path = config_path or tmp_path / f"agent-{n}.json"
         config_path.write_text(json.dumps(config))
         port = free_port()
-        url = f"http://127.0.0.1:{port}/"
+        url = f"https://127.0.0.1:{port}/"
         log_path = tmp_path / f"agent-{n}.log"
         args = [sys.executable, "-m", "agent", "--config", str(config_path), "--host", "127.0.0.1", "--port", str(port)]
         if public_url:
@@ -227,7 +242,12 @@ async def test_registers_heartbeats_serves_card_and_echoes(fake_platform, fake_i
 
     reg = await eventually(lambda: fake_platform.registrations, "registration", proc=proc)
     assert reg[0]["authorization"] == f"Bearer {fake_platform.registration_token}"
-    assert reg[0]["body"] == {"workspace_id": ws}  # the platform derives the URL from the instance
+    # The platform derives the URL from the instance; the agent registers its certificate.
+    cert_pem = log_path.with_name("agent-0.crt").read_text()
+    assert reg[0]["body"] == {
+        "workspace_id": ws,
+        "agent_cert_sha256": hashlib.sha256(ssl.PEM_cert_to_DER_cert(cert_pem)).hexdigest(),
+    }
     # IMDSv2: a session token first, then the address with it.
     assert fake_imds.requests == [("PUT", "/latest/api/token"), ("GET", "/latest/meta-data/local-ipv4")]
 
@@ -238,7 +258,7 @@ async def test_registers_heartbeats_serves_card_and_echoes(fake_platform, fake_i
         assert hb["authorization"] == f"Bearer {token}"
         assert hb["body"] == {"workspace_id": ws, "tasks_handled": 0, "avg_response_time_ms": 0.0}
 
-    async with httpx.AsyncClient() as http:
+    async with fake_platform.client(url, ws) as http:
         card = await A2ACardResolver(http, url).get_agent_card()
         raw = (await http.get(f"{url}.well-known/agent-card.json")).json()
     assert card.name == "production-agent-1"
@@ -250,12 +270,13 @@ async def test_registers_heartbeats_serves_card_and_echoes(fake_platform, fake_i
     assert f"workspace:{ws}" in echo.tags and "runtime:hermes" in echo.tags and "model:claude-sonnet-4" in echo.tags
     assert workspace_id_from_card(card) == ws == workspace_id_from_card(raw)
 
-    client = await create_client(url)
-    try:
-        request = SendMessageRequest(message=new_text_message("hello", role=Role.ROLE_USER))
-        replies = [get_stream_response_text(event) async for event in client.send_message(request)]
-    finally:
-        await client.close()
+    async with fake_platform.client(url, ws) as http:
+        client = await create_client(url, client_config=ClientConfig(httpx_client=http))
+        try:
+            request = SendMessageRequest(message=new_text_message("hello", role=Role.ROLE_USER))
+            replies = [get_stream_response_text(event) async for event in client.send_message(request)]
+        finally:
+            await client.close()
     assert replies == ["echo: hello"]
 
     hb = await eventually(
@@ -272,9 +293,10 @@ async def test_registers_heartbeats_serves_card_and_echoes(fake_platform, fake_i
 
 
 async def test_public_url_override_skips_the_metadata_service(fake_platform, fake_imds, run_agent):
-    proc, url, _log = run_agent(fake_platform.boot_config(f"ws_{secrets.token_hex(6)}"), public_url=True)
+    ws = f"ws_{secrets.token_hex(6)}"
+    proc, url, _log = run_agent(fake_platform.boot_config(ws), public_url=True)
     await eventually(lambda: fake_platform.registrations, "registration", proc=proc)
-    async with httpx.AsyncClient() as http:
+    async with fake_platform.client(url, ws) as http:
         assert (await http.get(f"{url}.well-known/agent-card.json")).json()["url"] == url
     assert fake_imds.requests == []
 
@@ -324,7 +346,7 @@ async def test_register_retries_5xx_and_heartbeat_401_stops_heartbeats_only(fake
     count = len(fake_platform.heartbeats)
     await asyncio.sleep(1.0)  # five intervals
     assert len(fake_platform.heartbeats) == count
-    async with httpx.AsyncClient() as http:  # the server keeps serving
+    async with fake_platform.client(url, ws) as http:  # the server keeps serving
         assert (await http.get(f"{url}.well-known/agent-card.json")).status_code == 200
     assert proc.poll() is None
 
@@ -342,28 +364,45 @@ def test_log_scrubber_redacts_token_shapes_and_known_values():
         assert leaked not in scrubbed
 
 
+async def serving_certificate(port: int, proc, timeout: float = 30.0) -> str:
+    """The SHA-256 of the certificate the agent on ``port`` presents, once it serves."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return hashlib.sha256(await presented_certificate("127.0.0.1", port)).hexdigest()
+        except OSError:
+            assert proc.poll() is None and time.monotonic() < deadline, "the agent never served TLS"
+            await asyncio.sleep(0.05)
+
+
 @pytest.mark.parametrize("state_directory", [False, True], ids=["beside-config", "systemd-state-directory"])
 async def test_restarted_agent_resumes_with_its_saved_token(fake_platform, run_agent, tmp_path, state_directory):
     """A stopped and started instance runs the agent again: it must not spend the (dead) one-time
-    token a second time, but resume heartbeats with its saved workspace token. Under systemd the
-    token lives in the unit's StateDirectory= (``$STATE_DIRECTORY``), else beside the config."""
+    token a second time, but resume heartbeats with its saved workspace token, and present the
+    certificate it registered. Under systemd they live in the unit's StateDirectory=
+    (``$STATE_DIRECTORY``), else beside the config."""
     ws = f"ws_{secrets.token_hex(6)}"
     config_path = tmp_path / "agent.json"
     env = {"STATE_DIRECTORY": str(tmp_path / "state")} if state_directory else {}
     if state_directory:
         (tmp_path / "state").mkdir(mode=0o700)
-    logs = []
+    logs, presented = [], []
     for boot in range(2):
-        proc, _url, log_path = run_agent(
+        proc, url, log_path = run_agent(
             fake_platform.boot_config(ws, heartbeat_interval_seconds=0.2), env=env, config_path=config_path
         )
         logs.append(log_path)
         seen = len(fake_platform.heartbeats)
         try:
             await eventually(lambda: len(fake_platform.heartbeats) > seen, f"heartbeat from boot {boot}", proc=proc)
+            # (A heartbeat of the previous boot can still be in flight: wait for this one's server.)
+            presented.append(await serving_certificate(int(url.rsplit(":", 1)[1].rstrip("/")), proc))
         finally:
             stop(proc, timeout=5)
     assert len(fake_platform.registrations) == 1
+    assert presented == [fake_platform.cert_sha256(ws)] * 2  # the registered certificate, after a restart too
+    key_file = tmp_path / "state" / "agent.key" if state_directory else config_path.with_suffix(".key")
+    assert oct(key_file.stat().st_mode & 0o777) == "0o600"
     token_file = tmp_path / "state" / "agent.token" if state_directory else config_path.with_suffix(".token")
     assert oct(token_file.stat().st_mode & 0o777) == "0o600"
     assert token_file.read_text() == fake_platform.workspace_tokens[ws]

@@ -230,7 +230,9 @@ async def test_registration_token_is_one_time_and_bound_to_its_workspace(
         )
         assert resp.status == 401
         resp = await api.post(
-            "/registry/register", json={"workspace_id": first, "agent_url": "http://127.0.0.1:9"}, headers=bearer(token)
+            "/registry/register",
+            json={"workspace_id": first, "agent_url": "http://127.0.0.1:9", "agent_cert_sha256": "0" * 64},
+            headers=bearer(token),
         )
         assert resp.status == 200
         answer = await resp.json()
@@ -260,7 +262,7 @@ async def test_registration_token_is_one_time_and_bound_to_its_workspace(
         # The URL the registration named was never dialled: the platform dials the instance's own
         # private address on the agent port (an agent-chosen URL made the worker an SSRF probe).
         private_ip = instances_of(ec2, first, states=("terminated",))[0]["PrivateIpAddress"]
-        derived = f"http://{private_ip}:{app_settings.agent_port}"
+        derived = f"https://{private_ip}:{app_settings.agent_port}"
         assert failed["agent_url"] == derived and derived in failed["failure_reason"]
         assert "127.0.0.1:9" not in failed["failure_reason"]
         assert instances_of(ec2, first) == []

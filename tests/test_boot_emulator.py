@@ -15,6 +15,7 @@ import re
 import secrets
 import signal
 import socket
+import ssl
 import stat
 import subprocess
 import sys
@@ -24,11 +25,13 @@ import httpx
 import pytest
 from moto.server import ThreadedMotoServer
 
+from activities.a2a import pinned_client
 from activities.boot_script import CONFIG_PATH, UNIT_NAME, UNIT_PATH, render_user_data
 from agent.client import ask
 from devstack.boot_emulator import BootEmulator, EmulatorUnavailable, check_host
 from devstack.moto_client import moto_ec2_client
 from devstack.procs import free_port, spawn, wait_for_port
+from domain import credentials
 from tests.test_agent_runtime import FakePlatform, eventually, fake_platform  # noqa: F401 - a fixture
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -38,6 +41,7 @@ NEIGHBOUR = "127.77.1.250"  # an address in the subnet that no test instance has
 PLATFORM_CIDR = "127.0.0.1/32"
 AGENT_PORT = 443
 BOOT = 90.0  # generous: a loaded 2-core machine starts Python slowly
+SIGNING_KEY = secrets.token_urlsafe(32)  # the platform's: derives each workspace's agent credential
 
 
 # -- servers and helpers --------------------------------------------------------------------------
@@ -112,6 +116,7 @@ class Cloud:
             tier=3,
             platform_url=self.platform.url,
             registration_token=self.platform.registration_token,
+            platform_credential_sha256=credentials.agent_access(SIGNING_KEY, workspace_id).hash,
             heartbeat_interval_seconds=15,
             listen_port=AGENT_PORT,
         )
@@ -190,20 +195,36 @@ def console(emu: BootEmulator, instance_id: str) -> str:
 
 
 def dial(ip: str, port: int, source: str | None = None) -> str:
-    """What a TCP client sees: "refused", "reset" or the first line of an HTTP answer."""
+    """What a TLS client without the platform's credential sees: "refused", "reset" or the first
+    line of an HTTP answer (the agent's 401 shows that the wire reaches it)."""
     try:
         sock = socket.create_connection((ip, port), timeout=10, source_address=(source, 0) if source else None)
     except ConnectionRefusedError:
         return "refused"
     except ConnectionResetError:
         return "reset"
-    with sock:
-        try:
-            sock.sendall(f"GET /.well-known/agent-card.json HTTP/1.0\r\nHost: {ip}\r\n\r\n".encode())
-            answer = sock.recv(4096)
-        except (ConnectionResetError, BrokenPipeError):
-            return "reset"
+    tls = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    tls.check_hostname, tls.verify_mode = False, ssl.CERT_NONE
+    try:
+        with tls.wrap_socket(sock) as conn:
+            conn.sendall(f"GET /.well-known/agent-card.json HTTP/1.0\r\nHost: {ip}\r\n\r\n".encode())
+            answer = conn.recv(4096)
+    except (ConnectionResetError, BrokenPipeError):
+        return "reset"
+    except (ssl.SSLError, OSError):
+        return "closed"
+    finally:
+        sock.close()
     return answer.split(b"\r\n", 1)[0].decode() if answer else "closed"
+
+
+def platform_client(ip: str, workspace_id: str, registration: dict):
+    """The worker's view of an agent: its registered certificate and the workspace's credential."""
+    return pinned_client(
+        f"https://{ip}:{AGENT_PORT}/",
+        registration["body"]["agent_cert_sha256"],
+        credentials.agent_access(SIGNING_KEY, workspace_id).secret,
+    )
 
 
 async def wait_registered(cloud: Cloud, workspace_id: str) -> dict:
@@ -270,13 +291,13 @@ async def test_agent_boots_from_unchanged_user_data_registers_from_its_private_i
     instance_id, ip, ws = cloud.launch()
     registration = await wait_registered(cloud, ws)
     assert registration["remote"] == ip  # egress leaves from the instance's own address
-    assert registration["body"] == {"workspace_id": ws}
+    assert registration["body"] == {"workspace_id": ws, "agent_cert_sha256": registration["body"]["agent_cert_sha256"]}
 
-    url = f"http://{ip}:{AGENT_PORT}/"
-    async with httpx.AsyncClient(trust_env=False, timeout=10) as http:  # the worker: from 127.0.0.1
+    url = f"https://{ip}:{AGENT_PORT}/"
+    async with platform_client(ip, ws, registration) as http:  # the worker: from 127.0.0.1
         card = (await http.get(f"{url}.well-known/agent-card.json")).json()
+        assert await ask(url, "hi", http=http) == "echo: hi"
     assert card["url"] == url and card["supportedInterfaces"][0]["url"] == url
-    assert await ask(url, "hi") == "echo: hi"
     await eventually(lambda: cloud.heartbeats(ws), "a heartbeat")
     assert {h["remote"] for h in cloud.heartbeats(ws)} == {ip}
 
@@ -301,13 +322,13 @@ async def test_agent_boots_from_unchanged_user_data_registers_from_its_private_i
 async def test_security_group_decides_who_reaches_the_agent(cloud, emulator):
     instance_id, ip, ws = cloud.launch()
     await wait_registered(cloud, ws)
-    await eventually(lambda: dial(ip, AGENT_PORT).startswith("HTTP/1.1 200"), "the agent behind port 443")
+    await eventually(lambda: dial(ip, AGENT_PORT).startswith("HTTP/1.1 401"), "the agent behind port 443")
     assert dial(ip, 8000) == "refused"  # no rule for the port: nothing listens
     assert dial(ip, AGENT_PORT, source=NEIGHBOUR) == "reset"  # outside the rule's CIDR
 
     cloud.authorize(AGENT_PORT, f"{NEIGHBOUR}/32")  # rules apply to running instances
     await eventually(
-        lambda: dial(ip, AGENT_PORT, source=NEIGHBOUR).startswith("HTTP/1.1 200"), "the neighbour to be admitted"
+        lambda: dial(ip, AGENT_PORT, source=NEIGHBOUR).startswith("HTTP/1.1 401"), "the neighbour to be admitted"
     )
 
     # A rule naming a security group admits the private addresses of that group's instances.
@@ -318,7 +339,7 @@ async def test_security_group_decides_who_reaches_the_agent(cloud, emulator):
     ]
     cloud.ec2.authorize_security_group_ingress(GroupId=cloud.sg, IpPermissions=same_group)
     await eventually(
-        lambda: dial(ip, AGENT_PORT, source=peer_ip).startswith("HTTP/1.1 200"),
+        lambda: dial(ip, AGENT_PORT, source=peer_ip).startswith("HTTP/1.1 401"),
         "the same group's instance to be admitted",
     )
 
@@ -418,7 +439,10 @@ async def test_stop_start_runs_no_user_data_and_the_enabled_unit_resumes_with_it
     assert console(emulator, instance_id).count("running user data") == 1
     state = agent(emulator, instance_id)
     assert state["user_data_exit"] == 0 and state["units"][UNIT_NAME]["state"] == "active"  # of the first boot
-    assert (await asyncio.to_thread(dial, ip, AGENT_PORT)).startswith("HTTP/1.1 200")
+    assert (await asyncio.to_thread(dial, ip, AGENT_PORT)).startswith("HTTP/1.1 401")
+    # The certificate made at first boot is the one served after the restart: the pin still holds.
+    async with platform_client(ip, ws, cloud.registrations(ws)[0]) as http:
+        assert (await http.get(f"https://{ip}:{AGENT_PORT}/.well-known/agent-card.json")).status_code == 200
     ignored = [r for r in caplog.records if "ProtectSystem=" in r.getMessage()]
     assert len(ignored) == 1 and "not emulated" in ignored[0].getMessage()  # said once, not per boot
 

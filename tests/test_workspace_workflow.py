@@ -185,4 +185,4 @@ async def test_launch_with_other_parameters_under_the_same_token_adopts_the_firs
     activities = InstanceActivities(settings, Ledger(pool), WorkspaceRepo(pool))
     launched = await ActivityEnvironment().run(activities.launch_instance, provision_input(settings, org, ws))
     assert launched.instance_id == first
-    assert launched.agent_url.startswith("http://127.") and launched.agent_url.endswith(f":{settings.agent_port}")
+    assert launched.agent_url.startswith("https://127.") and launched.agent_url.endswith(f":{settings.agent_port}")

@@ -94,7 +94,12 @@ class ProvisionWorkspaceWorkflow(Tracked):
             self._tracker.enter(step := "check_agent")
             await run_activity(
                 AgentActivities.check_agent_card,
-                AgentCardCheck(workspace_id=inp.workspace_id, name=inp.name, agent_url=result.agent_url),
+                AgentCardCheck(
+                    workspace_id=inp.workspace_id,
+                    name=inp.name,
+                    agent_url=result.agent_url,
+                    agent_cert_sha256=self._registration.agent_cert_sha256,
+                ),
                 "fetch and check the A2A agent card",
                 deadline=timedelta(seconds=inp.agent_check_timeout_seconds),
                 attempt_timeout=timedelta(seconds=15),
