@@ -3,10 +3,11 @@
 Two kinds of token bucket, both in the platform database (``db/ratelimit.py``), which every
 replica shares, so N replicas together admit one limit:
 
-- **per principal** (``org:<org id>``, ``operator:<name>``): taken by :func:`limit_principal`,
-  which authentication calls once it has succeeded; every key of an org draws on the org's bucket.
+- **per principal** (``org:<org id>``, ``operator:<name>``, ``workspace:<id>`` for an agent's
+  token): taken by :func:`limit_principal`, which authentication calls once it has succeeded;
+  every key of an org draws on the org's bucket, and agents behind one NAT address do not share one.
 - **per client address**: taken, after the handler, by every request that did not authenticate
-  (no credentials, a wrong one, an agent's token): random bearers draw on their sender's bucket,
+  (no credentials, a wrong one): random bearers draw on their sender's bucket,
   never on fresh ones. An IPv6 client counts per /64, the block one host is usually given.
 
 Each request costs one statement, on one bucket or the other. A refusal is remembered in this

@@ -7,6 +7,7 @@ from aiohttp import web
 
 from api.auth import bearer_token
 from api.errors import ApiError, read_json
+from api.ratelimit import limit_principal
 from api.schemas import AgentHeartbeatRequest, AgentRegisterRequest
 from api.state import SETTINGS, TEMPORAL, WORKSPACES
 from db.workspaces import TokenRefused
@@ -32,6 +33,7 @@ async def register(request: web.Request) -> web.Response:
         # Checked, then the workflow woken, then spent: no database lock is held across the
         # Temporal call, and a failed signal leaves the token unspent for the agent's retry.
         ws = await workspaces.check_registration_token(token, req.workspace_id)
+        await limit_principal(request, f"workspace:{ws['id']}")
         await (
             request.app[TEMPORAL]
             .get_workflow_handle(provision_workflow_id(ws["id"]))
@@ -63,6 +65,8 @@ async def heartbeat(request: web.Request) -> web.Response:
     ws = await request.app[WORKSPACES].authenticate_workspace_token(token) if token else None
     if ws is None:
         raise ApiError(401, "UNAUTHORIZED", "heartbeat needs a live workspace token")
+    # Per workspace, not per address: a VPC's agents reach the API through one NAT address.
+    await limit_principal(request, f"workspace:{ws['id']}")
     req = AgentHeartbeatRequest.model_validate(await read_json(request))
     if req.workspace_id != ws["id"]:
         raise ApiError(403, "WORKSPACE_MISMATCH", "this token belongs to another workspace")

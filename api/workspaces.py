@@ -65,6 +65,8 @@ def workspace_view(row: dict[str, Any], progress: Progress | None = None) -> dic
         "instance_id": row["instance_id"],
         "instance_type": row["instance_type"],
         "agent_url": row["agent_url"],
+        # What the agent's TLS certificate must hash to (registered at its first boot): not a secret.
+        "agent_cert_sha256": row.get("agent_cert_sha256"),
         "last_seen": _iso(row["last_seen"]),
         "tasks_handled": row["tasks_handled"],
         "avg_response_time_ms": row["avg_response_time_ms"],

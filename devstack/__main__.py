@@ -66,7 +66,11 @@ def main() -> int:
                     load_or_create_secrets(stack.state_dir).get("demo_org_key"),
                 )
                 print(f"  demo org key   Authorization: Bearer {key}  (tenant routes: /workspaces)", flush=True)
-                ws = run_demo_workspace(TenantClient(stack.api_url, key), settings.demo_workspace_name)
+                ws = run_demo_workspace(
+                    TenantClient(stack.api_url, key),
+                    settings.demo_workspace_name,
+                    load_or_create_secrets(stack.state_dir)["token_signing_key"],
+                )
                 print(f"demo workspace {ws['name']}: {ws['status']} on {ws['instance_id']}", flush=True)
         print("local stack running; Ctrl-C stops everything", flush=True)
         while True:

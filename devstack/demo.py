@@ -9,9 +9,11 @@ import time
 from pathlib import Path
 from typing import TextIO
 
+from activities.a2a import pinned_client
 from agent.client import ask
 from devstack.moto_client import moto_ec2_client
 from devstack.stack import save_secret
+from domain import credentials
 from starter import ApiError, OperatorClient, TenantClient, follow_org, follow_workspace
 
 DEMO_VPC_TAG = "tenantflow-demo-vpc"
@@ -83,7 +85,7 @@ def demo_org_key(client: OperatorClient, api_url: str, slug: str, state_dir: Pat
     return key
 
 
-def run_demo_workspace(tenant: TenantClient, name: str, out: TextIO = sys.stdout) -> dict:
+def run_demo_workspace(tenant: TenantClient, name: str, signing_key: str, out: TextIO = sys.stdout) -> dict:
     """Create the demo workspace unless it is already running, follow it, and talk to its agent."""
     current = next((w for w in tenant.workspaces() if w["name"] == name and w["status"] != "failed"), None)
     if current is not None and current["status"] == "running":
@@ -97,19 +99,30 @@ def run_demo_workspace(tenant: TenantClient, name: str, out: TextIO = sys.stdout
         current = follow_workspace(tenant, current["id"], out)
     ws = tenant.workspace(current["id"])
     if ws["status"] == "running":
-        ws, reply = ask_when_reachable(tenant, ws["id"], "hello from the operator")
+        ws, reply = ask_when_reachable(tenant, ws["id"], "hello from the operator", signing_key)
         out.write(f"agent {ws['agent_url']} answered over A2A: {reply!r}\n")
     return ws
 
 
-def ask_when_reachable(tenant: TenantClient, workspace_id: str, text: str, timeout: float = 60.0) -> tuple[dict, str]:
+async def ask_agent(ws: dict, text: str, signing_key: str) -> str:
+    """Talk to a workspace's agent as the platform does: only over TLS to the certificate it
+    registered, with the platform's credential for it (derived from the stack's signing key, which
+    only the worker holds in production; the local stack's is in its secrets.json)."""
+    credential = credentials.agent_access(signing_key, ws["id"]).secret
+    async with pinned_client(ws["agent_url"], ws["agent_cert_sha256"], credential) as http:
+        return await ask(ws["agent_url"], text, http=http)
+
+
+def ask_when_reachable(
+    tenant: TenantClient, workspace_id: str, text: str, signing_key: str, timeout: float = 60.0
+) -> tuple[dict, str]:
     """After a restart of the stack the instance boots again (on the same private address, as on
     EC2): ask until its agent answers."""
     deadline = time.monotonic() + timeout
     while True:
         ws = tenant.workspace(workspace_id)
         try:
-            return ws, asyncio.run(ask(ws["agent_url"], text))
+            return ws, asyncio.run(ask_agent(ws, text, signing_key))
         except Exception:
             if time.monotonic() > deadline:
                 raise

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import contextlib
+import secrets
+from datetime import timedelta
 
 import psycopg
 from neon_api import NeonAPI
 
 from api.schemas import OrgCreateRequest
 from db.orgs import OrgRepo
+from db.workspaces import WorkspaceRepo
+from domain import credentials
 from domain.onboard_org import OnboardOrgInput
 from domain.resources import resource_name
 from domain.settings import Settings
@@ -125,3 +129,30 @@ async def active_org_key(pool, slug: str) -> str:
     org = await orgs.get(row["id"])
     assert org is not None
     return (await OrgKeyRepo(pool).mint(org, "k", actor="test"))[1]
+
+
+async def provisioning_workspace(pool) -> tuple[WorkspaceRepo, str, str]:
+    """A provisioning workspace with a live registration token: (repo, workspace id, token)."""
+    org_id, ws_id = f"org_{secrets.token_hex(6)}", f"ws_{secrets.token_hex(6)}"
+    async with pool.connection() as conn:
+        await conn.execute(
+            """INSERT INTO orgs (id, slug, name, plan, vpc_id, subnet_ids, status, neon_mode, request_hash)
+               VALUES (%s, %s, 'T', 'starter', 'vpc-1', ARRAY['subnet-1'], 'active', 'branch', 'h')""",
+            (org_id, f"t-{secrets.token_hex(4)}"),
+        )
+    repo = WorkspaceRepo(pool)
+    await repo.reserve(
+        org_id,
+        workspace_id=ws_id,
+        name=f"w-{secrets.token_hex(3)}",
+        role="r",
+        runtime="hermes",
+        tier=1,
+        model="m",
+        instance_type="t3.micro",
+        subnet_id="subnet-1",
+        actor="test",
+    )
+    minted = credentials.mint(credentials.REGISTRATION_TOKEN)
+    await repo.record_registration_token(ws_id, minted, timedelta(hours=1))
+    return repo, ws_id, minted.secret

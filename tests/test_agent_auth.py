@@ -11,7 +11,6 @@ import hashlib
 import json
 import secrets
 import ssl
-from datetime import timedelta
 
 import httpx
 import pytest
@@ -20,11 +19,12 @@ from temporalio.exceptions import ApplicationError
 from activities.a2a import AgentActivities, pinned_client, presented_certificate
 from agent.client import ask
 from agent.tls import load_or_create
-from db.workspaces import TokenRefused, WorkspaceRepo
+from db.workspaces import TokenRefused
 from devstack.boot_emulator import BootEmulator
 from domain import credentials
 from domain.provision_workspace import AgentCardCheck
 from domain.settings import Settings
+from tests.helpers import provisioning_workspace
 from tests.test_agent_runtime import eventually, fake_imds, fake_platform, run_agent  # noqa: F401 - fixtures
 from tests.test_boot_emulator import (  # noqa: F401 - fixtures
     AGENT_PORT,
@@ -228,33 +228,6 @@ async def test_another_orgs_agent_on_the_same_network_can_neither_call_nor_imper
 
 
 # -- token lifecycle (real Postgres) ---------------------------------------------------------------
-
-
-async def provisioning_workspace(pool) -> tuple[WorkspaceRepo, str, str]:
-    """A provisioning workspace with a live registration token: (repo, workspace id, token)."""
-    org_id, ws_id = f"org_{secrets.token_hex(6)}", f"ws_{secrets.token_hex(6)}"
-    async with pool.connection() as conn:
-        await conn.execute(
-            """INSERT INTO orgs (id, slug, name, plan, vpc_id, subnet_ids, status, neon_mode, request_hash)
-               VALUES (%s, %s, 'T', 'starter', 'vpc-1', ARRAY['subnet-1'], 'active', 'branch', 'h')""",
-            (org_id, f"t-{secrets.token_hex(4)}"),
-        )
-    repo = WorkspaceRepo(pool)
-    await repo.reserve(
-        org_id,
-        workspace_id=ws_id,
-        name=f"w-{secrets.token_hex(3)}",
-        role="r",
-        runtime="hermes",
-        tier=1,
-        model="m",
-        instance_type="t3.micro",
-        subnet_id="subnet-1",
-        actor="test",
-    )
-    minted = credentials.mint(credentials.REGISTRATION_TOKEN)
-    await repo.record_registration_token(ws_id, minted, timedelta(hours=1))
-    return repo, ws_id, minted.secret
 
 
 async def test_token_of_a_failed_workspace_authenticates_nothing_and_heartbeats_write_nothing(pool):

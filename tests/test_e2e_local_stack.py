@@ -19,8 +19,7 @@ from neon_api import NeonAPI
 from temporalio.client import Client
 
 import starter
-from agent.client import ask
-from devstack.demo import ensure_demo_network
+from devstack.demo import ask_agent, ensure_demo_network
 from devstack.moto_client import moto_ec2_client
 from devstack.procs import free_port
 
@@ -214,7 +213,10 @@ def test_run_command_onboards_and_restarts_with_saved_state(tmp_path):
             assert code == 0
             [ws] = tenant.workspaces()
             assert ws["status"] == "running" and ws["instance_id"].startswith("i-")
-            assert asyncio.run(ask(ws["agent_url"], "ping")) == "echo: ping"
+            # Only the platform's credential, over TLS to the certificate it registered, reaches it.
+            signing_key = stack.secrets["token_signing_key"]
+            assert ws["agent_url"].startswith("https://") and len(ws["agent_cert_sha256"]) == 64
+            assert asyncio.run(ask_agent(ws, "ping", signing_key)) == "echo: ping"
             with pytest.raises(starter.ApiError) as full:
                 tenant.create_workspace(name="agent-2", role="x", runtime="hermes", tier=1, model="m")
             assert full.value.status == 409
@@ -258,7 +260,8 @@ def test_run_command_onboards_and_restarts_with_saved_state(tmp_path):
                 lambda w: w["status"] == "running" and w["last_seen"] > stopped_at,
                 timeout=90,
             )
-            assert asyncio.run(ask(running["agent_url"], "back?")) == "echo: back?"
+            # The same certificate after the stop and start: the pin still holds.
+            assert asyncio.run(ask_agent(running, "back?", stack.secrets["token_signing_key"])) == "echo: back?"
             assert back["instance_id"] == running["instance_id"]
             assert cli("delete", "acme", "--confirm", "acme", "--delete-workspaces") == 0
             assert cli("audit", "acme") == 0

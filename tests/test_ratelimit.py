@@ -26,7 +26,7 @@ from db.pool import open_pool
 from db.ratelimit import RateLimitRepo
 from devstack.postgres import ensure_database
 from devstack.procs import free_port, spawn, stop, wait_for_port
-from tests.helpers import active_org_key
+from tests.helpers import active_org_key, provisioning_workspace
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -180,6 +180,26 @@ async def test_an_org_is_limited_across_all_its_keys_and_others_are_not(limited_
     assert (await client.get("/api/v1/keys", headers=from_address("198.51.100.20"))).status == 401
     # The other org is served.
     assert (await client.get("/api/v1/keys", headers=from_address("198.51.100.20", quiet[0]))).status == 200
+
+
+async def test_agents_behind_one_address_are_limited_per_workspace(limited_app, limits_pool):
+    # A VPC's agents reach the API through one NAT address: each workspace token is a principal.
+    client, _ = limited_app
+    tokens = []
+    for _ in range(2):
+        repo, ws, secret = await provisioning_workspace(limits_pool)
+        _, token = await repo.redeem_registration_token(secret, ws, "ab" * 32)
+        tokens.append((ws, token))
+    nat = from_address("198.51.100.30")
+
+    async def heartbeat(ws: str, token: str) -> int:
+        body = {"workspace_id": ws, "tasks_handled": 1, "avg_response_time_ms": 2.0}
+        headers = {**nat, "Authorization": f"Bearer {token}"}
+        return (await client.post("/api/v1/registry/heartbeat", json=body, headers=headers)).status
+
+    noisy, quiet = tokens
+    assert [await heartbeat(*noisy) for _ in range(25)] == [200] * 20 + [429] * 5
+    assert await heartbeat(*quiet) == 200  # its own bucket, from the same address
 
 
 # -- two API processes, one limit ---------------------------------------------------------------
