@@ -17,7 +17,9 @@ from api.progress import ProgressQueries
 from api.ratelimit import LIMITER, RateLimiter, rate_limit_middleware
 from api.state import AUDIT, ORG_KEYS, ORGS, POOL, PROGRESS, SETTINGS, TEMPORAL, WORKSPACES
 from api.versioning import add_versioned_routes, deprecation_middleware
+from db import audit
 from db.audit import AuditRepo
+from db.audit_anchors import AnchorStore
 from db.keys import OrgKeyRepo
 from db.orgs import OrgRepo
 from db.pool import open_pool
@@ -46,8 +48,10 @@ def create_app(settings: Settings, *, temporal: Client | None = None) -> web.App
     app[LIMITER] = RateLimiter(settings.rate_limit_per_minute, settings.rate_limit_burst)
 
     async def resources(app: web.Application) -> AsyncIterator[None]:
+        audit.configure(settings.audit_hmac_key.get_secret_value())
         pool = await open_pool(
             settings.database_url.get_secret_value(),
+            migration_url=settings.migration_url(),
             min_size=settings.database_pool_min,
             max_size=settings.database_pool_max,
         )
@@ -55,7 +59,7 @@ def create_app(settings: Settings, *, temporal: Client | None = None) -> web.App
         app[ORGS] = OrgRepo(pool)
         app[ORG_KEYS] = OrgKeyRepo(pool)
         app[WORKSPACES] = WorkspaceRepo(pool)
-        app[AUDIT] = AuditRepo(pool)
+        app[AUDIT] = AuditRepo(pool, AnchorStore.from_settings(settings).newest_async)
         app[TEMPORAL] = temporal or await connect_temporal(lazy=True)
         app[PROGRESS] = ProgressQueries(
             app[TEMPORAL], settings.progress_query_timeout_seconds, app[METRICS]["progress_polls"]
