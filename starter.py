@@ -19,6 +19,7 @@
     python starter.py teardowns                          # deletions under way; which wait for you
     python starter.py retry acme | abandon acme           # decide on a parked step (or retry a failed onboarding)
     python starter.py audit acme                         # the trail, and whether the chain verifies
+    python starter.py audit --verify                     # every org's chain against the newest anchor
 
 The API URL comes from TENANTFLOW_API_URL (default http://127.0.0.1:8080), the operator's
 credential from TENANTFLOW_OPERATOR_TOKEN (a named token) or else TENANTFLOW_PROVISION_SECRET (the
@@ -131,6 +132,9 @@ class OperatorClient(ApiClient):
 
     def audit(self, slug: str) -> dict:
         return self.request("GET", f"/api/v1/orgs/{slug}/audit")[1]
+
+    def verify_audit(self) -> dict:
+        return self.request("GET", "/api/v1/audit")[1]
 
 
 class TenantClient(ApiClient):
@@ -305,7 +309,9 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_parser("teardowns", help="deletions under way, and which wait for an operator")
     sub.add_parser("retry", help="run a parked step again, or a failed onboarding again").add_argument("slug")
     sub.add_parser("abandon", help="stop the operation in progress on its parked step").add_argument("slug")
-    sub.add_parser("audit", help="an org's audit trail and the chain's verification").add_argument("slug")
+    audit = sub.add_parser("audit", help="an org's audit trail, and every chain verified against the newest anchor")
+    audit.add_argument("slug", nargs="?", help="the org whose records to list")
+    audit.add_argument("--verify", action="store_true", help="only verify (every org's chain); exit 1 if broken")
     ws = sub.add_parser("workspace", help="tenant workspace operations (TENANTFLOW_ORG_KEY)")
     ws_sub = ws.add_subparsers(dest="ws_command", required=True)
     create = ws_sub.add_parser("create", help="create a workspace and follow it until running or failed")
@@ -452,13 +458,22 @@ def _teardowns(client: OperatorClient, args: argparse.Namespace, out: TextIO) ->
 
 
 def _audit(client: OperatorClient, args: argparse.Namespace, out: TextIO) -> int:
-    trail = client.audit(args.slug)
-    for r in trail["records"]:
-        out.write(f"{r['seq']:>6} {r['at']} {r['actor']:<40} {r['action']:<32} {r['outcome']}\n")
-    chain = trail["chain"]
+    if args.slug is None and not args.verify:
+        raise SystemExit("audit: name an org, or pass --verify")
+    if args.slug is None:
+        chain = client.verify_audit()["chain"]
+    else:
+        trail = client.audit(args.slug)
+        if not args.verify:
+            for r in trail["records"]:
+                out.write(f"{r['seq']:>6} {r['at']} {r['actor']:<40} {r['action']:<32} {r['outcome']}\n")
+        chain = trail["chain"]
     verified = chain["valid"]
+    anchored = f"against the anchor of {chain['anchored_at']}" if chain.get("anchored_at") else "(no anchor yet)"
     out.write(
-        "chain verified\n" if verified else f"CHAIN BROKEN at record {chain['first_broken_seq']}: {chain['reason']}\n"
+        f"chain verified: {chain['records']} records in {chain['chains']} chains {anchored}\n"
+        if verified
+        else f"CHAIN BROKEN at record {chain['first_broken_seq']}: {chain['reason']}\n"
     )
     return 0 if verified else 1
 

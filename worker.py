@@ -28,6 +28,7 @@ from temporalio.runtime import PrometheusConfig, Runtime, TelemetryConfig
 from temporalio.worker import Worker
 
 from activities.a2a import AgentActivities
+from activities.audit_anchor import AuditAnchorActivities
 from activities.ec2 import Ec2Activities
 from activities.instances import InstanceActivities
 from activities.lifecycle import OrgLifecycleActivities
@@ -36,17 +37,21 @@ from activities.reconcile import ReconcileActivities
 from activities.store import OrgStoreActivities
 from activities.workflow_control import WorkflowControlActivities
 from activities.workspace_store import WorkspaceStoreActivities
+from db import audit
+from db.audit_anchors import AnchorStore
 from db.ledger import Ledger
 from db.orgs import OrgRepo
 from db.pool import Pool, open_pool
 from db.reconcile import ReconcileRepo
 from db.workspaces import WorkspaceRepo
+from domain.audit import AUDIT_ANCHOR_SCHEDULE_ID, AUDIT_ANCHOR_WORKFLOW_ID
 from domain.health import readiness
 from domain.logs import configure_logging, get_logger
 from domain.operations import RECONCILE_SCHEDULE_ID, reconcile_start
 from domain.reconcile import ReconcileInput
 from domain.settings import Settings, get_settings
 from domain.temporal import connect_temporal
+from workflows.audit_anchor import AuditAnchorWorkflow
 from workflows.deprovision_workspace import DeprovisionWorkspaceWorkflow
 from workflows.hard_delete_org import HardDeleteOrgWorkflow
 from workflows.onboard_org import OnboardOrgWorkflow
@@ -66,6 +71,7 @@ WORKFLOWS = [
     HardDeleteOrgWorkflow,
     ReconcileWorkflowV2,
     ReconcileWorkflow,
+    AuditAnchorWorkflow,
 ]
 
 
@@ -83,7 +89,9 @@ def build_activities(settings: Settings, pool: Pool, client: Client, **overrides
     reconcile = ReconcileActivities(
         settings, ReconcileRepo(pool), overrides.get("ec2_client_factory"), overrides.get("neon_client_factory")
     )
+    anchors = AuditAnchorActivities(pool, overrides.get("anchor_store") or AnchorStore.from_settings(settings))
     return [
+        anchors.anchor_audit_heads,
         ec2.validate_network,
         ec2.ensure_security_group,
         ec2.delete_security_group,
@@ -168,11 +176,36 @@ def reconcile_schedule(settings: Settings, task_queue: str) -> Schedule:
     )
 
 
+def audit_anchor_schedule(settings: Settings, task_queue: str) -> Schedule:
+    """The Temporal Schedule that anchors every audit chain's head to the write-once store."""
+    return Schedule(
+        action=ScheduleActionStartWorkflow(
+            AuditAnchorWorkflow.run,
+            id=AUDIT_ANCHOR_WORKFLOW_ID,
+            task_queue=task_queue,
+            static_summary="Anchor every audit chain's head",
+        ),
+        spec=ScheduleSpec(
+            intervals=[ScheduleIntervalSpec(every=timedelta(seconds=settings.audit_anchor_interval_seconds))]
+        ),
+        policy=SchedulePolicy(overlap=ScheduleOverlapPolicy.SKIP),
+    )
+
+
 async def ensure_reconcile_schedule(
     client: Client, settings: Settings, *, task_queue: str | None = None, schedule_id: str = RECONCILE_SCHEDULE_ID
 ) -> None:
+    await ensure_schedule(client, schedule_id, reconcile_schedule(settings, task_queue or settings.task_queue))
+
+
+async def ensure_audit_anchor_schedule(
+    client: Client, settings: Settings, *, task_queue: str | None = None, schedule_id: str = AUDIT_ANCHOR_SCHEDULE_ID
+) -> None:
+    await ensure_schedule(client, schedule_id, audit_anchor_schedule(settings, task_queue or settings.task_queue))
+
+
+async def ensure_schedule(client: Client, schedule_id: str, wanted: Schedule) -> None:
     """Create the schedule, or update it to the current settings; safe from every worker start."""
-    wanted = reconcile_schedule(settings, task_queue or settings.task_queue)
     try:
         await client.create_schedule(schedule_id, wanted)
     except ScheduleAlreadyRunningError:
@@ -223,8 +256,10 @@ async def main() -> None:
     settings = get_settings()
     configure_logging(settings.log_level)
     log = get_logger("tenantflow.worker")
+    audit.configure(settings.audit_hmac_key.get_secret_value())
     pool = await open_pool(
         settings.database_url.get_secret_value(),
+        migration_url=settings.migration_url(),
         min_size=settings.database_pool_min,
         max_size=settings.database_pool_max,
     )
@@ -232,6 +267,7 @@ async def main() -> None:
     worker = build_worker(client, settings, pool)
     # Idempotent: every worker start (re)applies the reconciliation schedule from its settings.
     await ensure_reconcile_schedule(client, settings)
+    await ensure_audit_anchor_schedule(client, settings)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

@@ -18,7 +18,9 @@ from api.progress import ProgressQueries
 from api.ratelimit import rate_limit_middleware, rate_limits_context
 from api.state import AUDIT, OPERATOR_TOKENS, ORG_KEYS, ORGS, POOL, PROGRESS, SETTINGS, TEMPORAL, WORKSPACES
 from api.versioning import add_versioned_routes, deprecation_middleware
+from db import audit
 from db.audit import AuditRepo
+from db.audit_anchors import AnchorStore
 from db.keys import OrgKeyRepo
 from db.operators import OperatorTokenRepo
 from db.orgs import OrgRepo
@@ -53,8 +55,10 @@ def create_app(settings: Settings, *, temporal: Client | None = None) -> web.App
     app[SETTINGS] = settings
 
     async def resources(app: web.Application) -> AsyncIterator[None]:
+        audit.configure(settings.audit_hmac_key.get_secret_value())
         pool = await open_pool(
             settings.database_url.get_secret_value(),
+            migration_url=settings.migration_url(),
             min_size=settings.database_pool_min,
             max_size=settings.database_pool_max,
         )
@@ -63,7 +67,7 @@ def create_app(settings: Settings, *, temporal: Client | None = None) -> web.App
         app[ORG_KEYS] = OrgKeyRepo(pool, max_live_per_org=settings.max_live_keys_per_org)
         app[OPERATOR_TOKENS] = OperatorTokenRepo(pool)
         app[WORKSPACES] = WorkspaceRepo(pool)
-        app[AUDIT] = AuditRepo(pool)
+        app[AUDIT] = AuditRepo(pool, AnchorStore.from_settings(settings).newest_async)
         app[TEMPORAL] = temporal or await connect_temporal(lazy=True)
         app[PROGRESS] = ProgressQueries(
             app[TEMPORAL], settings.progress_query_timeout_seconds, app[METRICS]["progress_polls"]

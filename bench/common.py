@@ -144,7 +144,7 @@ def bench_settings(database_url: str, **extra: Any):
         rate_limit_per_minute=10_000_000.0,
         rate_limit_burst=1_000_000,
         log_level="WARNING",
-        **extra,
+        **{"audit_hmac_key": secrets.token_urlsafe(32), **extra},
     )
 
 

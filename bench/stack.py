@@ -29,6 +29,7 @@ class ApiStack:
         self.api: subprocess.Popen | None = None
 
     async def __aenter__(self) -> ApiStack:
+        from db import audit
         from db.pool import open_pool
         from db.workspaces import WorkspaceRepo
         from devstack.procs import free_port
@@ -41,6 +42,7 @@ class ApiStack:
         self.settings = bench_settings(
             self.pg.url, task_queue=new_queue(), api_port=self.port, public_url=f"http://127.0.0.1:{self.port}"
         )
+        audit.configure(self.settings.audit_hmac_key.get_secret_value())
         self.pool = await open_pool(self.pg.url, max_size=10)
         self.standins = StandIns(
             self.client, ext=self.ext, db=0.0, park=self.park, park_seconds=3600, workspaces=WorkspaceRepo(self.pool)

@@ -6,7 +6,7 @@ import psycopg
 from psycopg.rows import DictRow, dict_row
 from psycopg_pool import AsyncConnectionPool
 
-from db.migrate import apply_migrations
+from db.migrate import apply_migrations, pending_migrations
 
 # Rows come back as dicts.
 Connection = psycopg.AsyncConnection[DictRow]
@@ -20,9 +20,23 @@ def required(row: DictRow | None) -> DictRow:
     return row
 
 
-async def open_pool(database_url: str, *, min_size: int = 1, max_size: int = 10) -> Pool:
-    async with await psycopg.AsyncConnection.connect(database_url) as conn:
-        await apply_migrations(conn)
+class MigrationsPending(RuntimeError):
+    """The application role cannot migrate: the owner must (``migration_database_url``)."""
+
+
+async def open_pool(
+    database_url: str, *, migration_url: str | None = None, min_size: int = 1, max_size: int = 10
+) -> Pool:
+    """A pool of ``database_url`` (the application role), after the owner's ``migration_url`` has
+    applied what is pending; without it, ``database_url`` migrates (one role for both)."""
+    async with await psycopg.AsyncConnection.connect(migration_url or database_url, autocommit=True) as conn:
+        if pending := await pending_migrations(conn):
+            try:
+                await apply_migrations(conn)
+            except psycopg.errors.InsufficientPrivilege as err:
+                raise MigrationsPending(
+                    f"{', '.join(pending)} pending and this role may not apply them: set migration_database_url"
+                ) from err
     pool = Pool(
         database_url,
         connection_class=Connection,

@@ -1,4 +1,4 @@
-"""A boto3 EC2 client for the local moto server."""
+"""boto3 clients for the local moto servers (EC2; S3 for the audit anchors)."""
 
 from __future__ import annotations
 
@@ -18,3 +18,17 @@ def moto_ec2_client(endpoint_url: str, region: str = "us-east-1") -> Any:
         aws_access_key_id=MOTO_CREDENTIALS["AWS_ACCESS_KEY_ID"],
         aws_secret_access_key=MOTO_CREDENTIALS["AWS_SECRET_ACCESS_KEY"],
     )
+
+
+def ensure_anchor_bucket(endpoint_url: str, region: str, bucket: str) -> None:
+    """The audit anchors' bucket, with Object Lock (each anchor sets its compliance retention)."""
+    s3 = boto3.client(
+        "s3",
+        region_name=region,
+        endpoint_url=endpoint_url,
+        aws_access_key_id=MOTO_CREDENTIALS["AWS_ACCESS_KEY_ID"],
+        aws_secret_access_key=MOTO_CREDENTIALS["AWS_SECRET_ACCESS_KEY"],
+    )
+    existing = {b["Name"] for b in s3.list_buckets().get("Buckets", [])}
+    if bucket not in existing:
+        s3.create_bucket(Bucket=bucket, ObjectLockEnabledForBucket=True)

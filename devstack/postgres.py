@@ -179,3 +179,27 @@ def ensure_database(server: PostgresServer, name: str) -> str:
         if not exists:
             conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
     return server.url(name)
+
+
+APP_ROLE = "tenantflow_app"
+
+
+def ensure_app_role(server: PostgresServer, password: str) -> str:
+    """Creates the application role (or sets its password) as the superuser: creating a role needs
+    CREATEROLE, which the schema owner need not have. Migration 0007 grants it what it needs."""
+    import psycopg
+    from psycopg import sql
+
+    with psycopg.connect(server.url(), autocommit=True) as conn:
+        exists = conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (APP_ROLE,)).fetchone()
+        verb = "ALTER" if exists else "CREATE"
+        conn.execute(
+            sql.SQL(verb + " ROLE {} LOGIN PASSWORD {}").format(sql.Identifier(APP_ROLE), sql.Literal(password))
+        )
+    return password
+
+
+def app_role_url(server: PostgresServer, database: str, password: str) -> str:
+    from urllib.parse import quote
+
+    return f"postgresql://{APP_ROLE}:{quote(password, safe='')}@127.0.0.1:{server.port}/{database}"

@@ -15,6 +15,8 @@ class StackSettings(Settings):
     moto_port: int = 5055
     neon_port: int = 4444
     boot_emulator_port: int = 5056
+    # moto's S3 server: the audit anchors' bucket (Object Lock). In memory: a restart forgets them.
+    s3_port: int = 5057
 
     demo_org_slug: str = "demo"
     demo_workspace_name: str = "demo-agent"

@@ -17,8 +17,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from devstack.moto_client import MOTO_CREDENTIALS
-from devstack.postgres import PostgresServer, ensure_database, start_postgres
+from devstack.moto_client import MOTO_CREDENTIALS, ensure_anchor_bucket
+from devstack.postgres import PostgresServer, app_role_url, ensure_app_role, ensure_database, start_postgres
 from devstack.procs import spawn, stop, wait_for_port
 from devstack.settings import StackSettings
 from domain.operations import SEARCH_ATTRIBUTES
@@ -50,18 +50,26 @@ def save_secret(state_dir: Path, name: str, value: str) -> None:
     write_private(path, json.dumps(values))
 
 
+# Secrets added after the first state directories were made: generated when missing.
+_LATER_SECRETS = {
+    "token_signing_key": lambda: secrets.token_urlsafe(32),
+    "audit_hmac_key": lambda: secrets.token_urlsafe(32),
+    "app_role_password": lambda: secrets.token_urlsafe(24),
+}
+
+
 def load_or_create_secrets(state_dir: Path) -> dict[str, str]:
     path = state_dir / "secrets.json"
     if path.exists():
         values = json.loads(path.read_text())
-        if "token_signing_key" not in values:  # a state directory from before derived tokens
-            save_secret(state_dir, "token_signing_key", secrets.token_urlsafe(32))
-            values = json.loads(path.read_text())
-        return values
+        for name, make in _LATER_SECRETS.items():
+            if name not in values:
+                save_secret(state_dir, name, make())
+        return dict(json.loads(path.read_text()))
     values = {
         "provision_secret": f"tfp_{secrets.token_urlsafe(32)}",
         "neon_api_key": f"neon_local_{secrets.token_urlsafe(24)}",
-        "token_signing_key": secrets.token_urlsafe(32),
+        **{name: make() for name, make in _LATER_SECRETS.items()},
     }
     write_private(path, json.dumps(values))
     return values
@@ -97,6 +105,10 @@ class LocalStack:
     def aws_endpoint(self) -> str:
         return f"http://127.0.0.1:{self.settings.moto_port}"
 
+    @property
+    def s3_endpoint(self) -> str:
+        return f"http://127.0.0.1:{self.settings.s3_port}"
+
     def _log(self, name: str) -> Path:
         return self.state_dir / "logs" / f"{name}.log"
 
@@ -120,7 +132,11 @@ class LocalStack:
             **MOTO_CREDENTIALS,
             "TEMPORAL_ADDRESS": self.temporal_address,
             "TEMPORAL_NAMESPACE": "default",
-            "TENANTFLOW_DATABASE_URL": self.postgres.url("tenantflow"),
+            # The application role: it may append to the audit trail and read it, nothing more.
+            "TENANTFLOW_DATABASE_URL": app_role_url(self.postgres, "tenantflow", creds["app_role_password"]),
+            "TENANTFLOW_AUDIT_HMAC_KEY": creds["audit_hmac_key"],
+            "TENANTFLOW_AUDIT_ANCHOR_ENDPOINT_URL": self.s3_endpoint,
+            "TENANTFLOW_AUDIT_ANCHOR_BUCKET": s.audit_anchor_bucket,
             "TENANTFLOW_PROVISION_SECRET": creds["provision_secret"],
             "TENANTFLOW_API_HOST": "127.0.0.1",
             "TENANTFLOW_API_PORT": str(s.api_port),
@@ -169,7 +185,19 @@ class LocalStack:
         )
 
         self.postgres = start_postgres(self.state_dir, s.postgres_port)
-        ensure_database(self.postgres, "tenantflow")
+        owner_url = ensure_database(self.postgres, "tenantflow")
+        ensure_app_role(self.postgres, creds["app_role_password"])
+        # The owner migrates (and grants the application role); the services never hold its password.
+        subprocess.run(
+            [sys.executable, "-m", "db.migrate"],
+            env={**os.environ, "TENANTFLOW_MIGRATION_DATABASE_URL": owner_url},
+            cwd=Path(__file__).resolve().parent.parent,
+            check=True,
+            capture_output=True,
+        )
+
+        self._start("s3", [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(s.s3_port)], s.s3_port)
+        ensure_anchor_bucket(self.s3_endpoint, s.aws_region, s.audit_anchor_bucket)
 
         strictness = ["--lenient"] if self.lenient else []
         self._start(

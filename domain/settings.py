@@ -24,6 +24,9 @@ class Settings(BaseSettings):
 
     # Platform database (psycopg 3 conninfo or URL).
     database_url: SecretStr = SecretStr("postgresql://postgres@127.0.0.1:55432/tenantflow")
+    # The schema owner's URL, used only to apply migrations (the owner grants the application role
+    # what it needs). Unset: database_url migrates, as before the two roles.
+    migration_database_url: SecretStr | None = None
     database_pool_min: int = 1
     database_pool_max: int = 10
 
@@ -111,8 +114,20 @@ class Settings(BaseSettings):
     reconcile_max_deletes: int = 10
     reconcile_max_delete_fraction: float = 0.25
 
+    # Audit trail: each org's chain is keyed with this HMAC key, and the heads of every chain are
+    # anchored to an S3 bucket with Object Lock (compliance mode) every audit_anchor_interval_seconds.
+    audit_hmac_key: SecretStr = SecretStr("")
+    audit_anchor_bucket: str = "tenantflow-audit-anchors"
+    # Unset: AWS's endpoint (a real bucket); the local stack sets its moto S3 server.
+    audit_anchor_endpoint_url: str | None = None
+    audit_anchor_interval_seconds: float = 300.0
+    audit_anchor_retention_days: int = 2555
+
     # Logging.
     log_level: str = "INFO"
+
+    def migration_url(self) -> str | None:
+        return self.migration_database_url.get_secret_value() if self.migration_database_url else None
 
 
 @lru_cache(maxsize=1)

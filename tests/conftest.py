@@ -11,9 +11,11 @@ import secrets
 import shutil
 import threading
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import boto3
+import psycopg
 import pytest
 import pytest_asyncio
 import requests
@@ -22,9 +24,11 @@ from temporalio.api.operatorservice.v1 import AddSearchAttributesRequest
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 
+from db import audit
+from db.migrate import apply_migrations
 from db.pool import open_pool
 from devstack.neon_server import NeonServerConfig, serve
-from devstack.postgres import ensure_database, start_postgres
+from devstack.postgres import app_role_url, ensure_app_role, ensure_database, start_postgres
 from devstack.procs import free_port, spawn, stop, wait_for_port
 from domain.operations import SEARCH_ATTRIBUTES
 from domain.settings import Settings
@@ -50,8 +54,54 @@ def pg(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
-def database_url(pg) -> str:
-    return ensure_database(pg, "tenantflow_test")
+def app_role_password(pg) -> str:
+    """The application role (``tenantflow_app``): the API and the worker connect as it; the
+    migrations, run by the owner, grant it what it needs."""
+    return ensure_app_role(pg, secrets.token_urlsafe(18))
+
+
+@pytest.fixture(scope="session")
+def owner_url(pg) -> str:
+    """The schema owner's URL: migrations only (applied here, so the application role's grants
+    exist before anything connects as it)."""
+    url = ensure_database(pg, "tenantflow_test")
+    migrate(url)
+    return url
+
+
+def migrate(url: str) -> None:
+    async def run() -> None:
+        async with await psycopg.AsyncConnection.connect(url) as conn:
+            await apply_migrations(conn)
+
+    with ThreadPoolExecutor(1) as one:  # its own loop, clear of the tests' loop
+        one.submit(asyncio.run, run()).result()
+
+
+@pytest.fixture(scope="session")
+def database_url(pg, owner_url, app_role_password) -> str:
+    return app_role_url(pg, "tenantflow_test", app_role_password)
+
+
+@pytest.fixture(scope="session")
+def s3_url(tmp_path_factory):
+    """moto's S3 server, where the audit anchors go (buckets with Object Lock)."""
+    port = free_port()
+    proc = spawn(
+        [os.sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        log_path=tmp_path_factory.mktemp("s3") / "s3.log",
+    )
+    wait_for_port("127.0.0.1", port, proc=proc)
+    yield f"http://127.0.0.1:{port}"
+    stop(proc)
+
+
+def anchor_bucket(s3_url: str) -> str:
+    """A fresh bucket with Object Lock (compliance-mode retention is set per anchor)."""
+    name = f"anchors-{secrets.token_hex(6)}"
+    s3 = boto3.client("s3", region_name="us-east-1", endpoint_url=s3_url)
+    s3.create_bucket(Bucket=name, ObjectLockEnabledForBucket=True)
+    return name
 
 
 # The local EC2 server's strict timings for tests: short, but every transition, lag and drain
@@ -151,9 +201,14 @@ def neon_stats(neon_url) -> dict:
 
 
 @pytest.fixture(scope="session")
-def settings(database_url, moto_url, neon_url) -> Settings:
-    return Settings(
+def settings(database_url, owner_url, moto_url, neon_url, s3_url) -> Settings:
+    result = Settings(
         database_url=database_url,
+        migration_database_url=owner_url,
+        audit_hmac_key=secrets.token_urlsafe(32),
+        audit_anchor_endpoint_url=s3_url,
+        audit_anchor_bucket=anchor_bucket(s3_url),
+        audit_anchor_retention_days=1,
         provision_secret=f"tfp_test_{secrets.token_urlsafe(16)}",
         aws_endpoint_url=moto_url,
         aws_region="us-east-1",
@@ -167,11 +222,15 @@ def settings(database_url, moto_url, neon_url) -> Settings:
         neon_request_timeout_seconds=10,
         progress_query_timeout_seconds=1.0,
     )
+    audit.configure(result.audit_hmac_key.get_secret_value())
+    return result
 
 
 @pytest_asyncio.fixture(scope="session")
 async def pool(settings):
-    pool = await open_pool(settings.database_url.get_secret_value(), max_size=20)
+    pool = await open_pool(
+        settings.database_url.get_secret_value(), migration_url=settings.migration_url(), max_size=20
+    )
     yield pool
     await pool.close()
 

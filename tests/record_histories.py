@@ -173,6 +173,14 @@ async def record(out_dir: Path) -> list[Path]:
             )
             await save("ReconcileWorkflow", "dry-run-paged-neon", f"reconcile-replay-{tag}")
 
+            # 7b. An audit anchor: every chain's head verified, then written to the Object Lock bucket.
+            from workflows.audit_anchor import AuditAnchorWorkflow
+
+            await client.start_workflow(
+                AuditAnchorWorkflow.run, id=f"audit-anchor-replay-{tag}", task_queue=h.settings.task_queue
+            )
+            await save("AuditAnchorWorkflow", "anchors-heads", f"audit-anchor-replay-{tag}")
+
             # 8. Hard delete parked on a Neon fault, then retried by the operator.
             h.neon_fault("/projects/{project_id}/branches/{branch_id}", 403, method="DELETE", count=-1)
             op.delete(org["slug"], confirm=org["slug"], delete_workspaces=True)

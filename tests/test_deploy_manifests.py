@@ -34,6 +34,7 @@ SETTING_FIELDS = set(Settings.model_fields)
 # What a production process cannot do without (the defaults describe the local stack).
 REQUIRED_SETTINGS = {
     "database_url",
+    "audit_hmac_key",
     "neon_mode",
     "neon_project_id",
     "public_url",
@@ -84,7 +85,7 @@ CREDENTIAL_PATTERNS = [
     re.compile(r"-----BEGIN [A-Z ]*PRIVATE KEY-----"),
     re.compile(r"://[^\s:/@${}]+:(?!<|\.\.\.|REPLACE_ME)[^\s@${}]+@"),  # user:password@ in a URL (placeholders aside)
 ]
-APP_COMMANDS = {"worker", "api", "check"}
+APP_COMMANDS = {"worker", "api", "check", "migrate"}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -267,7 +268,7 @@ def test_kustomization_lists_every_manifest_but_templates_and_jobs() -> None:
     kustomization = yaml.safe_load((K8S / "kustomization.yaml").read_text())
     listed = set(kustomization["resources"])
     for path in k8s_files():
-        if path.name in ("kustomization.yaml", "secret.example.yaml", "check-job.yaml"):
+        if path.name in ("kustomization.yaml", "secret.example.yaml", "check-job.yaml", "migrate-job.yaml"):
             assert path.name not in listed
         else:
             assert path.name in listed, f"{path.name} is not in kustomization.yaml"
@@ -300,7 +301,11 @@ def test_k8s_every_needed_variable_reaches_every_process() -> None:
                 if "secretRef" in source:
                     assert source["secretRef"]["name"] in secrets, f"{name}: unknown Secret {source}"
             env = container_env(c)
-            missing = required_env(c["args"][0]) - set(env)
+            # The migrate Job holds the owner's URL and nothing else the processes need.
+            if name == "Job/tenantflow-migrate":
+                missing = {"TENANTFLOW_MIGRATION_DATABASE_URL"} - set(env)
+            else:
+                missing = required_env(c["args"][0]) - set(env)
             assert not missing, f"{name}: missing {sorted(missing)}"
             assert env["TENANTFLOW_API_HOST"] == "0.0.0.0" and env["TENANTFLOW_WORKER_HEALTH_HOST"] == "0.0.0.0"
 
@@ -337,9 +342,12 @@ def test_k8s_aws_credentials_only_through_the_service_account_role() -> None:
 
 
 def test_k8s_only_the_worker_gets_cloud_credentials() -> None:
-    """The API pods get no AWS role, no Neon key and no token signing key; the worker does."""
+    """The API pods get no provisioning role, no Neon key and no token signing key; the worker does.
+    The API's role only reads the audit anchor bucket."""
     accounts = {sa["metadata"]["name"]: sa["metadata"].get("annotations", {}) for sa in by_kind("ServiceAccount")}
-    assert not any(k.startswith("eks.amazonaws.com/") for k in accounts["tenantflow-api"])
+    api_role = accounts["tenantflow-api"].get("eks.amazonaws.com/role-arn", "")
+    assert api_role.endswith("-tenantflow-audit-reader")
+    assert api_role != accounts["tenantflow-worker"]["eks.amazonaws.com/role-arn"]
     api = one("Deployment", "tenantflow-api")["spec"]["template"]["spec"]
     worker = one("Deployment", "tenantflow-worker")["spec"]["template"]["spec"]
     assert api["serviceAccountName"] == "tenantflow-api"

@@ -40,6 +40,7 @@ class RunningStack:
                 "MOTO_PORT",
                 "NEON_PORT",
                 "BOOT_EMULATOR_PORT",
+                "S3_PORT",
                 "WORKER_HEALTH_PORT",
                 "WORKER_SDK_METRICS_PORT",
             )

@@ -117,7 +117,7 @@ def expected_security(path: str) -> str | None:
         return "registrationToken"
     if path == "/api/v1/registry/heartbeat":
         return "workspaceToken"
-    if path.startswith(("/api/v1/orgs", "/api/v1/teardowns", "/api/v1/operator-tokens")):
+    if path.startswith(("/api/v1/orgs", "/api/v1/teardowns", "/api/v1/operator-tokens", "/api/v1/audit")):
         return "operatorBearer"
     return "orgApiKey"
 

@@ -33,6 +33,7 @@ def test_two_workers_two_apis_and_a_worker_killed_mid_run(tmp_path):
             "moto_port",
             "neon_port",
             "boot_emulator_port",
+            "s3_port",
             "worker_health_port",
             "worker_sdk_metrics_port",
         )

@@ -72,6 +72,7 @@ PORT_FIELDS = (
     "moto_port",
     "neon_port",
     "boot_emulator_port",
+    "s3_port",
     "worker_health_port",
     "worker_sdk_metrics_port",
 )
