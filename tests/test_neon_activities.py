@@ -314,9 +314,9 @@ async def test_throttled_and_locked_answers_are_waited_out_inside_the_activity(n
     # 429 and 423 cost a short wait in place, not a Temporal retry; a 5xx is Temporal's to retry.
     assert [f.type for f in failures] == ["NeonServerError"], [f.type for f in failures]
     assert neon.served("GET " + BRANCHES_ROUTE, 429) >= 2
-    # Neon's own operation was waited out before the branch was asked for, so the lock never answered.
+    # Neon's own operation was waited for (its list polled) before the branch was asked for; a 423
+    # that still slips in (Neon starts operations at random) was waited out in place, as above.
     assert neon.served("GET /projects/{project_id}/operations", 200) > 1
-    assert neon.served("POST " + BRANCHES_ROUTE, 423) == 0
     assert any(isinstance(beat, str) and beat.startswith("Neon refused") for beat in heartbeats), heartbeats
     assert neon.branch_names(platform).count(resource_name(req.slug, req.org_id)) == 1
 

@@ -212,6 +212,7 @@ def test_two_api_replicas_together_enforce_one_limit(tmp_path, settings, pg):
     env = {
         "TENANTFLOW_DATABASE_URL": database_url,
         "TENANTFLOW_PROVISION_SECRET": secret,
+        "TENANTFLOW_AUDIT_HMAC_KEY": secrets.token_urlsafe(32),
         "TENANTFLOW_RATE_LIMIT_PER_MINUTE": "0.5",  # one token every two minutes
         "TENANTFLOW_RATE_LIMIT_BURST": "10",
         "TENANTFLOW_LOG_LEVEL": "WARNING",

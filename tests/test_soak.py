@@ -1,4 +1,4 @@
-"""The soak at its CI size (20 orgs, 50 workspaces, Neon and EC2 faults on, a fifth of the workspaces never
+"""The soak at its CI size (10 orgs, 25 workspaces, Neon and EC2 faults on, a fifth of the workspaces never
 boot), through the same command an operator runs: ``python -m tools.soak``. The full size
 (200 orgs, 500 workspaces) is run by hand; its figures are in docs/reliability.md."""
 
@@ -10,6 +10,9 @@ import pytest
 
 from tools import soak
 
+ORGS, WORKSPACES = 10, 25  # CI size: 1/20 of the full size, to keep CI under 20 minutes
+NEVER_BOOT = WORKSPACES // 5  # every fifth workspace (tools.soak --never-boot-every 5)
+
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(1200)]
 
 
@@ -18,9 +21,9 @@ def test_ci_size_soak_completes_every_lifecycle_and_leaks_nothing(tmp_path):
     status = soak.main(
         [
             "--orgs",
-            "20",
+            str(ORGS),
             "--workspaces",
-            "50",
+            str(WORKSPACES),
             "--concurrency",
             "4",
             "--time-limit",
@@ -35,9 +38,9 @@ def test_ci_size_soak_completes_every_lifecycle_and_leaks_nothing(tmp_path):
     assert report["leaked_total"] == 0, report["leaked"]
     assert report["lost_records"] == []
     assert report["unexpected"] == []
-    assert report["orgs_completed"] == 20
-    assert report["workspaces"]["running"] + report["workspaces"]["timed_out"] == 50
-    assert report["workspaces"]["timed_out"] == 10  # exactly the never-boot ones, each cleaned up
+    assert report["orgs_completed"] == ORGS
+    assert report["workspaces"]["running"] + report["workspaces"]["timed_out"] == WORKSPACES
+    assert report["workspaces"]["timed_out"] == NEVER_BOOT  # exactly the never-boot ones, each cleaned up
     workflows = report["workflows"]
     for kind in (
         "OrgWorkflow",
@@ -46,8 +49,8 @@ def test_ci_size_soak_completes_every_lifecycle_and_leaks_nothing(tmp_path):
         "ResumeOrgWorkflow",
         "HardDeleteOrgWorkflow",
     ):
-        assert workflows[kind] == {"COMPLETED": 20}, (kind, workflows[kind])
-    assert workflows["ProvisionWorkspaceWorkflow"] == {"COMPLETED": 40, "FAILED": 10}
+        assert workflows[kind] == {"COMPLETED": ORGS}, (kind, workflows[kind])
+    assert workflows["ProvisionWorkspaceWorkflow"] == {"COMPLETED": WORKSPACES - NEVER_BOOT, "FAILED": NEVER_BOOT}
     # The faults were served (Neon's and EC2's), and retried to completion.
     injected = report["faults_injected"]
     assert sum(sum(s.values()) for s in report["neon_error_answers"].values()) >= sum(
