@@ -212,7 +212,9 @@ def org_is_moving(org: dict, operation: str) -> bool:
     return bool(org["status"] == RUNNING_STATUS[Operation(operation)])
 
 
-WORKSPACE_ENDS = {"create": ("running", "failed"), "delete": ("deleted", "failed")}
+# (done, failed) by operation. A deletion retries until it finishes: a "failed" read while one
+# runs is the state from before it.
+WORKSPACE_ENDS: dict[str, tuple[str, str | None]] = {"create": ("running", "failed"), "delete": ("deleted", None)}
 
 
 def workspace_outcome(workspace: dict, operation: str) -> Outcome | None:

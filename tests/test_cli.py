@@ -335,3 +335,27 @@ def test_a_read_from_before_the_change_is_neither_drawn_nor_final():
     assert "failed" not in out.getvalue() and "deleting" in out.getvalue()
     # watch (no operation): the same failed record is a settled state.
     assert starter.follow_org(ScriptedOrg(stale), "acme", None)["status"] == "failed"  # type: ignore[arg-type]
+
+
+class ScriptedWorkspace:
+    """A workspace read before its deletion shows (as the API's GET can), then gone."""
+
+    def __init__(self, *statuses: str):
+        self.statuses = list(statuses)
+
+    def workspace(self, workspace_id: str) -> dict:
+        if not self.statuses:
+            raise starter.ApiError(404, {"error": "no workspace"})
+        return {"id": workspace_id, "status": self.statuses.pop(0), "progress": None}
+
+
+def test_a_workspace_deletion_ends_when_it_is_gone_not_on_an_earlier_state():
+    out = io.StringIO()
+    workspace = starter.follow_workspace(
+        ScriptedWorkspace("failed", "running", "deleting"),  # type: ignore[arg-type]
+        "ws_0123456789ab",
+        out,
+        deleting=True,
+    )
+    assert workspace["status"] == "deleted" and starter.workspace_outcome(workspace, "delete") == "done"
+    assert "failed" not in out.getvalue() and "running" not in out.getvalue() and "deleting" in out.getvalue()
