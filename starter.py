@@ -3,7 +3,7 @@
     python starter.py onboard --slug acme --name "Acme Corp" --plan pro \\
         --vpc-id vpc-0a1b2c3d --subnet-ids subnet-abc123,subnet-def456
     python starter.py status acme
-    python starter.py watch acme
+    python starter.py watch acme                         # until it settles (active, suspended, failed, deleted, parked)
     python starter.py orgs [--status suspended,deleting] [--prefix ac]   # every org, its operation
     python starter.py quota acme --max-workspaces 10 --max-tier 3 --billing-plan pro
     python starter.py mint-key acme --name ci [--scopes read,workspaces:write] [--expires-at 2027-01-01T00:00:00Z]
@@ -11,8 +11,7 @@
     python starter.py operator-token list | revoke tfo_0123456789ab
     python starter.py workspace create --name agent-1 --role "Inference worker" --runtime hermes \\
         --tier 2 --model claude-sonnet-4                  # as the tenant: TENANTFLOW_ORG_KEY
-    python starter.py workspace list
-    python starter.py workspace delete ws_0123456789ab
+    python starter.py workspace list | status ws_0123456789ab | delete ws_0123456789ab
     python starter.py suspend acme --reason "unpaid invoice" [--stop-instances]
     python starter.py resume acme
     python starter.py delete acme --confirm acme [--delete-workspaces]   # follows the cascade
@@ -21,11 +20,24 @@
     python starter.py audit acme                         # the trail, and whether the chain verifies
     python starter.py audit --verify                     # every org's chain against the newest anchor
 
-The API URL comes from TENANTFLOW_API_URL (default http://127.0.0.1:8080), the operator's
-credential from TENANTFLOW_OPERATOR_TOKEN (a named token) or else TENANTFLOW_PROVISION_SECRET (the
-deprecated shared secret), and the tenant's key from TENANTFLOW_ORG_KEY; on the local stack the
-secret and the key fall back to the saved state (the demo org's key). Exit status: 0 when the operation ends
-well, 1 when it fails, 2 on a refused request.
+Every command takes --json: one JSON document on stdout (the API's answer, or for a followed
+operation the org or workspace as it settled; for a refusal the API's error body), no progress.
+
+The API URL comes from --api-url or TENANTFLOW_API_URL (default http://127.0.0.1:8080), the
+operator's credential from TENANTFLOW_OPERATOR_TOKEN (a named token) or else
+TENANTFLOW_PROVISION_SECRET (the deprecated shared secret), and the tenant's key from
+TENANTFLOW_ORG_KEY; on the local stack the secret and the key fall back to the stack's saved state,
+secrets.json in TENANTFLOW_STATE_DIR (default .tenantflow, relative to this file's directory), so
+the CLI works from any directory.
+
+Exit status, from the state the change left:
+  0  done (the operation finished, or the org settled active, suspended or deleted)
+  1  failed (a failed onboarding, suspend or resume; a broken audit chain)
+  2  refused: the API answered 4xx (or the command line was invalid); nothing changed
+  3  parked: a step waits for an operator (retry or abandon), or an abandoned delete waits for
+     another delete
+  4  the API could not be reached (nothing was sent), or stopped answering while an operation was
+     followed (it goes on: watch it); one line on stderr
 """
 
 from __future__ import annotations
@@ -33,25 +45,49 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
 import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, Literal, TextIO, get_args
 
-TERMINAL_OK = {"active"}
-TERMINAL_FAILED = {"failed"}
-# Where an org settles when the operation in progress succeeds.
-SETTLES_AS = {"onboard": {"active"}, "suspend": {"suspended"}, "resume": {"active"}, "delete": {"deleted"}}
+from domain.operations import Operation
+from domain.org_entity import DONE_STATUS, FAILED_STATUS, RUNNING_STATUS, Plan
+from domain.scopes import ALL_SCOPES
+
+PROJECT_DIR = Path(__file__).resolve().parent
+DEFAULT_API_URL = "http://127.0.0.1:8080"
+PLANS: tuple[str, ...] = get_args(Plan)
+TIERS = (1, 2, 3, 4)  # domain.resources.Tier
+RETRY_SETTLES_SECONDS = 3.0
+
+Outcome = Literal["done", "failed", "parked"]
+EXIT_CODES: dict[Outcome, int] = {"done": 0, "failed": 1, "parked": 3}
+EXIT_REFUSED = 2
+EXIT_UNREACHABLE = 4
 
 
 class ApiError(Exception):
+    """The API answered with an error status (its JSON body in ``body``)."""
+
     def __init__(self, status: int, body: dict):
         super().__init__(body.get("error", f"HTTP {status}"))
         self.status, self.body = status, body
+
+
+class Unreachable(ConnectionError):
+    """Nothing answered at the API's address (refused, timed out, reset)."""
+
+    def __init__(self, url: str, reason: object):
+        super().__init__(f"cannot reach the tenantflow API at {url} ({reason})")
+        self.url = url
+
+
+# -- HTTP clients ---------------------------------------------------------------------------------
 
 
 class ApiClient:
@@ -80,6 +116,8 @@ class ApiClient:
             except ValueError:
                 payload = {"error": f"HTTP {err.code}"}
             raise ApiError(err.code, payload) from None
+        except OSError as err:  # URLError, refused, reset, timed out
+            raise Unreachable(self.base_url, getattr(err, "reason", err)) from None
 
 
 class OperatorClient(ApiClient):
@@ -151,206 +189,433 @@ class TenantClient(ApiClient):
         return self.request("DELETE", f"/api/v1/workspaces/{workspace_id}")[1]
 
 
-def progress_line(label: str, record: dict, ok: set[str], width: int = 24, last: dict | None = None) -> str:
+# -- where a record settles -----------------------------------------------------------------------
+
+
+def org_outcome(org: dict, operation: str | None = None) -> Outcome | None:
+    """How ``operation`` (any operation when None) has settled on this org record; None while it
+    runs, or while the record still shows the state from before it (a stale read)."""
+    if (org.get("progress") or {}).get("waiting_for_operator"):
+        return "parked"
+    status, reason = org["status"], org.get("failure_reason")
+    for op in [Operation(operation)] if operation else list(DONE_STATUS):
+        if status == DONE_STATUS[op] and not reason:
+            return "done"
+        if status == FAILED_STATUS[op] and reason:
+            # An abandoned delete leaves the org deleting: the next step is an operator's.
+            return "parked" if status == RUNNING_STATUS[op] else "failed"
+    return None
+
+
+def org_is_moving(org: dict, operation: str) -> bool:
+    """The record shows ``operation`` under way (not the state from before it)."""
+    return bool(org["status"] == RUNNING_STATUS[Operation(operation)])
+
+
+# (done, failed) by operation. A deletion retries until it finishes: a "failed" read while one
+# runs is the state from before it.
+WORKSPACE_ENDS: dict[str, tuple[str, str | None]] = {"create": ("running", "failed"), "delete": ("deleted", None)}
+
+
+def workspace_outcome(workspace: dict, operation: str) -> Outcome | None:
+    done, failed = WORKSPACE_ENDS[operation]
+    return "done" if workspace["status"] == done else "failed" if workspace["status"] == failed else None
+
+
+# -- following an operation -----------------------------------------------------------------------
+
+
+def progress_line(label: str, record: dict, done: bool, width: int = 24, last: dict | None = None) -> str:
     # A finished operation is answered from the record, without progress: keep the last total.
     p = record.get("progress") or last or {}
     total = p.get("steps_total") or 1
-    done = total if record["status"] in ok else p.get("steps_done", 0)
-    step = "done" if record["status"] in ok else (p.get("step") or record["status"])
-    filled = int(width * done / total)
-    return f"{label} [{'#' * filled}{'-' * (width - filled)}] {done}/{total} {record['status']}: {step}"
+    steps = total if done else p.get("steps_done", 0)
+    step = "done" if done else (p.get("step") or record["status"])
+    filled = int(width * steps / total)
+    return f"{label} [{'#' * filled}{'-' * (width - filled)}] {steps}/{total} {record['status']}: {step}"
 
 
 def follow(
     fetch: Callable[[], dict],
     label: str,
+    outcome: Callable[[dict], Outcome | None],
     *,
-    ok: set[str],
-    failed: set[str] = TERMINAL_FAILED,
-    gone_is_ok: bool = False,
-    out: TextIO = sys.stdout,
+    relevant: Callable[[dict], bool] = lambda record: True,
+    gone_is_done: bool = False,
+    out: TextIO | None = sys.stdout,
     interval: float = 0.5,
     timeout: float = 900.0,
+    unreachable_for: float = 60.0,
+    api_answered: bool = True,
 ) -> dict:
-    """Poll a status until it ends, drawing a progress bar; returns the final record.
-
-    ``gone_is_ok``: a 404 ends the wait successfully (a deletion finished)."""
+    """Poll a record until ``outcome`` says it settled, drawing a progress bar on ``out`` (None:
+    silent); returns the final record. A record ``relevant`` rejects (one read before the change
+    shows) is neither drawn nor judged. ``gone_is_done``: a 404 ends the wait (a deletion
+    finished). The API restarting is waited out for ``unreachable_for`` seconds, once it has
+    answered (``api_answered``: the command before the follow was answered)."""
     deadline = time.monotonic() + timeout
-    last = ""
-    tty = out.isatty()
+    tty = out is not None and out.isatty()
+    last_line, last_progress = "", None
+    reached = time.monotonic() if api_answered else None
     record: dict | None = None
-    last_progress: dict | None = None
     while True:
         try:
             record = fetch()
+            reached = time.monotonic()
         except ApiError as err:
-            if err.status == 404 and gone_is_ok:
-                out.write(("\n" if tty else "") + f"{label}: deleted\n")
-                return {"status": "deleted"}
-            if err.status < 500:
+            if err.status == 404 and gone_is_done:
+                record = {"status": "deleted"}
+            elif err.status < 500:
                 raise
-            record = None  # the API restarting: keep polling
-        except OSError:
+            else:
+                record = None  # the API restarting: keep polling
+        except Unreachable:
+            if reached is None or time.monotonic() - reached > unreachable_for:
+                raise
             record = None
-        if record is not None:
+        if record is not None and relevant(record):
+            settled = outcome(record)
             last_progress = record.get("progress") or last_progress
-            line = progress_line(label, record, ok, last=last_progress)
-            if line != last:
+            line = progress_line(label, record, settled == "done", last=last_progress)
+            if out is not None and line != last_line:
                 out.write(("\r" + line.ljust(100)) if tty else line + "\n")
                 out.flush()
-                last = line
-            if record["status"] in ok | failed:
-                if tty:
+                last_line = line
+            if settled is not None:
+                if tty and out is not None:
                     out.write("\n")
                 return record
         if time.monotonic() > deadline:
-            raise TimeoutError(f"{label} still {record and record['status']} after {timeout}s")
+            raise TimeoutError(f"{label} still {record and record['status']} after {timeout:.0f}s")
         time.sleep(interval)
 
 
 def follow_org(
     client: OperatorClient,
     slug: str,
-    out: TextIO = sys.stdout,
+    out: TextIO | None = sys.stdout,
     *,
-    ok: set[str] = TERMINAL_OK,
-    parked_is_final: bool = False,
+    operation: str | None = None,
+    retried: bool = False,
 ) -> dict:
-    """Follow an org until it settles; a teardown parked for an operator also ends the wait."""
+    """Follow an org until ``operation`` (any, when None) settles: done, failed or parked.
 
-    def fetch() -> dict:
-        org = client.org(slug)
-        if parked_is_final and (org.get("progress") or {}).get("waiting_for_operator"):
-            return {**org, "status": "parked"}
-        return org
+    ``retried``: a parked step was just retried. The step's workflow learns of the retry a moment
+    after the 202, and answers "parked" until then: a parked reading counts only after one that
+    is not, or after a few seconds (the step parked again at once)."""
+    started, unparked = time.monotonic(), False
 
-    failed = TERMINAL_FAILED | ({"parked"} if parked_is_final else set())
-    return follow(fetch, slug, ok=ok, failed=failed, out=out)
+    def relevant(org: dict) -> bool:
+        nonlocal unparked
+        parked = org_outcome(org, operation) == "parked"
+        unparked = unparked or not parked
+        if retried and parked and not unparked and time.monotonic() - started < RETRY_SETTLES_SECONDS:
+            return False
+        return operation is None or org_is_moving(org, operation) or org_outcome(org, operation) is not None
+
+    return follow(
+        lambda: client.org(slug),
+        slug,
+        lambda org: org_outcome(org, operation),
+        relevant=relevant,
+        out=out,
+        api_answered=operation is not None,
+    )
 
 
 def follow_workspace(
-    client: TenantClient, workspace_id: str, out: TextIO = sys.stdout, *, deleting: bool = False
+    client: TenantClient, workspace_id: str, out: TextIO | None = sys.stdout, *, deleting: bool = False
 ) -> dict:
-    ok = set() if deleting else {"running"}
-    return follow(lambda: client.workspace(workspace_id), workspace_id, ok=ok, gone_is_ok=deleting, out=out)
+    operation = "delete" if deleting else "create"
+    moving = "deleting" if deleting else "provisioning"
+    return follow(
+        lambda: client.workspace(workspace_id),
+        workspace_id,
+        lambda ws: workspace_outcome(ws, operation),
+        relevant=lambda ws: ws["status"] == moving or workspace_outcome(ws, operation) is not None,
+        gone_is_done=deleting,
+        out=out,
+    )
 
 
-def _local_secret(env_var: str, state_key: str) -> str:
-    secret = os.environ.get(env_var)
-    if secret:
+# -- the local stack's secrets --------------------------------------------------------------------
+
+
+class MissingCredential(Exception):
+    pass
+
+
+def state_dir() -> Path:
+    """Where the local stack keeps its state: TENANTFLOW_STATE_DIR, relative to the project."""
+    return PROJECT_DIR / os.environ.get("TENANTFLOW_STATE_DIR", ".tenantflow")
+
+
+def local_secret(env_var: str, state_key: str) -> str:
+    if secret := os.environ.get(env_var):
         return secret
-    state = Path(os.environ.get("TENANTFLOW_STATE_DIR", ".tenantflow")) / "secrets.json"
-    if state.exists() and state_key in (saved := json.loads(state.read_text())):
-        return saved[state_key]
-    sys.exit(f"set {env_var} (or run the local stack, which saves one)")
+    saved_in = state_dir() / "secrets.json"
+    if saved_in.exists() and state_key in (saved := json.loads(saved_in.read_text())):
+        return str(saved[state_key])
+    raise MissingCredential(
+        f"set {env_var}, or start the local stack (python -m devstack), which saves it in {saved_in}"
+    )
 
 
-def _report(record: dict, out: TextIO, keys: tuple[str, ...]) -> int:
-    if record["status"] == "parked":
-        p = record["progress"]
-        out.write(
-            f"PARKED on {p['step']}: {p['failure_reason']}\n"
-            f"fix the cause, then: starter.py retry {record['slug']}  (or abandon)\n"
-        )
-        return 1
-    if record["status"] in TERMINAL_FAILED:
-        out.write(f"FAILED: {record.get('failure_reason')}\n")
-        return 1
-    out.write(json.dumps({k: record.get(k) for k in keys if k in record}, indent=2) + "\n")
-    return 0
+# -- output ---------------------------------------------------------------------------------------
+
+
+class Output:
+    """What a command prints: human lines, or (``--json``) only the final JSON document."""
+
+    def __init__(self, out: TextIO, as_json: bool):
+        self.out, self.as_json = out, as_json
+
+    @property
+    def progress(self) -> TextIO | None:
+        return None if self.as_json else self.out
+
+    def line(self, text: str) -> None:
+        if not self.as_json:
+            self.out.write(text + "\n")
+
+    def result(self, document: Any, text: str | None = None) -> None:
+        """The command's answer: ``document`` as JSON, or ``text`` (default: the document, indented)."""
+        if self.as_json:
+            self.out.write(json.dumps(document, indent=2) + "\n")
+        else:
+            self.out.write((json.dumps(document, indent=2) if text is None else text) + "\n")
+
+    def table(self, document: Any, rows: Sequence[Sequence[object]], empty: str) -> None:
+        """Rows in aligned columns (the last one unpadded), or ``empty`` when there are none."""
+        widths = [max(len(str(row[i])) for row in rows) for i in range(len(rows[0]) - 1)] if rows else []
+        lines = [
+            "  ".join([*(str(c).ljust(w) for c, w in zip(row, widths, strict=False)), str(row[-1])]).rstrip()
+            for row in rows
+        ]
+        self.result(document, "\n".join(lines) if rows else empty)
 
 
 ORG_KEYS = ("id", "slug", "status", "neon_project_id", "neon_branch_id", "security_group_id")
 WORKSPACE_KEYS = ("id", "name", "status", "instance_id", "agent_url", "last_seen")
 
 
+def report_org(org: dict, outcome: Outcome, show: Output) -> int:
+    """The settled org: a summary (or the record, as JSON); its exit status."""
+    slug = org["slug"]
+    if org["status"] == "deleted" and "receipt" in org:
+        receipt = org["receipt"]
+        text = (
+            f"deleted {slug}: {len(receipt['resources'])} resources, "
+            f"{len(receipt['workspaces'])} workspaces (the receipt: starter.py status {slug})"
+        )
+    elif (p := org.get("progress") or {}).get("waiting_for_operator"):
+        text = (
+            f"PARKED on {p['step']}: {p['failure_reason']}\n"
+            f"fix the cause, then: starter.py retry {slug}  (or: starter.py abandon {slug})"
+        )
+    elif outcome == "parked":
+        text = (
+            f"{slug} is {org['status']}: {org['failure_reason']}\nfinish it: starter.py delete {slug} --confirm {slug}"
+        )
+    elif outcome == "failed":
+        text = f"FAILED ({org['status']}): {org['failure_reason']}"
+    else:
+        text = json.dumps({k: org.get(k) for k in ORG_KEYS if k in org}, indent=2)
+    show.result(org, text)
+    return EXIT_CODES[outcome]
+
+
+def report_workspace(workspace: dict, outcome: Outcome, show: Output) -> int:
+    if outcome == "failed":
+        text = f"FAILED: {workspace.get('failure_reason')}"
+    elif workspace["status"] == "deleted":
+        text = f"{workspace.get('id', '')} deleted".strip()
+    else:
+        text = json.dumps({k: workspace.get(k) for k in WORKSPACE_KEYS if k in workspace}, indent=2)
+    show.result(workspace, text)
+    return EXIT_CODES[outcome]
+
+
+def accepted_line(slug: str, accepted: dict, command: str) -> str:
+    """The first line after a command: the state its 202 reports (recorded before it answered)."""
+    running = f", {accepted['workflow_id']}" if accepted.get("workflow_id") else ""
+    return f"{slug}: {accepted['status']} ({command} accepted{running})"
+
+
+# -- API messages in the CLI's words --------------------------------------------------------------
+
+# The request fields a command's flags set: the API's messages name the fields.
+FLAGS = {
+    "onboard": ("name", "slug", "plan", "vpc_id", "subnet_ids"),
+    "quota": ("max_workspaces", "max_tier", "billing_plan"),
+    "mint-key": ("name", "scopes", "expires_at"),
+    "suspend": ("reason", "stop_instances"),
+    "delete": ("confirm", "delete_workspaces"),
+    "workspace": ("name", "role", "runtime", "tier", "model"),
+}
+
+
+def in_cli_words(message: str, command: str) -> str:
+    """``send "delete_workspaces": true`` -> ``pass --delete-workspaces``; a quoted or snake_case
+    field the command has a flag for -> the flag."""
+    for field in FLAGS.get(command, ()):
+        flag = "--" + field.replace("_", "-")
+        message = re.sub(rf'send "{field}": true', f"pass {flag}", message)
+        message = message.replace(f'"{field}"', flag)
+        if "_" in field:
+            message = re.sub(rf"\b{field}\b", flag, message)
+    return message
+
+
+# -- the command line -----------------------------------------------------------------------------
+
+
+class DefaultsHelp(argparse.HelpFormatter):
+    """Each option's help names its default, when it has one worth naming."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if action.default not in (None, False, "", argparse.SUPPRESS) and "default" not in text:
+            text += " (default: %(default)s)"
+        return text
+
+
 def _parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    # Also after the command; SUPPRESS keeps the subcommand from resetting the value given before it.
+    common.add_argument("--api-url", default=argparse.SUPPRESS, help="the API's base URL (as before the command)")
+    common.add_argument(
+        "--json", action="store_true", help="print one JSON document (the API's answer or the final state), no progress"
+    )
+
+    def add(subparsers: Any, name: str, text: str) -> argparse.ArgumentParser:
+        parser: argparse.ArgumentParser = subparsers.add_parser(
+            name, help=text, description=text, parents=[common], formatter_class=DefaultsHelp
+        )
+        return parser
+
     parser = argparse.ArgumentParser(
         prog="starter.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--api-url", default=os.environ.get("TENANTFLOW_API_URL", "http://127.0.0.1:8080"))
-    sub = parser.add_subparsers(dest="command", required=True)
-    onboard = sub.add_parser("onboard", help="onboard an org and follow it until active or failed")
-    onboard.add_argument("--slug", required=True)
-    onboard.add_argument("--name", required=True)
-    onboard.add_argument("--plan", default="pro")
-    onboard.add_argument("--vpc-id", required=True)
-    onboard.add_argument("--subnet-ids", required=True, help="comma-separated")
-    onboard.add_argument("--no-wait", action="store_true")
-    for name, text in (("status", "show an org"), ("watch", "follow an org until it settles")):
-        sub.add_parser(name, help=text).add_argument("slug")
-    orgs = sub.add_parser("orgs", help="list orgs with their status and the operation in progress")
+    parser.add_argument(
+        "--api-url",
+        default=os.environ.get("TENANTFLOW_API_URL", DEFAULT_API_URL),
+        help=f"the API's base URL (TENANTFLOW_API_URL, default {DEFAULT_API_URL})",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    no_wait = {"action": "store_true", "help": "print the 202 answer and return without following"}
+
+    onboard = add(sub, "onboard", "onboard an org and follow it until active (0) or failed (1)")
+    onboard.add_argument("--slug", required=True, help="the org's unique id in URLs: a-z, 0-9, -")
+    onboard.add_argument("--name", required=True, help="the org's display name")
+    onboard.add_argument("--plan", default="pro", choices=PLANS, help="the org's plan")
+    onboard.add_argument("--vpc-id", required=True, help="the tenant's VPC (vpc-...)")
+    onboard.add_argument("--subnet-ids", required=True, help="its subnets, comma-separated (subnet-a,subnet-b)")
+    onboard.add_argument("--no-wait", **no_wait)  # type: ignore[arg-type]
+
+    add(sub, "status", "show an org (exit 1 if it failed)").add_argument("slug", help="the org")
+    add(
+        sub, "watch", "follow an org until it settles: active, suspended or deleted (0), failed (1), parked (3)"
+    ).add_argument("slug", help="the org")
+
+    orgs = add(sub, "orgs", "list orgs with their status and the operation in progress")
     orgs.add_argument("--status", default="", help="only these statuses, comma-separated (e.g. suspended,deleting)")
     orgs.add_argument("--prefix", default="", help="only slugs starting with this")
-    quota = sub.add_parser("quota", help="set an org's quotas")
-    quota.add_argument("slug")
-    quota.add_argument("--max-workspaces", type=int)
-    quota.add_argument("--max-tier", type=int)
-    quota.add_argument("--billing-plan")
-    mint = sub.add_parser("mint-key", help="mint an org API key (shown once)")
-    mint.add_argument("slug")
-    mint.add_argument("--name", default="operator-minted")
-    mint.add_argument("--scopes", help="comma-separated among read, workspaces:write, keys:admin (default: all)")
+
+    quota = add(sub, "quota", "set an org's quotas (give at least one; the others stay as they are)")
+    quota.add_argument("slug", help="the org")
+    quota.add_argument("--max-workspaces", type=int, metavar="N", help="workspaces the org may hold (0-10000)")
+    quota.add_argument("--max-tier", type=int, choices=TIERS, help="the largest instance tier it may use")
+    quota.add_argument("--billing-plan", choices=PLANS, help="the plan it is billed on")
+
+    mint = add(sub, "mint-key", "mint an org API key (printed once)")
+    mint.add_argument("slug", help="the org")
+    mint.add_argument("--name", default="operator-minted", help="the key's name")
+    mint.add_argument(
+        "--scopes", help=f"comma-separated among {', '.join(ALL_SCOPES)} (default: all of them)", default=None
+    )
     mint.add_argument("--expires-at", help="ISO 8601 time with a zone, e.g. 2027-01-01T00:00:00Z (default: never)")
-    tokens = sub.add_parser("operator-token", help="named operator tokens: create (shown once), list, revoke")
-    tokens_sub = tokens.add_subparsers(dest="token_command", required=True)
-    tokens_sub.add_parser("create", help="a new token for NAME (a second one while rotating)").add_argument("name")
-    tokens_sub.add_parser("list", help="every token, without secrets")
-    tokens_sub.add_parser("revoke", help="revoke a token by id (tfo_<id>)").add_argument("token_id")
-    suspend = sub.add_parser("suspend", help="suspend an org: keys revoked, creation frozen")
-    suspend.add_argument("slug")
-    suspend.add_argument("--reason")
-    suspend.add_argument("--stop-instances", action="store_true")
-    sub.add_parser("resume", help="resume a suspended org").add_argument("slug")
-    delete = sub.add_parser("delete", help="hard-delete an org and everything it owns; follows the cascade")
-    delete.add_argument("slug")
+
+    tokens = add(sub, "operator-token", "named operator tokens: create (printed once), list, revoke")
+    tokens_sub = tokens.add_subparsers(dest="token_command", required=True, metavar="ACTION")
+    add(tokens_sub, "create", "a new token for NAME (a second live one while rotating)").add_argument(
+        "name", help="a-z first, then a-z 0-9 . _ - (2-40 characters)"
+    )
+    add(tokens_sub, "list", "every token, without secrets")
+    add(tokens_sub, "revoke", "revoke a token").add_argument("token_id", help="its id, tfo_<id>")
+
+    suspend = add(sub, "suspend", "suspend an org (keys refused, creation frozen) and follow it until suspended")
+    suspend.add_argument("slug", help="the org")
+    suspend.add_argument("--reason", help="why, recorded and shown on the org (default: none)")
+    suspend.add_argument("--stop-instances", action="store_true", help="also stop its workspaces' instances")
+    add(sub, "resume", "resume a suspended org and follow it until active").add_argument("slug", help="the org")
+
+    delete = add(sub, "delete", "hard-delete an org and everything it owns; follows the cascade")
+    delete.add_argument("slug", help="the org")
     delete.add_argument("--confirm", required=True, help="must equal the slug")
-    delete.add_argument("--delete-workspaces", action="store_true")
-    sub.add_parser("teardowns", help="deletions under way, and which wait for an operator")
-    sub.add_parser("retry", help="run a parked step again, or a failed onboarding again").add_argument("slug")
-    sub.add_parser("abandon", help="stop the operation in progress on its parked step").add_argument("slug")
-    audit = sub.add_parser("audit", help="an org's audit trail, and every chain verified against the newest anchor")
+    delete.add_argument(
+        "--delete-workspaces", action="store_true", help="terminate its workspaces too (refused without it if any)"
+    )
+    add(sub, "teardowns", "deletions under way, and which wait for an operator")
+    add(sub, "retry", "run a parked step again (or a failed onboarding) and follow it").add_argument(
+        "slug", help="the org"
+    )
+    add(sub, "abandon", "stop the operation in progress on its parked step").add_argument("slug", help="the org")
+
+    audit = add(sub, "audit", "an org's audit trail, and every chain verified against the newest anchor")
     audit.add_argument("slug", nargs="?", help="the org whose records to list")
     audit.add_argument("--verify", action="store_true", help="only verify (every org's chain); exit 1 if broken")
-    ws = sub.add_parser("workspace", help="tenant workspace operations (TENANTFLOW_ORG_KEY)")
-    ws_sub = ws.add_subparsers(dest="ws_command", required=True)
-    create = ws_sub.add_parser("create", help="create a workspace and follow it until running or failed")
-    create.add_argument("--name", required=True)
-    create.add_argument("--role", required=True)
-    create.add_argument("--runtime", default="hermes")
-    create.add_argument("--tier", type=int, default=2)
-    create.add_argument("--model", default="claude-sonnet-4")
-    create.add_argument("--no-wait", action="store_true")
-    ws_sub.add_parser("list", help="list workspaces")
-    for name in ("status", "delete"):
-        ws_sub.add_parser(name).add_argument("workspace_id")
+
+    ws = add(sub, "workspace", "the tenant's workspaces (with TENANTFLOW_ORG_KEY)")
+    ws_sub = ws.add_subparsers(dest="ws_command", required=True, metavar="ACTION")
+    create = add(ws_sub, "create", "create a workspace and follow it until running (0) or failed (1)")
+    create.add_argument("--name", required=True, help="unique in the org")
+    create.add_argument("--role", required=True, help="what the agent is for, free text")
+    create.add_argument("--runtime", default="hermes", help="the agent runtime")
+    create.add_argument("--tier", type=int, default=2, choices=TIERS, help="instance size (up to the org's max-tier)")
+    create.add_argument("--model", default="claude-sonnet-4", help="the model the agent uses")
+    create.add_argument("--no-wait", **no_wait)  # type: ignore[arg-type]
+    add(ws_sub, "list", "the org's workspaces")
+    add(ws_sub, "status", "show a workspace (exit 1 if it failed)").add_argument("workspace_id", help="ws_<id>")
+    add(ws_sub, "delete", "delete a workspace and follow it until its instance is terminated").add_argument(
+        "workspace_id", help="ws_<id>"
+    )
     return parser
 
 
-def _tenant_command(args: argparse.Namespace, out: TextIO) -> int:
-    client = TenantClient(args.api_url, _local_secret("TENANTFLOW_ORG_KEY", "demo_org_key"))
+# -- commands -------------------------------------------------------------------------------------
+
+
+def _tenant_command(args: argparse.Namespace, show: Output) -> int:
+    client = TenantClient(args.api_url, local_secret("TENANTFLOW_ORG_KEY", "demo_org_key"))
     if args.ws_command == "create":
         created = client.create_workspace(
             name=args.name, role=args.role, runtime=args.runtime, tier=args.tier, model=args.model
         )
-        out.write(f"accepted: {created['id']} ({created['status']})\n")
         if args.no_wait:
+            show.result(created, f"accepted: {created['id']} ({created['status']})")
             return 0
-        return _report(follow_workspace(client, created["id"], out), out, WORKSPACE_KEYS)
+        show.line(f"accepted: {created['id']} ({created['status']})")
+        workspace = follow_workspace(client, created["id"], show.progress)
+        return report_workspace(workspace, workspace_outcome(workspace, "create") or "failed", show)
     if args.ws_command == "list":
-        for w in client.workspaces():
-            out.write(f"{w['id']}  {w['name']:<24} tier {w['tier']}  {w['status']:<12} {w['instance_id'] or '-'}\n")
+        listed = client.workspaces()
+        rows = [(w["id"], w["name"], f"tier {w['tier']}", w["status"], w["instance_id"] or "-") for w in listed]
+        show.table({"workspaces": listed}, rows, "no workspaces")
         return 0
     if args.ws_command == "delete":
-        client.delete_workspace(args.workspace_id)
-        follow_workspace(client, args.workspace_id, out, deleting=True)
-        return 0
+        accepted = client.delete_workspace(args.workspace_id)
+        show.line(f"{args.workspace_id}: {accepted.get('status', 'deleting')}")
+        workspace = follow_workspace(client, args.workspace_id, show.progress, deleting=True)
+        return report_workspace(
+            {"id": args.workspace_id, **workspace}, workspace_outcome(workspace, "delete") or "failed", show
+        )
     record = client.workspace(args.workspace_id)
-    out.write(json.dumps(record, indent=2) + "\n")
-    return 1 if record["status"] in TERMINAL_FAILED else 0
+    show.result(record)
+    return 1 if record["status"] == "failed" else 0
 
 
-def _onboard(client: OperatorClient, args: argparse.Namespace, out: TextIO) -> int:
+def _onboard(client: OperatorClient, args: argparse.Namespace, show: Output) -> int:
     created = client.onboard(
         name=args.name,
         slug=args.slug,
@@ -358,142 +623,170 @@ def _onboard(client: OperatorClient, args: argparse.Namespace, out: TextIO) -> i
         vpc_id=args.vpc_id,
         subnet_ids=[s for s in args.subnet_ids.split(",") if s],
     )
-    out.write(f"accepted: {created['id']} ({created['status']})\n")
     if args.no_wait:
+        show.result(created, f"accepted: {created['id']} ({created['status']})")
         return 0
-    return _report(follow_org(client, args.slug, out), out, ORG_KEYS)
+    show.line(f"accepted: {created['id']} ({created['status']})")
+    return _follow_and_report(client, args.slug, "onboard", show)
 
 
-def _watch(client: OperatorClient, args: argparse.Namespace, out: TextIO) -> int:
-    return _report(follow_org(client, args.slug, out), out, ORG_KEYS)
+def _follow_and_report(
+    client: OperatorClient, slug: str, operation: str | None, show: Output, *, retried: bool = False
+) -> int:
+    """Follow ``operation`` (any settled state when it is None or not one the org runs itself)."""
+    operation = operation if operation in DONE_STATUS else None
+    org = follow_org(client, slug, show.progress, operation=operation, retried=retried)
+    return report_org(org, org_outcome(org, operation) or "failed", show)
 
 
-def _quota(client: OperatorClient, args: argparse.Namespace, out: TextIO) -> int:
+def _watch(client: OperatorClient, args: argparse.Namespace, show: Output) -> int:
+    return _follow_and_report(client, args.slug, None, show)
+
+
+def _status(client: OperatorClient, args: argparse.Namespace, show: Output) -> int:
+    org = client.org(args.slug)
+    show.result(org)
+    outcome = org_outcome(org)
+    return EXIT_CODES[outcome] if outcome else 0
+
+
+def _quota(client: OperatorClient, args: argparse.Namespace, show: Output) -> int:
     wanted = (("max_workspaces", args.max_workspaces), ("max_tier", args.max_tier), ("billing_plan", args.billing_plan))
     org = client.set_quota(args.slug, **{k: v for k, v in wanted if v is not None})
-    out.write(json.dumps({k: org[k] for k in ("slug", "max_workspaces", "max_tier", "billing_plan")}) + "\n")
+    show.result(org, json.dumps({k: org[k] for k in ("slug", "max_workspaces", "max_tier", "billing_plan")}))
     return 0
 
 
-def _mint_key(client: OperatorClient, args: argparse.Namespace, out: TextIO) -> int:
+def _mint_key(client: OperatorClient, args: argparse.Namespace, show: Output) -> int:
     scopes = [s for s in args.scopes.split(",") if s] if args.scopes else None
     key = client.mint_key(args.slug, args.name, scopes, args.expires_at)
     expiry = f", expires {key['expires_at']}" if key["expires_at"] else ""
-    out.write(f"{key['key']}\n(shown once: store it now; id {key['id']}, scopes {','.join(key['scopes'])}{expiry})\n")
+    show.result(
+        key, f"{key['key']}\n(shown once: store it now; id {key['id']}, scopes {','.join(key['scopes'])}{expiry})"
+    )
     return 0
 
 
-def _operator_token(client: OperatorClient, args: argparse.Namespace, out: TextIO) -> int:
+def _operator_token(client: OperatorClient, args: argparse.Namespace, show: Output) -> int:
     if args.token_command == "create":
         token = client.create_operator_token(args.name)
-        out.write(
-            f"{token['token']}\n(shown once: store it now; id {token['prefix']}; use it as TENANTFLOW_OPERATOR_TOKEN)\n"
+        show.result(
+            token,
+            f"{token['token']}\n(shown once: store it now; id {token['prefix']}; use it as TENANTFLOW_OPERATOR_TOKEN)",
         )
     elif args.token_command == "list":
-        for t in client.operator_tokens():
-            state = "revoked" if t["revoked"] else f"last used {t['last_used_at'] or 'never'}"
-            out.write(f"{t['prefix']}  {t['name']:<24} created {t['created_at']} by {t['created_by']}  {state}\n")
+        listed = client.operator_tokens()
+        rows = [
+            (
+                t["prefix"],
+                t["name"],
+                f"created {t['created_at']} by {t['created_by']}",
+                "revoked" if t["revoked"] else f"last used {t['last_used_at'] or 'never'}",
+            )
+            for t in listed
+        ]
+        show.table({"tokens": listed}, rows, "no operator tokens")
     else:
         revoked = client.revoke_operator_token(args.token_id)
-        out.write(f"revoked {revoked['prefix']} ({revoked['name']})\n")
+        show.result(revoked, f"revoked {revoked['prefix']} ({revoked['name']})")
     return 0
 
 
-def _suspend(client: OperatorClient, args: argparse.Namespace, out: TextIO) -> int:
-    client.suspend(args.slug, args.reason, args.stop_instances)
-    return _report(follow_org(client, args.slug, out, ok={"suspended"}), out, ORG_KEYS)
-
-
-def _resume(client: OperatorClient, args: argparse.Namespace, out: TextIO) -> int:
-    client.resume(args.slug)
-    return _report(follow_org(client, args.slug, out, ok={"active"}), out, ORG_KEYS)
-
-
-def _delete_or_decide(client: OperatorClient, args: argparse.Namespace, out: TextIO) -> int:
-    """delete, retry and abandon: follow the org until the operation settles (or parks)."""
-    if args.command == "delete":
-        accepted = client.delete(args.slug, args.confirm, args.delete_workspaces)
+def _lifecycle(client: OperatorClient, args: argparse.Namespace, show: Output) -> int:
+    """suspend, resume, delete and retry: the 202's state first, then follow until it settles."""
+    slug = args.slug
+    if args.command == "suspend":
+        accepted = client.suspend(slug, args.reason, args.stop_instances)
+    elif args.command == "resume":
+        accepted = client.resume(slug)
+    elif args.command == "delete":
+        accepted = client.delete(slug, args.confirm, args.delete_workspaces)
     else:
-        accepted = client.decide(args.slug, args.command)
-    if args.command == "abandon":
-        out.write(
-            f"abandoned: {accepted.get('operation') or 'the operation'} of {args.slug} stops on its parked step\n"
-        )
-        return 0
-    final = follow_org(
-        client, args.slug, out, ok=SETTLES_AS.get(accepted.get("operation"), {"deleted"}), parked_is_final=True
+        accepted = client.decide(slug, "retry")
+    show.line(accepted_line(slug, accepted, args.command))
+    # A retry continues (or restarts) whichever operation its 202 names.
+    operation = accepted.get("operation") if args.command == "retry" else args.command
+    return _follow_and_report(client, slug, operation, show, retried=args.command == "retry")
+
+
+def _abandon(client: OperatorClient, args: argparse.Namespace, show: Output) -> int:
+    accepted = client.decide(args.slug, "abandon")
+    operation = accepted.get("operation") or "the operation"
+    show.result(
+        accepted,
+        f"{accepted_line(args.slug, accepted, 'abandon')}\n"
+        f"abandoned: {operation} of {args.slug} stops on its parked step {accepted.get('step') or ''}".rstrip(),
     )
-    if final["status"] == "deleted":
-        receipt = final["receipt"]
-        out.write(
-            f"deleted {args.slug}: {len(receipt['resources'])} resources, "
-            f"{len(receipt['workspaces'])} workspaces (receipt at GET /cp/orgs/{args.slug})\n"
-        )
-        return 0
-    return _report(final, out, ORG_KEYS)
+    return 0
 
 
-def _orgs(client: OperatorClient, args: argparse.Namespace, out: TextIO) -> int:
-    page: dict = {"next_cursor": None}
-    listed = 0
+def _orgs(client: OperatorClient, args: argparse.Namespace, show: Output) -> int:
+    listed: list[dict] = []
+    cursor = None
     while True:
-        page = client.orgs(status=args.status, prefix=args.prefix, cursor=page["next_cursor"])
-        for o in page["orgs"]:
-            operation = f"{o['operation']} ({o['workflow_id']})" if o["operation"] else "-"
-            out.write(f"{o['slug']:<24} {o['status']:<13} {operation:<44} {o['failure_reason'] or ''}\n")
-            listed += 1
-        if not page["next_cursor"]:
+        page = client.orgs(status=args.status, prefix=args.prefix, cursor=cursor)
+        listed += page["orgs"]
+        if not (cursor := page["next_cursor"]):
             break
-    if not listed:
-        out.write("no orgs match\n")
+    rows = [
+        (
+            o["slug"],
+            o["status"],
+            f"{o['operation']} ({o['workflow_id']})" if o["operation"] else "-",
+            o["failure_reason"] or "",
+        )
+        for o in listed
+    ]
+    show.table({"orgs": listed}, rows, "no orgs match" if args.status or args.prefix else "no orgs")
     return 0
 
 
-def _teardowns(client: OperatorClient, args: argparse.Namespace, out: TextIO) -> int:
-    for t in client.teardowns():
+def _teardowns(client: OperatorClient, args: argparse.Namespace, show: Output) -> int:
+    listed = client.teardowns()
+    rows = []
+    for t in listed:
         p = t["progress"] or {}
-        state = f"PARKED: {p.get('failure_reason')}" if t["parked"] else p.get("step", "?")
-        out.write(f"{t['slug']:<20} {t['workflow_id']:<32} {state}\n")
+        state = f"PARKED on {p.get('step')}: {p.get('failure_reason')}" if t["parked"] else p.get("step", "?")
+        rows.append((t["slug"], t["workflow_id"], state))
+    show.table({"teardowns": listed}, rows, "no teardowns")
     return 0
 
 
-def _audit(client: OperatorClient, args: argparse.Namespace, out: TextIO) -> int:
+def _audit(client: OperatorClient, args: argparse.Namespace, show: Output) -> int:
     if args.slug is None and not args.verify:
-        raise SystemExit("audit: name an org, or pass --verify")
-    if args.slug is None:
-        chain = client.verify_audit()["chain"]
-    else:
-        trail = client.audit(args.slug)
-        if not args.verify:
-            for r in trail["records"]:
-                out.write(f"{r['seq']:>6} {r['at']} {r['actor']:<40} {r['action']:<32} {r['outcome']}\n")
-        chain = trail["chain"]
-    verified = chain["valid"]
+        raise UsageError("audit: name an org, or pass --verify")
+    answer = client.verify_audit() if args.slug is None else client.audit(args.slug)
+    chain = answer["chain"]
+    lines = []
+    if args.slug is not None and not args.verify:
+        lines = [
+            f"{r['seq']:>6} {r['at']} {r['actor']:<40} {r['action']:<32} {r['outcome']}" for r in answer["records"]
+        ]
     anchored = f"against the anchor of {chain['anchored_at']}" if chain.get("anchored_at") else "(no anchor yet)"
-    out.write(
-        f"chain verified: {chain['records']} records in {chain['chains']} chains {anchored}\n"
-        if verified
-        else f"CHAIN BROKEN at record {chain['first_broken_seq']}: {chain['reason']}\n"
+    lines.append(
+        f"chain verified: {chain['records']} records in {chain['chains']} chains {anchored}"
+        if chain["valid"]
+        else f"CHAIN BROKEN at record {chain['first_broken_seq']}: {chain['reason']}"
     )
-    return 0 if verified else 1
+    show.result(answer, "\n".join(lines))
+    return 0 if chain["valid"] else 1
 
 
-def _status(client: OperatorClient, args: argparse.Namespace, out: TextIO) -> int:
-    org = client.org(args.slug)
-    out.write(json.dumps(org, indent=2) + "\n")
-    return 1 if org["status"] in TERMINAL_FAILED else 0
+class UsageError(Exception):
+    pass
 
 
-OPERATOR_COMMANDS: dict[str, Callable[[OperatorClient, argparse.Namespace, TextIO], int]] = {
+OPERATOR_COMMANDS: dict[str, Callable[[OperatorClient, argparse.Namespace, Output], int]] = {
     "onboard": _onboard,
+    "status": _status,
     "watch": _watch,
     "quota": _quota,
     "mint-key": _mint_key,
-    "suspend": _suspend,
-    "resume": _resume,
-    "delete": _delete_or_decide,
-    "retry": _delete_or_decide,
-    "abandon": _delete_or_decide,
+    "suspend": _lifecycle,
+    "resume": _lifecycle,
+    "delete": _lifecycle,
+    "retry": _lifecycle,
+    "abandon": _abandon,
     "orgs": _orgs,
     "teardowns": _teardowns,
     "audit": _audit,
@@ -501,21 +794,41 @@ OPERATOR_COMMANDS: dict[str, Callable[[OperatorClient, argparse.Namespace, TextI
 }
 
 
-def _operator_command(args: argparse.Namespace, out: TextIO) -> int:
+def _operator_command(args: argparse.Namespace, show: Output) -> int:
     token = os.environ.get("TENANTFLOW_OPERATOR_TOKEN")
-    client = OperatorClient(args.api_url, token or _local_secret("TENANTFLOW_PROVISION_SECRET", "provision_secret"))
-    return OPERATOR_COMMANDS.get(args.command, _status)(client, args, out)
+    client = OperatorClient(args.api_url, token or local_secret("TENANTFLOW_PROVISION_SECRET", "provision_secret"))
+    return OPERATOR_COMMANDS[args.command](client, args, show)
 
 
-def main(argv: list[str] | None = None, out: TextIO = sys.stdout) -> int:
+def main(argv: list[str] | None = None, out: TextIO = sys.stdout, err: TextIO | None = None) -> int:
+    """Run one command; the answer goes to ``out``, a failure to talk to the API to ``err``
+    (default stderr)."""
+    err = err or sys.stderr
     args = _parser().parse_args(argv)
+    show = Output(out, args.json)
     try:
         if args.command == "workspace":
-            return _tenant_command(args, out)
-        return _operator_command(args, out)
-    except ApiError as err:
-        out.write(f"refused ({err.status}): {err}\n")
-        return 2
+            return _tenant_command(args, show)
+        return _operator_command(args, show)
+    except ApiError as refused:
+        if refused.status >= 500:
+            show.result({"http_status": refused.status, **refused.body}, f"API error ({refused.status}): {refused}")
+            return 1
+        command = "workspace" if args.command == "workspace" else args.command
+        show.result(
+            {"http_status": refused.status, **refused.body},
+            f"refused ({refused.status}): {in_cli_words(str(refused), command)}",
+        )
+        return EXIT_REFUSED
+    except Unreachable as down:
+        err.write(f"{down}: is the stack running? start it with: python -m devstack\n")
+        return EXIT_UNREACHABLE
+    except TimeoutError as slow:
+        err.write(f"{slow}; it goes on: starter.py watch {getattr(args, 'slug', '')}".rstrip() + "\n")
+        return EXIT_UNREACHABLE
+    except (MissingCredential, UsageError) as usage:
+        err.write(f"{usage}\n")
+        return EXIT_REFUSED
 
 
 if __name__ == "__main__":
