@@ -59,12 +59,14 @@ class OrgLifecycleActivities:
             workflow_id=change.workflow_id,
             failure_reason=change.failure_reason,
             status_reason=change.status_reason,
+            abandoned=change.abandoned.model_dump(mode="json") if change.abandoned else None,
             clear=tuple(
                 column
                 for column, value in (
                     ("operation", operation),
                     ("failure_reason", change.failure_reason),
                     ("status_reason", change.status_reason),
+                    ("abandoned", change.abandoned),
                 )
                 if value is None
             ),

@@ -16,6 +16,7 @@ from api.auth import principal, require_operator
 from api.commands import send_command
 from api.errors import ApiError, read_json
 from api.lookup import org_or_404, org_progress, slug_param
+from api.orgs import org_view
 from api.schemas import DeleteOrgRequest, SuspendRequest
 from api.state import AUDIT, ORGS, WORKSPACES
 from api.versioning import v1
@@ -55,14 +56,32 @@ def _accepted(state: OrgSnapshot, **extra: object) -> web.Response:
 async def suspend(request: web.Request) -> web.Response:
     org = await org_or_404(request)
     req = SuspendRequest.model_validate(await _optional_json(request))
-    state = await send_command(
-        request,
-        org,
-        OrgWorkflow.suspend,
-        SuspendCommand(actor=principal(request), reason=req.reason, stop_instances=req.stop_instances),
-    )
+    try:
+        state = await send_command(
+            request,
+            org,
+            OrgWorkflow.suspend,
+            SuspendCommand(actor=principal(request), reason=req.reason, stop_instances=req.stop_instances),
+        )
+    except ApiError as refused:
+        raise _already_suspended(refused, org) or refused from None
     log.info("org suspension accepted", org_slug=org["slug"], org_id=org["id"])
     return _accepted(state)
+
+
+def _already_suspended(refused: ApiError, org: dict[str, Any]) -> ApiError | None:
+    """A suspend of a suspended org, refused: the first reason stays, and the answer says so."""
+    if refused.status != 409 or (refused.extra.get("org") or {}).get("status") != OrgStatus.suspended:
+        return None
+    first = org["status_reason"]
+    return ApiError(
+        409,
+        "ORG_ALREADY_SUSPENDED",
+        f"org '{org['slug']}' is already suspended"
+        + (f" (reason: {first!r})" if first else " (no reason was given)")
+        + "; that reason is kept. To suspend it for another reason, resume it first.",
+        **refused.extra,
+    )
 
 
 @routes.post("/cp/orgs/{slug}/resume")
@@ -124,19 +143,25 @@ async def abandon_teardown(request: web.Request) -> web.Response:
 
 @routes.get("/cp/teardowns")
 async def list_teardowns(request: web.Request) -> web.Response:
-    """Orgs being deleted, with the step each is on and whether it waits for an operator."""
+    """Orgs being deleted, with the step each is on and its state: ``running``, ``parked`` (a step
+    waits for an operator's retry or abandon) or ``abandoned`` (an operator stopped it: who, when,
+    why; a new delete starts it over)."""
     await require_operator(request)
     result = []
     for org in await request.app[ORGS].page(statuses=[OrgStatus.deleting.value], limit=1000):
         progress = await org_progress(request, org)
+        view = org_view(org, progress)
+        parked = bool(progress and progress.waiting_for_operator)
         result.append(
             {
                 "slug": org["slug"],
                 "id": org["id"],
                 "workflow_id": org["workflow_id"],
+                "state": "abandoned" if view["abandoned"] else "parked" if parked else "running",
                 "progress": progress.model_dump() if progress else None,
-                "parked": bool(progress and progress.waiting_for_operator),
-                "failure_reason": org["failure_reason"],
+                "parked": parked,
+                "failure_reason": view["failure_reason"],
+                "abandoned": view["abandoned"],
             }
         )
     return web.json_response({"teardowns": result})

@@ -16,7 +16,7 @@ from api.commands import send_command, start_entity
 from api.errors import ApiError, read_json
 from api.lookup import SLUG, org_or_404, org_progress, slug_param
 from api.schemas import OrgCreateRequest, OrgQuotaUpdate
-from api.state import ORGS, SETTINGS, TEMPORAL
+from api.state import ORGS, SETTINGS, TEMPORAL, WORKSPACES
 from api.versioning import v1
 from domain.operations import Progress, org_workflow_id
 from domain.org_entity import QuotaCommand
@@ -30,7 +30,10 @@ MAX_PAGE = 200
 
 
 def org_view(row: dict[str, Any], progress: Progress | None = None) -> dict[str, Any]:
-    """The tutorial's response shape, plus what an operator polling it needs."""
+    """The tutorial's response shape, plus what an operator polling it needs. ``failure_reason``
+    describes the operation in progress: while a step of it waits for an operator, that step's
+    failure (the org's record learns of it only when the operation ends)."""
+    parked = progress is not None and progress.waiting_for_operator
     return {
         "id": row["id"],
         "name": row["name"],
@@ -43,7 +46,8 @@ def org_view(row: dict[str, Any], progress: Progress | None = None) -> dict[str,
         "neon_project_id": row["neon_project_id"],
         "neon_branch_id": row["neon_branch_id"],
         "security_group_id": row["security_group_id"],
-        "failure_reason": row["failure_reason"],
+        "failure_reason": progress.failure_reason if progress and parked else row["failure_reason"],
+        "abandoned": row.get("abandoned"),
         "status_reason": row.get("status_reason"),
         "cost_warning": row.get("cost_warning"),
         "workflow_id": row["workflow_id"],
@@ -154,6 +158,7 @@ async def list_orgs(request: web.Request) -> web.Response:
         "operation",
         "workflow_id",
         "failure_reason",
+        "abandoned",
         "status_reason",
         "created_at",
         "updated_at",
@@ -198,4 +203,21 @@ async def update_quota(request: web.Request) -> web.Response:
     if not fields:
         raise ApiError(400, "VALIDATION_FAILED", "give at least one of max_workspaces, max_tier, billing_plan")
     await send_command(request, row, OrgWorkflow.set_quota, QuotaCommand(actor=principal(request), **fields))
-    return web.json_response(org_view(await request.app[ORGS].get(row["id"]) or row))
+    updated = await request.app[ORGS].get(row["id"]) or row
+    in_use = await request.app[WORKSPACES].slots_used(row["id"])
+    return web.json_response({**org_view(updated), "over_quota": over_quota(in_use, updated["max_workspaces"])})
+
+
+def over_quota(in_use: int, limit: int) -> dict[str, Any] | None:
+    """How far a workspace limit below current use is exceeded, and what that means (None: within it)."""
+    over = in_use - limit
+    if over <= 0:
+        return None
+    until = f" until fewer than {limit} remain (delete {over + 1})" if limit else ""
+    return {
+        "in_use": in_use,
+        "max_workspaces": limit,
+        "over": over,
+        "meaning": f"the org's {in_use} workspaces keep running, {over} over the new limit of {limit};"
+        f" no workspace can be created{until}",
+    }

@@ -203,6 +203,7 @@ async def delete_workspace(request: web.Request) -> web.Response:
         deprovision_start(org["slug"], row["id"], row["name"]),
         task_queue=settings.task_queue,
     )
+    await request.app[WORKSPACES].mark_deleting(row["id"], actor=f"org_key:{org['key_id']}")
     log.info("workspace deletion requested", org_slug=org["slug"], workspace_id=row["id"])
     return web.json_response(
         {"id": row["id"], "status": WorkspaceStatus.deleting.value},

@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from psycopg.types.json import Jsonb
+
 from db import audit
 from db.pool import Pool, required
 from db.purge import latest_receipt
@@ -107,8 +109,9 @@ class OrgRepo:
     ) -> dict[str, Any] | None:
         """Set the given columns (None leaves a column as it is; ``clear`` names columns to null)
         and audit the change. ``only_from``: a compare-and-set, applied only while the status is
-        one of these (None is returned otherwise). Column names come from code, never from input."""
-        fields = {k: v for k, v in fields.items() if v is not None}
+        one of these (None is returned otherwise). Column names come from code, never from input; a
+        dict is written as JSON."""
+        fields = {k: Jsonb(v) if isinstance(v, dict) else v for k, v in fields.items() if v is not None}
         guard = "" if only_from is None else " AND status = ANY(%(only_from)s)"
         async with self._pool.connection() as conn, conn.transaction():
             assignments = [f"{k} = %({k})s" for k in fields] + [f"{k} = NULL" for k in clear]

@@ -10,6 +10,7 @@ from psycopg.types.json import Jsonb
 from db import audit
 from db.pool import Pool, required
 from domain.resources import name_of_key
+from domain.status import WorkspaceStatus
 
 
 async def purge_org(pool: Pool, org_id: str, slug: str, *, actor: str, workflow_id: str | None) -> dict[str, Any]:
@@ -53,7 +54,18 @@ async def purge_org(pool: Pool, org_id: str, slug: str, *, actor: str, workflow_
                 }
                 for r in resources
             ],
-            "workspaces": [dict(w) for w in workspaces],
+            # Their final state: the cascade ended every one before this step, and the purge deletes
+            # their rows (a row may still say "running" for an instance the cascade terminated).
+            "workspaces": [
+                {
+                    "id": w["id"],
+                    "name": w["name"],
+                    "instance_id": w["instance_id"],
+                    "status": WorkspaceStatus.deleted.value,
+                    "status_before_purge": w["status"],
+                }
+                for w in workspaces
+            ],
             "keys_revoked": keys,
         }
         await conn.execute(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import timedelta
 from enum import StrEnum
 from typing import Any
@@ -77,13 +78,7 @@ class WorkspaceRepo:
                     f"tier {tier} is above this org's max_tier "
                     f"{org['max_tier']}: upgrade your plan to use higher tiers",
                 )
-            used = required(
-                await (
-                    await conn.execute(
-                        "SELECT count(*) AS n FROM workspaces WHERE org_id = %s AND holds_slot", (org_id,)
-                    )
-                ).fetchone()
-            )["n"]
+            used = await _slots_used(conn, org_id)
             if used >= org["max_workspaces"]:
                 raise WorkspaceRefused(
                     Refusal.quota_exceeded,
@@ -139,15 +134,18 @@ class WorkspaceRepo:
         action: str | None = None,
         outcome: str = "ok",
         detail: dict[str, Any] | None = None,
+        unless: Sequence[str] = (),
         **fields: Any,
     ) -> dict[str, Any] | None:
-        """Set columns (names come from code, never input) and audit the change."""
+        """Set columns (names come from code, never input) and audit the change; not while the
+        status is one of ``unless`` (None is returned then)."""
         async with self._pool.connection() as conn, conn.transaction():
             sets = ", ".join([*(f"{k} = %({k})s" for k in fields), "updated_at = now()"])
             row = await (
                 await conn.execute(
-                    f"UPDATE workspaces SET {sets} WHERE id = %(workspace_id)s RETURNING *",
-                    {**fields, "workspace_id": workspace_id},
+                    f"UPDATE workspaces SET {sets} WHERE id = %(workspace_id)s AND status <> ALL(%(unless)s::text[])"
+                    " RETURNING *",
+                    {**fields, "workspace_id": workspace_id, "unless": list(unless)},
                 )
             ).fetchone()
             if row is not None and action:
@@ -163,6 +161,23 @@ class WorkspaceRepo:
                     resource_ids={"workspace": workspace_id, "instance": row["instance_id"]},
                 )
             return row
+
+    async def mark_deleting(self, workspace_id: str, *, actor: str) -> dict[str, Any] | None:
+        """Record a requested deletion at once (its workflow records it too, a moment later), so
+        the request's 202 and every read after it say ``deleting``; never undoes ``deleted``."""
+        return await self.update(
+            workspace_id,
+            actor=actor,
+            action="workspace.delete_requested",
+            outcome="accepted",
+            unless=(WorkspaceStatus.deleting.value, WorkspaceStatus.deleted.value),
+            status=WorkspaceStatus.deleting.value,
+        )
+
+    async def slots_used(self, org_id: str) -> int:
+        """How many of the org's workspaces count against its ``max_workspaces``."""
+        async with self._pool.connection() as conn:
+            return await _slots_used(conn, org_id)
 
     # -- tokens -------------------------------------------------------------------------------
 
@@ -332,3 +347,13 @@ async def _lock_workspace(conn: psycopg.AsyncConnection[Any], workspace_id: str)
     # NO KEY UPDATE: serializes redeem and revoke, yet lets token inserts (whose foreign key takes
     # KEY SHARE on this row) proceed, so record_registration_token cannot deadlock with them.
     await conn.execute("SELECT 1 FROM workspaces WHERE id = %s FOR NO KEY UPDATE", (workspace_id,))
+
+
+async def _slots_used(conn: psycopg.AsyncConnection[Any], org_id: str) -> int:
+    row = required(
+        await (
+            await conn.execute("SELECT count(*) AS n FROM workspaces WHERE org_id = %s AND holds_slot", (org_id,))
+        ).fetchone()
+    )
+    n: int = row["n"]
+    return n

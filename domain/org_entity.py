@@ -13,6 +13,7 @@ One operation runs at a time, as a child workflow. ``delete`` preempts the opera
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -110,9 +111,20 @@ class QuotaChange(QuotaCommand):
     org_id: str
 
 
+class Abandoned(BaseModel):
+    """An operation an operator stopped on its parked step: who, when, where and why it had parked."""
+
+    operation: Operation
+    step: str
+    by: str
+    at: datetime
+    reason: str
+
+
 class OrgTransition(BaseModel):
     """A status change of the org entity: applied only while the status is one of ``only_from``.
-    ``operation``, ``failure_reason`` and ``status_reason`` are written as given (None clears them)."""
+    ``operation``, ``failure_reason``, ``status_reason`` and ``abandoned`` are written as given
+    (None clears them)."""
 
     org_id: str
     status: OrgStatus
@@ -122,6 +134,7 @@ class OrgTransition(BaseModel):
     workflow_id: str | None = None
     failure_reason: str | None = None
     status_reason: str | None = None
+    abandoned: Abandoned | None = None
 
 
 class Parked(BaseModel):

@@ -97,20 +97,27 @@ async def mint(api, settings, slug: str) -> str:
     return (await resp.json())["key"]
 
 
-async def test_full_lifecycle(stack, network, ec2, pg, pool):
+async def with_running_workspaces(stack, network, names: tuple[str, ...]) -> tuple[dict, str, list[str]]:
+    """An onboarded org with agents booting, its key, and these workspaces of it running."""
     api, settings, boot_for = stack
     org = await onboarded(api, settings, network)
-    slug = org["slug"]
     boot_for(org["id"])
-    key = await mint(api, settings, slug)
+    key = await mint(api, settings, org["slug"])
     ids = []
-    for name in ("agent-a", "agent-b"):
+    for name in names:
         resp = await api.post("/workspaces", json={**WS, "name": name}, headers=bearer(key))
         assert resp.status == 202
         ids.append((await resp.json())["id"])
     for ws in ids:
         running = await poll(api, f"/workspaces/{ws}", bearer(key), lambda w: w["status"] in ("running", "failed"))
         assert running["status"] == "running", running["failure_reason"]
+    return org, key, ids
+
+
+async def test_full_lifecycle(stack, network, ec2, pg, pool):
+    api, settings, _ = stack
+    org, key, ids = await with_running_workspaces(stack, network, ("agent-a", "agent-b"))
+    slug = org["slug"]
 
     # Suspend: from its 202 on, every key is refused and no key can be minted; instances kept.
     resp = await api.post(f"/cp/orgs/{slug}/suspend", json={"reason": "unpaid invoice"}, headers=op(settings))
@@ -185,17 +192,24 @@ async def test_full_lifecycle(stack, network, ec2, pg, pool):
     assert (await api.get("/workspaces", headers=bearer(resumed_key))).status == 401
 
 
+async def parked_delete(api, settings, network, neon_faults) -> tuple[dict, dict]:
+    """An onboarded org whose hard delete parks on its Neon step (403 until the faults are cleared):
+    the org as created, and as it reads once parked."""
+    org = await onboarded(api, settings, network)
+    neon_faults("/projects/{project_id}/branches/{branch_id}", 403, method="DELETE", count=-1)
+    body = {"confirm": org["slug"], "delete_workspaces": True}
+    assert (await api.delete(f"/cp/orgs/{org['slug']}", json=body, headers=op(settings))).status == 202
+    parked = await poll(
+        api, f"/cp/orgs/{org['slug']}", op(settings), lambda o: (o["progress"] or {}).get("waiting_for_operator")
+    )
+    return org, parked
+
+
 async def test_parked_step_retry_concurrent_delete_and_reset(stack, network, ec2, neon_faults, dev_env, pool):
     api, settings, _ = stack
-    org = await onboarded(api, settings, network)
+    org, parked = await parked_delete(api, settings, network, neon_faults)
     slug = org["slug"]
-    neon_faults("/projects/{project_id}/branches/{branch_id}", 403, method="DELETE", count=-1)
     body = {"confirm": slug, "delete_workspaces": True}
-    assert (await api.delete(f"/cp/orgs/{slug}", json=body, headers=op(settings))).status == 202
-
-    parked = await poll(
-        api, f"/cp/orgs/{slug}", op(settings), lambda o: (o["progress"] or {}).get("waiting_for_operator")
-    )
     assert parked["status"] == "deleting" and parked["progress"]["step"] == "delete_database"
     assert "NeonAccessDenied" in parked["progress"]["failure_reason"]
     # The security group went before the parked step; the record is still there.

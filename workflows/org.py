@@ -31,6 +31,7 @@ with workflow.unsafe.imports_passed_through():
         DONE_STATUS,
         FAILED_STATUS,
         RUNNING_STATUS,
+        Abandoned,
         Command,
         DecisionCommand,
         DeleteCommand,
@@ -75,7 +76,7 @@ class OrgWorkflow:
         # Status writes happen in the order commands were accepted.
         self._writes = asyncio.Lock()
         self._operation: asyncio.Task[None] | None = None
-        self._abandoned_by: str | None = None
+        self._abandoned: Abandoned | None = None
 
     @staticmethod
     def _initial_state(inp: OrgWorkflowInput) -> OrgState:
@@ -166,8 +167,14 @@ class OrgWorkflow:
     async def abandon(self, cmd: DecisionCommand) -> OrgSnapshot:
         """Stop the running operation on its parked step."""
         running = self._state.running
-        assert running is not None
-        self._abandoned_by = cmd.actor
+        assert running is not None and running.parked is not None
+        self._abandoned = Abandoned(
+            operation=running.operation,
+            step=running.parked.step,
+            by=cmd.actor,
+            at=workflow.now(),
+            reason=running.parked.reason,
+        )
         await self._decide(running, "abandon")
         return self._snapshot()
 
@@ -225,6 +232,7 @@ class OrgWorkflow:
         operation: Operation | None = None,
         failure_reason: str | None = None,
         status_reason: str | None = None,
+        abandoned: Abandoned | None = None,
     ) -> None:
         change = OrgTransition(
             org_id=self._inp.org_id,
@@ -237,6 +245,7 @@ class OrgWorkflow:
             else None,
             failure_reason=failure_reason,
             status_reason=status_reason,
+            abandoned=abandoned,
         )
         async with self._writes:
             await run_activity(
@@ -272,7 +281,7 @@ class OrgWorkflow:
             return
         workflow_id = operation_workflow_id(cmd.operation, self._inp.org_id)
         self._state.running = Running(operation=cmd.operation, workflow_id=workflow_id)
-        self._abandoned_by = None
+        self._abandoned = None
         workflow.set_current_details(f"**{cmd.operation.value}** running as `{workflow_id}`")
         try:
             if not cmd.recorded:
@@ -289,14 +298,15 @@ class OrgWorkflow:
             self._state.running = None
             return
         except ChildWorkflowError as err:
-            reason = _operation_failure(err)
-            if self._abandoned_by:
-                reason = f"abandoned by {self._abandoned_by}: {reason}"
-            await self._finish(cmd, FAILED_STATUS[cmd.operation], reason)
+            abandoned = self._abandoned
+            reason = f"abandoned by {abandoned.by}: {abandoned.reason}" if abandoned else _operation_failure(err)
+            await self._finish(cmd, FAILED_STATUS[cmd.operation], reason, abandoned)
             return
         await self._finish(cmd, DONE_STATUS[cmd.operation], None)
 
-    async def _finish(self, cmd: Command, status: OrgStatus, reason: str | None) -> None:
+    async def _finish(
+        self, cmd: Command, status: OrgStatus, reason: str | None, abandoned: Abandoned | None = None
+    ) -> None:
         self._state.running = None
         if self._state.status != RUNNING_STATUS[cmd.operation]:
             return  # a delete took over while the operation ended
@@ -310,6 +320,7 @@ class OrgWorkflow:
                 actor="workflow",
                 failure_reason=reason,
                 status_reason=cmd.reason if status == OrgStatus.suspended else None,
+                abandoned=abandoned,
             )
 
     async def _run_child(self, cmd: Command) -> None:
