@@ -179,7 +179,7 @@ class OperatorClient(ApiClient):
         )[1]
 
     def teardowns(self) -> list[dict]:
-        return self.request("GET", "/api/v1/teardowns")[1]["teardowns"]
+        return self.pages("/api/v1/teardowns", "teardowns", limit=200)
 
     def decide(self, slug: str, decision: str) -> dict:
         return self.request("POST", f"/api/v1/orgs/{slug}/{decision}", {})[1]

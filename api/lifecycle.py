@@ -17,8 +17,8 @@ from aiohttp import web
 from api.auth import principal, require_operator
 from api.commands import send_command
 from api.errors import ApiError, read_json
-from api.lookup import org_or_404, org_progress, slug_param
-from api.paging import page_of, page_query
+from api.lookup import SLUG, org_or_404, org_progress, slug_param
+from api.paging import name_filter, page_of, page_query
 from api.schemas import DeleteOrgRequest, SuspendRequest
 from api.state import AUDIT, ORGS, WORKSPACES
 from api.versioning import v1
@@ -127,10 +127,19 @@ async def abandon_teardown(request: web.Request) -> web.Response:
 
 @routes.get("/cp/teardowns")
 async def list_teardowns(request: web.Request) -> web.Response:
-    """Orgs being deleted, with the step each is on and whether it waits for an operator."""
+    """Orgs being deleted, with the step each is on and whether it waits for an operator, by slug:
+    ``?name=``, ``?limit=``, ``?cursor=``."""
     await require_operator(request)
+    page = page_query(request, SLUG)
+    orgs, next_cursor = page_of(
+        await request.app[ORGS].page(
+            statuses=[OrgStatus.deleting.value], name=name_filter(request), after=page.after, limit=page.limit + 1
+        ),
+        page,
+        lambda row: str(row["slug"]),
+    )
     result = []
-    for org in await request.app[ORGS].page(statuses=[OrgStatus.deleting.value], limit=1000):
+    for org in orgs:
         progress = await org_progress(request, org)
         result.append(
             {
@@ -142,7 +151,7 @@ async def list_teardowns(request: web.Request) -> web.Response:
                 "failure_reason": org["failure_reason"],
             }
         )
-    return web.json_response({"teardowns": result})
+    return web.json_response({"teardowns": result, "next_cursor": next_cursor})
 
 
 _SEQ = re.compile(r"[0-9]{1,18}")

@@ -371,3 +371,13 @@ async def test_reconcile_run_triggers_the_schedule_and_its_report_appears(
 async def test_operator_routes_need_an_operator(api, path):
     resp = await api.get(path, headers=bearer("tfk_000000000000_" + "A" * 43))
     assert resp.status == 401 and (await resp.json())["code"] == "UNAUTHORIZED"
+
+
+async def test_teardowns_page_and_filter(api, pool, alice):
+    _, headers = alice
+    marker = uuid.uuid4().hex[:10]
+    deleting = [await active_org(pool, name=f"Gone {marker} {n}") for n in range(3)]
+    for org in deleting:
+        await OrgRepo(pool).update(org["id"], actor="test", status="deleting")
+    found, pages = await every_page(api, "/api/v1/teardowns", headers, "teardowns", name=marker, limit="2")
+    assert sorted(t["slug"] for t in found) == sorted(o["slug"] for o in deleting) and pages == 2
