@@ -4,21 +4,24 @@
         --vpc-id vpc-0a1b2c3d --subnet-ids subnet-abc123,subnet-def456
     python starter.py status acme
     python starter.py watch acme                         # until it settles (active, suspended, failed, deleted, parked)
-    python starter.py orgs [--status suspended,deleting] [--prefix ac]   # every org, its operation
+    python starter.py orgs [--status suspended,deleting] [--prefix ac] [--name acme]   # every org, its operation
     python starter.py quota acme --max-workspaces 10 --max-tier 3 --billing-plan pro
     python starter.py mint-key acme --name ci [--scopes read,workspaces:write] [--expires-at 2027-01-01T00:00:00Z]
     python starter.py operator-token create alice        # prints a named operator token once
     python starter.py operator-token list | revoke tfo_0123456789ab
     python starter.py workspace create --name agent-1 --role "Inference worker" --runtime hermes \\
         --tier 2 --model claude-sonnet-4                  # as the tenant: TENANTFLOW_ORG_KEY
-    python starter.py workspace list | status ws_0123456789ab | delete ws_0123456789ab
+    python starter.py workspace list [--name agent] | status ws_0123456789ab | delete ws_0123456789ab
     python starter.py suspend acme --reason "unpaid invoice" [--stop-instances]
     python starter.py resume acme
     python starter.py delete acme --confirm acme [--delete-workspaces]   # follows the cascade
     python starter.py teardowns                          # deletions under way; which wait for you
     python starter.py retry acme | abandon acme           # decide on a parked step (or retry a failed onboarding)
     python starter.py audit acme                         # the trail, and whether the chain verifies
+    python starter.py audit acme --since 2026-11-01T00:00:00Z [--until ...] [--org-id org_...]
     python starter.py audit --verify                     # every org's chain against the newest anchor
+    python starter.py reconcile report [ID]              # the latest reconcile reports, or one in full
+    python starter.py reconcile run                      # reconcile now (the schedule's caps) and show its report
 
 Every command takes --json: one JSON document on stdout (the API's answer, or for a followed
 operation the org or workspace as it settled; for a refusal the API's error body), no progress.
@@ -119,6 +122,22 @@ class ApiClient:
         except OSError as err:  # URLError, refused, reset, timed out
             raise Unreachable(self.base_url, getattr(err, "reason", err)) from None
 
+    def pages(self, path: str, key: str, **params: object) -> list[dict]:
+        """Every item of a paged list, following ``next_cursor``."""
+        items: list[dict] = []
+        cursor = None
+        while True:
+            page = self.request("GET", with_query(path, **params, cursor=cursor))[1]
+            items += page[key]
+            if not (cursor := page["next_cursor"]):
+                return items
+
+
+def with_query(path: str, **params: object) -> str:
+    """``path?k=v...`` of the parameters that are set."""
+    query = urllib.parse.urlencode({k: v for k, v in params.items() if v})
+    return f"{path}?{query}" if query else path
+
 
 class OperatorClient(ApiClient):
     def onboard(self, **body: Any) -> dict:
@@ -127,11 +146,8 @@ class OperatorClient(ApiClient):
     def org(self, slug: str) -> dict:
         return self.request("GET", f"/api/v1/orgs/{slug}")[1]
 
-    def orgs(self, *, status: str = "", prefix: str = "", limit: int = 100, cursor: str | None = None) -> dict:
-        query = urllib.parse.urlencode(
-            {k: v for k, v in (("status", status), ("prefix", prefix), ("limit", limit), ("cursor", cursor)) if v}
-        )
-        return self.request("GET", f"/api/v1/orgs?{query}")[1]
+    def orgs(self, *, status: str = "", prefix: str = "", name: str = "") -> list[dict]:
+        return self.pages("/api/v1/orgs", "orgs", status=status, prefix=prefix, name=name, limit=100)
 
     def set_quota(self, slug: str, **body: Any) -> dict:
         return self.request("PATCH", f"/api/v1/orgs/{slug}", body)[1]
@@ -163,13 +179,30 @@ class OperatorClient(ApiClient):
         )[1]
 
     def teardowns(self) -> list[dict]:
-        return self.request("GET", "/api/v1/teardowns")[1]["teardowns"]
+        return self.pages("/api/v1/teardowns", "teardowns", limit=200)
 
     def decide(self, slug: str, decision: str) -> dict:
         return self.request("POST", f"/api/v1/orgs/{slug}/{decision}", {})[1]
 
-    def audit(self, slug: str) -> dict:
-        return self.request("GET", f"/api/v1/orgs/{slug}/audit")[1]
+    def audit(self, slug: str, **filters: str | None) -> dict:
+        """The org's trail, every page: its records and the chain of the last page."""
+        answer: dict = {}
+        records: list[dict] = []
+        cursor = None
+        while True:
+            answer = self.request("GET", with_query(f"/api/v1/orgs/{slug}/audit", **filters, cursor=cursor))[1]
+            records += answer["records"]
+            if not (cursor := answer["next_cursor"]):
+                return {**answer, "records": records}
+
+    def reconcile_reports(self, limit: int) -> list[dict]:
+        return self.request("GET", with_query("/api/v1/reconcile/reports", limit=limit))[1]["reports"]
+
+    def reconcile_report(self, report_id: str) -> dict:
+        return self.request("GET", f"/api/v1/reconcile/reports/{report_id}")[1]
+
+    def run_reconcile(self) -> dict:
+        return self.request("POST", "/api/v1/reconcile/runs", {})[1]
 
     def verify_audit(self) -> dict:
         return self.request("GET", "/api/v1/audit")[1]
@@ -179,8 +212,8 @@ class TenantClient(ApiClient):
     def create_workspace(self, **body: Any) -> dict:
         return self.request("POST", "/api/v1/workspaces", body)[1]
 
-    def workspaces(self) -> list[dict]:
-        return self.request("GET", "/api/v1/workspaces")[1]["workspaces"]
+    def workspaces(self, name: str = "") -> list[dict]:
+        return self.pages("/api/v1/workspaces", "workspaces", name=name, limit=200)
 
     def workspace(self, workspace_id: str) -> dict:
         return self.request("GET", f"/api/v1/workspaces/{workspace_id}")[1]
@@ -521,6 +554,7 @@ def _parser() -> argparse.ArgumentParser:
     orgs = add(sub, "orgs", "list orgs with their status and the operation in progress")
     orgs.add_argument("--status", default="", help="only these statuses, comma-separated (e.g. suspended,deleting)")
     orgs.add_argument("--prefix", default="", help="only slugs starting with this")
+    orgs.add_argument("--name", default="", help="only orgs whose name contains this (any case)")
 
     quota = add(sub, "quota", "set an org's quotas (give at least one; the others stay as they are)")
     quota.add_argument("slug", help="the org")
@@ -565,6 +599,19 @@ def _parser() -> argparse.ArgumentParser:
     audit = add(sub, "audit", "an org's audit trail, and every chain verified against the newest anchor")
     audit.add_argument("slug", nargs="?", help="the org whose records to list")
     audit.add_argument("--verify", action="store_true", help="only verify (every org's chain); exit 1 if broken")
+    audit.add_argument("--since", help="only records from this time on (ISO 8601 with a zone)")
+    audit.add_argument("--until", help="only records before this time (ISO 8601 with a zone)")
+    audit.add_argument(
+        "--org-id", help="an earlier org that had the slug (default: the current one; the answer lists them all)"
+    )
+
+    reconcile = add(sub, "reconcile", "reconciliation of cloud resources against the ledger")
+    reconcile_sub = reconcile.add_subparsers(dest="reconcile_command", required=True, metavar="ACTION")
+    report = add(reconcile_sub, "report", "the latest reports, or one in full (its orphans and drifts)")
+    report.add_argument("report_id", nargs="?", help="a report's id (default: list the latest)")
+    report.add_argument("--limit", type=int, default=20, help="how many of the latest to list (1-200)")
+    run = add(reconcile_sub, "run", "reconcile now, with the schedule's caps, and show the run's report")
+    run.add_argument("--wait", type=float, default=300.0, metavar="SECONDS", help="how long to wait for its report")
 
     ws = add(sub, "workspace", "the tenant's workspaces (with TENANTFLOW_ORG_KEY)")
     ws_sub = ws.add_subparsers(dest="ws_command", required=True, metavar="ACTION")
@@ -575,7 +622,9 @@ def _parser() -> argparse.ArgumentParser:
     create.add_argument("--tier", type=int, default=2, choices=TIERS, help="instance size (up to the org's max-tier)")
     create.add_argument("--model", default="claude-sonnet-4", help="the model the agent uses")
     create.add_argument("--no-wait", **no_wait)  # type: ignore[arg-type]
-    add(ws_sub, "list", "the org's workspaces")
+    add(ws_sub, "list", "the org's workspaces").add_argument(
+        "--name", default="", help="only workspaces whose name contains this (any case)"
+    )
     add(ws_sub, "status", "show a workspace (exit 1 if it failed)").add_argument("workspace_id", help="ws_<id>")
     add(ws_sub, "delete", "delete a workspace and follow it until its instance is terminated").add_argument(
         "workspace_id", help="ws_<id>"
@@ -599,7 +648,7 @@ def _tenant_command(args: argparse.Namespace, show: Output) -> int:
         workspace = follow_workspace(client, created["id"], show.progress)
         return report_workspace(workspace, workspace_outcome(workspace, "create") or "failed", show)
     if args.ws_command == "list":
-        listed = client.workspaces()
+        listed = client.workspaces(args.name)
         rows = [(w["id"], w["name"], f"tier {w['tier']}", w["status"], w["instance_id"] or "-") for w in listed]
         show.table({"workspaces": listed}, rows, "no workspaces")
         return 0
@@ -721,13 +770,7 @@ def _abandon(client: OperatorClient, args: argparse.Namespace, show: Output) -> 
 
 
 def _orgs(client: OperatorClient, args: argparse.Namespace, show: Output) -> int:
-    listed: list[dict] = []
-    cursor = None
-    while True:
-        page = client.orgs(status=args.status, prefix=args.prefix, cursor=cursor)
-        listed += page["orgs"]
-        if not (cursor := page["next_cursor"]):
-            break
+    listed = client.orgs(status=args.status, prefix=args.prefix, name=args.name)
     rows = [
         (
             o["slug"],
@@ -737,7 +780,7 @@ def _orgs(client: OperatorClient, args: argparse.Namespace, show: Output) -> int
         )
         for o in listed
     ]
-    show.table({"orgs": listed}, rows, "no orgs match" if args.status or args.prefix else "no orgs")
+    show.table({"orgs": listed}, rows, "no orgs match" if args.status or args.prefix or args.name else "no orgs")
     return 0
 
 
@@ -755,7 +798,11 @@ def _teardowns(client: OperatorClient, args: argparse.Namespace, show: Output) -
 def _audit(client: OperatorClient, args: argparse.Namespace, show: Output) -> int:
     if args.slug is None and not args.verify:
         raise UsageError("audit: name an org, or pass --verify")
-    answer = client.verify_audit() if args.slug is None else client.audit(args.slug)
+    answer = (
+        client.verify_audit()
+        if args.slug is None
+        else client.audit(args.slug, since=args.since, until=args.until, org_id=args.org_id)
+    )
     chain = answer["chain"]
     lines = []
     if args.slug is not None and not args.verify:
@@ -770,6 +817,42 @@ def _audit(client: OperatorClient, args: argparse.Namespace, show: Output) -> in
     )
     show.result(answer, "\n".join(lines))
     return 0 if chain["valid"] else 1
+
+
+def report_summary(r: dict) -> tuple[object, ...]:
+    caps = "CAP EXCEEDED" if r["cap_exceeded"] else ("dry run" if r["dry_run"] else "deleting")
+    return (r["id"], r["finished_at"], r["workflow_id"], f"{r['orphans']} orphans, {r['drifts']} drifts", caps)
+
+
+def _reconcile(client: OperatorClient, args: argparse.Namespace, show: Output) -> int:
+    if args.reconcile_command == "report" and args.report_id:
+        report = client.reconcile_report(args.report_id)
+        lines = [f"report {report['id']} ({report['workflow_id']}), finished {report['finished_at']}"]
+        lines += [
+            f"{f['problem']:<7} {f['kind']:<15} {f['cloud_id'] or '-':<24} {f['reason']}"
+            + (f" (org {f['org_slug'] or f['org_id']})" if f.get("org_id") else "")
+            for f in report["findings"]
+        ] or ["no findings"]
+        lines += [f"deleted {d['kind']} {d['cloud_id']}: {d['outcome']}" for d in report["deleted"]]
+        show.result(report, "\n".join(lines))
+        return 0
+    if args.reconcile_command == "report":
+        listed = client.reconcile_reports(args.limit)
+        show.table({"reports": listed}, [report_summary(r) for r in listed], "no reconcile reports yet")
+        return 0
+    before = client.reconcile_reports(1)
+    newest = before[0]["id"] if before else 0
+    accepted = client.run_reconcile()
+    show.line(f"reconcile requested by {accepted['triggered_by']}; waiting for its report")
+    deadline = time.monotonic() + args.wait
+    while time.monotonic() < deadline:
+        latest = client.reconcile_reports(1)
+        if latest and latest[0]["id"] > newest:
+            show.table({"reports": latest}, [report_summary(latest[0])], "")
+            return 0
+        time.sleep(1.0)
+    show.result(accepted, f"no report yet after {args.wait:g}s: the run goes on (starter.py reconcile report)")
+    return EXIT_UNREACHABLE
 
 
 class UsageError(Exception):
@@ -791,6 +874,7 @@ OPERATOR_COMMANDS: dict[str, Callable[[OperatorClient, argparse.Namespace, Outpu
     "teardowns": _teardowns,
     "audit": _audit,
     "operator-token": _operator_token,
+    "reconcile": _reconcile,
 }
 
 

@@ -10,13 +10,33 @@ from pathlib import Path
 from aiohttp import web
 from temporalio.client import Client
 
-from api import lifecycle, operator_tokens, org_keys, orgs, registry, workspaces
+from api import (
+    lifecycle,
+    operator_tokens,
+    operator_workspaces,
+    org_keys,
+    orgs,
+    reconcile_reports,
+    registry,
+    workspaces,
+)
 from api.auth import bootstrap_deprecation_middleware
 from api.errors import error_middleware
 from api.observability import METRICS, create_metrics, healthz, metrics, metrics_middleware, readyz
 from api.progress import ProgressQueries
 from api.ratelimit import rate_limit_middleware, rate_limits_context
-from api.state import AUDIT, OPERATOR_TOKENS, ORG_KEYS, ORGS, POOL, PROGRESS, SETTINGS, TEMPORAL, WORKSPACES
+from api.state import (
+    AUDIT,
+    OPERATOR_TOKENS,
+    ORG_KEYS,
+    ORGS,
+    POOL,
+    PROGRESS,
+    RECONCILE,
+    SETTINGS,
+    TEMPORAL,
+    WORKSPACES,
+)
 from api.versioning import add_versioned_routes, deprecation_middleware
 from db import audit
 from db.audit import AuditRepo
@@ -25,6 +45,7 @@ from db.keys import OrgKeyRepo
 from db.operators import OperatorTokenRepo
 from db.orgs import OrgRepo
 from db.pool import open_pool
+from db.reconcile import ReconcileRepo
 from db.workspaces import WorkspaceRepo
 from domain.logs import configure_logging, get_logger
 from domain.settings import Settings, get_settings
@@ -32,6 +53,8 @@ from domain.temporal import connect_temporal
 
 MAX_BODY_BYTES = 64 * 1024
 SPEC_PATH = Path(__file__).with_name("openapi.yaml")
+# Every module whose routes are served at /api/v1/... and mirrored at their deprecated paths.
+ROUTE_MODULES = (orgs, org_keys, workspaces, operator_workspaces, registry, lifecycle, reconcile_reports)
 
 
 async def serve_spec(_: web.Request) -> web.Response:
@@ -68,6 +91,7 @@ def create_app(settings: Settings, *, temporal: Client | None = None) -> web.App
         app[OPERATOR_TOKENS] = OperatorTokenRepo(pool)
         app[WORKSPACES] = WorkspaceRepo(pool)
         app[AUDIT] = AuditRepo(pool, AnchorStore.from_settings(settings).newest_async)
+        app[RECONCILE] = ReconcileRepo(pool)
         app[TEMPORAL] = temporal or await connect_temporal(lazy=True)
         app[PROGRESS] = ProgressQueries(
             app[TEMPORAL], settings.progress_query_timeout_seconds, app[METRICS]["progress_polls"]
@@ -77,7 +101,7 @@ def create_app(settings: Settings, *, temporal: Client | None = None) -> web.App
 
     app.cleanup_ctx.append(resources)
     app.cleanup_ctx.append(rate_limits_context(settings))
-    add_versioned_routes(app, *(module.routes for module in (orgs, org_keys, workspaces, registry, lifecycle)))
+    add_versioned_routes(app, *(module.routes for module in ROUTE_MODULES))
     app.add_routes(operator_tokens.routes)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)

@@ -7,6 +7,8 @@ allow is a 409 naming that state and the operation in progress."""
 
 from __future__ import annotations
 
+import re
+from datetime import UTC, datetime
 from typing import Any
 
 import structlog
@@ -15,8 +17,9 @@ from aiohttp import web
 from api.auth import principal, require_operator
 from api.commands import send_command
 from api.errors import ApiError, read_json
-from api.lookup import org_or_404, org_progress, slug_param
+from api.lookup import SLUG, org_or_404, org_progress, slug_param
 from api.orgs import org_view
+from api.paging import name_filter, page_of, page_query
 from api.schemas import DeleteOrgRequest, SuspendRequest
 from api.state import AUDIT, ORGS, WORKSPACES
 from api.versioning import v1
@@ -143,12 +146,20 @@ async def abandon_teardown(request: web.Request) -> web.Response:
 
 @routes.get("/cp/teardowns")
 async def list_teardowns(request: web.Request) -> web.Response:
-    """Orgs being deleted, with the step each is on and its state: ``running``, ``parked`` (a step
-    waits for an operator's retry or abandon) or ``abandoned`` (an operator stopped it: who, when,
-    why; a new delete starts it over)."""
+    """Orgs being deleted, by slug (``?name=``, ``?limit=``, ``?cursor=``), with the step each is on
+    and its state: ``running``, ``parked`` (a step waits for an operator's retry or abandon) or
+    ``abandoned`` (an operator stopped it: who, when, why; a new delete starts it over)."""
     await require_operator(request)
+    page = page_query(request, SLUG)
+    orgs, next_cursor = page_of(
+        await request.app[ORGS].page(
+            statuses=[OrgStatus.deleting.value], name=name_filter(request), after=page.after, limit=page.limit + 1
+        ),
+        page,
+        lambda row: str(row["slug"]),
+    )
     result = []
-    for org in await request.app[ORGS].page(statuses=[OrgStatus.deleting.value], limit=1000):
+    for org in orgs:
         progress = await org_progress(request, org)
         view = org_view(org, progress)
         parked = bool(progress and progress.waiting_for_operator)
@@ -164,21 +175,75 @@ async def list_teardowns(request: web.Request) -> web.Response:
                 "abandoned": view["abandoned"],
             }
         )
-    return web.json_response({"teardowns": result})
+    return web.json_response({"teardowns": result, "next_cursor": next_cursor})
+
+
+_SEQ = re.compile(r"[0-9]{1,18}")
+_ORG_ID = re.compile(r"org_[0-9a-f]{12}")
+MAX_AUDIT_PAGE = 1000
+
+
+def _time_param(request: web.Request, name: str) -> datetime | None:
+    raw = request.query.get(name)
+    if raw is None:
+        return None
+    try:
+        value = datetime.fromisoformat(raw)
+        if value.tzinfo is None:
+            raise ValueError(raw)
+        return value.astimezone(UTC)
+    except (ValueError, OverflowError):
+        raise ApiError(
+            400, "VALIDATION_FAILED", f"{name} must be an ISO 8601 time with a zone, e.g. 2026-11-01T00:00:00Z"
+        ) from None
+
+
+async def _audited_org(request: web.Request, slug: str) -> tuple[str, list[str]]:
+    """The org whose trail is asked for (``?org_id=``, else the current org with the slug, else the
+    last one that had it), and every org that has had the slug."""
+    had_slug = await request.app[AUDIT].org_ids(slug)
+    asked = request.query.get("org_id")
+    if asked is not None:
+        if not _ORG_ID.fullmatch(asked) or asked not in had_slug:
+            raise ApiError(404, "ORG_NOT_FOUND", f"no audit records of an org {asked!r} with the slug '{slug}'")
+        return asked, had_slug
+    current = await request.app[ORGS].get_by_slug(slug)
+    if current is not None:
+        return current["id"], had_slug
+    if not had_slug:
+        raise ApiError(404, "ORG_NOT_FOUND", f"no audit records for '{slug}'")
+    return had_slug[-1], had_slug
 
 
 @routes.get("/cp/orgs/{slug}/audit")
 async def org_audit(request: web.Request) -> web.Response:
-    """The org's audit records (they outlive it) and a verification of every chain against the
-    newest anchor."""
+    """One org's audit records (they outlive it), oldest first, a page at a time, and a
+    verification of every chain against the newest anchor. Orgs that reused a slug never mix."""
     await require_operator(request)
     slug = slug_param(request)
-    records, chain = await request.app[AUDIT].trail(slug)
-    if not records:
-        raise ApiError(404, "ORG_NOT_FOUND", f"no audit records for '{slug}'")
+    page = page_query(request, _SEQ, default=MAX_AUDIT_PAGE, maximum=MAX_AUDIT_PAGE)
+    since, until = _time_param(request, "since"), _time_param(request, "until")
+    org_id, had_slug = await _audited_org(request, slug)
+    found, chain = await request.app[AUDIT].trail(
+        org_id,
+        after_seq=int(page.after) if page.after else None,
+        since=since,
+        until=until,
+        limit=page.limit + 1,
+    )
+    records, next_cursor = page_of(found, page, lambda r: str(r["seq"]))
     for r in records:
         r["at"] = r["at"].isoformat()
-    return web.json_response({"org": slug, "records": records, "chain": chain.summary()})
+    return web.json_response(
+        {
+            "org": slug,
+            "org_id": org_id,
+            "org_ids": had_slug,
+            "records": records,
+            "next_cursor": next_cursor,
+            "chain": chain.summary(),
+        }
+    )
 
 
 @routes.get("/cp/audit")

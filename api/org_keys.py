@@ -1,4 +1,4 @@
-"""Org API keys: the operator mints one for an org; the tenant lists, mints and revokes its own.
+"""Org API keys: the operator mints, lists and revokes an org's keys; the tenant its own.
 A key's secret appears in exactly one response, the one that minted it. A key mints only keys
 with a subset of its own scopes that expire no later than itself."""
 
@@ -13,6 +13,7 @@ from aiohttp import web
 from api.auth import principal, requires, tenant_org
 from api.errors import ApiError, read_json
 from api.lookup import org_or_404
+from api.paging import name_filter, page_of, page_query
 from api.schemas import KeyCreateRequest
 from api.state import ORG_KEYS
 from db.keys import KeyCapReached, OrgNotActive
@@ -84,11 +85,56 @@ async def operator_mint_key(request: web.Request) -> web.Response:
     return await _mint(request, org, principal(request), None)
 
 
+async def _key_page(request: web.Request, org: dict[str, Any]) -> web.Response:
+    """A page of the org's keys, oldest first: ``?name=``, ``?limit=``, ``?cursor=``."""
+    page = page_query(request, _KEY_ID)
+    rows, next_cursor = page_of(
+        await request.app[ORG_KEYS].list(org["id"], name=name_filter(request), after=page.after, limit=page.limit + 1),
+        page,
+        lambda row: str(row["id"]),
+    )
+    return web.json_response({"keys": [key_view(r) for r in rows], "next_cursor": next_cursor})
+
+
+def _key_id(request: web.Request) -> str | None:
+    """The path's key id (``tfk_`` optional); None when it cannot be one."""
+    key_id = request.match_info["key_id"].removeprefix("tfk_")
+    return key_id if _KEY_ID.fullmatch(key_id) else None
+
+
+async def _revoke(request: web.Request, org: dict[str, Any], actor: str) -> web.Response:
+    key_id = _key_id(request)
+    row = await request.app[ORG_KEYS].revoke(org, key_id, actor=actor) if key_id else None
+    if row is None:
+        raise ApiError(404, "KEY_NOT_FOUND", "no such key in this org")
+    return web.json_response(key_view(row))
+
+
+@routes.get("/cp/orgs/{slug}/keys")
+async def operator_list_keys(request: web.Request) -> web.Response:
+    return await _key_page(request, await org_or_404(request))
+
+
+@routes.get("/cp/orgs/{slug}/keys/{key_id}")
+async def operator_get_key(request: web.Request) -> web.Response:
+    org = await org_or_404(request)
+    key_id = _key_id(request)
+    row = await request.app[ORG_KEYS].get(org["id"], key_id) if key_id else None
+    if row is None:
+        raise ApiError(404, "KEY_NOT_FOUND", "no such key in this org")
+    return web.json_response(key_view(row))
+
+
+@routes.delete("/cp/orgs/{slug}/keys/{key_id}")
+async def operator_revoke_key(request: web.Request) -> web.Response:
+    org = await org_or_404(request)
+    return await _revoke(request, org, principal(request))
+
+
 @routes.get("/keys")
 @requires(Scope.read)
 async def list_keys(request: web.Request) -> web.Response:
-    org = tenant_org(request)
-    return web.json_response({"keys": [key_view(r) for r in await request.app[ORG_KEYS].list(org["id"])]})
+    return await _key_page(request, tenant_org(request))
 
 
 @routes.post("/keys")
@@ -102,12 +148,4 @@ async def tenant_mint_key(request: web.Request) -> web.Response:
 @requires(Scope.keys_admin)
 async def revoke_key(request: web.Request) -> web.Response:
     org = tenant_org(request)
-    key_id = request.match_info["key_id"].removeprefix("tfk_")
-    row = (
-        await request.app[ORG_KEYS].revoke(org, key_id, actor=f"org_key:{org['key_id']}")
-        if _KEY_ID.fullmatch(key_id)
-        else None
-    )
-    if row is None:
-        raise ApiError(404, "KEY_NOT_FOUND", "no such key in this org")
-    return web.json_response(key_view(row))
+    return await _revoke(request, org, f"org_key:{org['key_id']}")

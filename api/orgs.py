@@ -3,7 +3,6 @@ show with live progress, and quota changes."""
 
 from __future__ import annotations
 
-import base64
 import re
 import secrets
 from typing import Any
@@ -15,6 +14,7 @@ from api.auth import principal, require_operator
 from api.commands import send_command, start_entity
 from api.errors import ApiError, read_json
 from api.lookup import SLUG, org_or_404, org_progress, slug_param
+from api.paging import name_filter, page_of, page_query
 from api.schemas import OrgCreateRequest, OrgQuotaUpdate
 from api.state import ORGS, SETTINGS, TEMPORAL, WORKSPACES
 from api.versioning import v1
@@ -26,7 +26,6 @@ from workflows.org import OrgWorkflow
 routes = web.RouteTableDef()
 log = structlog.get_logger("tenantflow.api")
 _SLUG_PREFIX = re.compile(r"[a-z0-9-]{1,40}")
-MAX_PAGE = 200
 
 
 def org_view(row: dict[str, Any], progress: Progress | None = None) -> dict[str, Any]:
@@ -110,24 +109,10 @@ async def create_org(request: web.Request) -> web.Response:
     return web.json_response(body, status=202, headers={"Location": v1(f"/cp/orgs/{req.slug}"), "Retry-After": "2"})
 
 
-def _decode_cursor(raw: str) -> str:
-    try:
-        slug = base64.urlsafe_b64decode(raw.encode() + b"==").decode()
-    except (ValueError, UnicodeDecodeError):
-        slug = ""
-    if not SLUG.fullmatch(slug):
-        raise ApiError(400, "INVALID_CURSOR", "cursor is not one this API returned")
-    return slug
-
-
-def _encode_cursor(slug: str) -> str:
-    return base64.urlsafe_b64encode(slug.encode()).decode().rstrip("=")
-
-
 @routes.get("/cp/orgs")
 async def list_orgs(request: web.Request) -> web.Response:
-    """Every org, by slug: ``?status=a,b`` filters, ``?prefix=`` searches slugs, ``?limit=`` and
-    ``?cursor=`` page (the answer's ``next_cursor``)."""
+    """Every org, by slug: ``?status=a,b`` filters, ``?prefix=`` searches slugs, ``?name=`` names,
+    ``?limit=`` and ``?cursor=`` page (the answer's ``next_cursor``)."""
     await require_operator(request)
     q = request.query
     statuses = [s for s in q.get("status", "").split(",") if s]
@@ -142,13 +127,14 @@ async def list_orgs(request: web.Request) -> web.Response:
     prefix = q.get("prefix", "")
     if prefix and not _SLUG_PREFIX.fullmatch(prefix):
         raise ApiError(400, "VALIDATION_FAILED", "prefix must be 1-40 characters of a-z, 0-9 and '-'")
-    raw_limit = q.get("limit", "50")
-    if not (raw_limit.isascii() and raw_limit.isdigit() and 1 <= int(raw_limit) <= MAX_PAGE):
-        raise ApiError(400, "VALIDATION_FAILED", f"limit must be an integer from 1 to {MAX_PAGE}")
-    after = _decode_cursor(q["cursor"]) if q.get("cursor") else None
-    rows = await request.app[ORGS].page(statuses=statuses, prefix=prefix, after=after, limit=int(raw_limit) + 1)
-    more = len(rows) > int(raw_limit)
-    rows = rows[: int(raw_limit)]
+    page = page_query(request, SLUG)
+    rows, next_cursor = page_of(
+        await request.app[ORGS].page(
+            statuses=statuses, prefix=prefix, name=name_filter(request), after=page.after, limit=page.limit + 1
+        ),
+        page,
+        lambda row: str(row["slug"]),
+    )
     keys = (
         "id",
         "slug",
@@ -166,7 +152,7 @@ async def list_orgs(request: web.Request) -> web.Response:
     return web.json_response(
         {
             "orgs": [{k: org_view(r)[k] for k in keys} for r in rows],
-            "next_cursor": _encode_cursor(rows[-1]["slug"]) if more and rows else None,
+            "next_cursor": next_cursor,
         }
     )
 

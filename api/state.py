@@ -13,6 +13,7 @@ from db.keys import OrgKeyRepo
 from db.operators import OperatorTokenRepo
 from db.orgs import OrgRepo
 from db.pool import Pool
+from db.reconcile import ReconcileRepo
 from db.workspaces import WorkspaceRepo
 from domain.settings import Settings
 
@@ -23,6 +24,7 @@ ORG_KEYS = web.AppKey("org_keys", OrgKeyRepo)
 OPERATOR_TOKENS = web.AppKey("operator_tokens", OperatorTokenRepo)
 WORKSPACES = web.AppKey("workspaces", WorkspaceRepo)
 AUDIT = web.AppKey("audit", AuditRepo)
+RECONCILE = web.AppKey("reconcile", ReconcileRepo)
 TEMPORAL = web.AppKey("temporal", Client)
 PROGRESS = web.AppKey("progress", ProgressQueries)
 REQUEST_ID = web.RequestKey("request_id", str)

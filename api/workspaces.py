@@ -1,4 +1,5 @@
-"""Workspaces: tenants create, list, inspect and delete their own; operators see an org's fleet."""
+"""Workspaces: tenants create, list, inspect and delete their own; operators see an org's metrics
+(and act on its workspaces in ``api.operator_workspaces``)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from temporalio.client import Client
 from api.auth import requires, tenant_org
 from api.errors import ApiError, read_json, temporal_unreachable
 from api.lookup import org_or_404
+from api.paging import name_filter, page_of, page_query
 from api.schemas import WorkspaceCreateRequest
 from api.state import PROGRESS, SETTINGS, TEMPORAL, WORKSPACES
 from api.versioning import v1
@@ -37,7 +39,7 @@ from workflows.provision_workspace import ProvisionWorkspaceWorkflow
 
 routes = web.RouteTableDef()
 log = structlog.get_logger("tenantflow.api")
-_WORKSPACE_ID = re.compile(r"ws_[0-9a-f]{12}")
+WORKSPACE_ID = re.compile(r"ws_[0-9a-f]{12}")
 # What a refused creation answers: the status and the machine code.
 REFUSALS = {
     Refusal.org_missing: (404, "ORG_NOT_FOUND"),
@@ -114,11 +116,44 @@ async def workspace_progress(request: web.Request, row: dict[str, Any]) -> Progr
     return None
 
 
+async def workspace_page(request: web.Request, org: dict[str, Any]) -> tuple[list[dict[str, Any]], str | None]:
+    """A page of the org's workspaces, oldest first: ``?name=``, ``?limit=``, ``?cursor=``."""
+    page = page_query(request, WORKSPACE_ID)
+    return page_of(
+        await request.app[WORKSPACES].list(
+            org["id"], name=name_filter(request), after=page.after, limit=page.limit + 1
+        ),
+        page,
+        lambda row: str(row["id"]),
+    )
+
+
+async def start_deletion(
+    request: web.Request, org: dict[str, Any], row: dict[str, Any], location: str, *, actor: str
+) -> web.Response:
+    """Start the workspace's deprovisioning (a repeated DELETE attaches to the one under way) and
+    record it as ``deleting`` at once (audited as ``actor``'s request): 202."""
+    await start_or_attach(
+        request.app[TEMPORAL],
+        DeprovisionWorkspaceWorkflow.run,
+        DeprovisionWorkspaceInput(workspace_id=row["id"], org_id=org["id"], org_slug=org["slug"]),
+        deprovision_start(org["slug"], row["id"], row["name"]),
+        task_queue=request.app[SETTINGS].task_queue,
+    )
+    await request.app[WORKSPACES].mark_deleting(row["id"], actor=actor)
+    log.info("workspace deletion requested", org_slug=org["slug"], workspace_id=row["id"])
+    return web.json_response(
+        {"id": row["id"], "status": WorkspaceStatus.deleting.value},
+        status=202,
+        headers={"Location": location, "Retry-After": "5"},
+    )
+
+
 async def tenant_workspace(request: web.Request) -> tuple[dict[str, Any], dict[str, Any]]:
     """The caller's org and one of its workspaces; another org's workspace is simply not found."""
     org = tenant_org(request)
     workspace_id = request.match_info["workspace_id"]
-    row = await request.app[WORKSPACES].get(workspace_id, org["id"]) if _WORKSPACE_ID.fullmatch(workspace_id) else None
+    row = await request.app[WORKSPACES].get(workspace_id, org["id"]) if WORKSPACE_ID.fullmatch(workspace_id) else None
     if row is None or row["status"] == WorkspaceStatus.deleted:
         raise ApiError(404, "WORKSPACE_NOT_FOUND", "no such workspace")
     return org, row
@@ -179,8 +214,8 @@ async def create_workspace(request: web.Request) -> web.Response:
 @requires(Scope.read)
 async def list_workspaces(request: web.Request) -> web.Response:
     org = tenant_org(request)
-    rows = await request.app[WORKSPACES].list(org["id"])
-    return web.json_response({"workspaces": [workspace_view(r) for r in rows]})
+    rows, next_cursor = await workspace_page(request, org)
+    return web.json_response({"workspaces": [workspace_view(r) for r in rows], "next_cursor": next_cursor})
 
 
 @routes.get("/workspaces/{workspace_id}")
@@ -194,32 +229,7 @@ async def get_workspace(request: web.Request) -> web.Response:
 @requires(Scope.workspaces_write)
 async def delete_workspace(request: web.Request) -> web.Response:
     org, row = await tenant_workspace(request)
-    settings = request.app[SETTINGS]
-    # A repeated DELETE attaches to the deletion already under way.
-    await start_or_attach(
-        request.app[TEMPORAL],
-        DeprovisionWorkspaceWorkflow.run,
-        DeprovisionWorkspaceInput(workspace_id=row["id"], org_id=org["id"], org_slug=org["slug"]),
-        deprovision_start(org["slug"], row["id"], row["name"]),
-        task_queue=settings.task_queue,
-    )
-    await request.app[WORKSPACES].mark_deleting(row["id"], actor=f"org_key:{org['key_id']}")
-    log.info("workspace deletion requested", org_slug=org["slug"], workspace_id=row["id"])
-    return web.json_response(
-        {"id": row["id"], "status": WorkspaceStatus.deleting.value},
-        status=202,
-        headers={"Location": v1(f"/workspaces/{row['id']}"), "Retry-After": "5"},
-    )
-
-
-@routes.get("/cp/orgs/{slug}/workspaces")
-async def operator_list_workspaces(request: web.Request) -> web.Response:
-    org = await org_or_404(request)
-    rows = await request.app[WORKSPACES].list(org["id"])
-    keys = ("id", "name", "runtime", "tier", "instance_id", "status", "last_seen")
-    return web.json_response(
-        {"org": org["slug"], "workspaces": [{k: workspace_view(r)[k] for k in keys} for r in rows]}
-    )
+    return await start_deletion(request, org, row, v1(f"/workspaces/{row['id']}"), actor=f"org_key:{org['key_id']}")
 
 
 @routes.get("/cp/orgs/{slug}/metrics")

@@ -199,14 +199,37 @@ async def verify_chain(conn: psycopg.AsyncConnection[Any], anchor: AuditAnchor |
     return result
 
 
-async def records_for(conn: psycopg.AsyncConnection[Any], slug: str, limit: int = 1000) -> list[dict[str, Any]]:
+async def records_for(
+    conn: psycopg.AsyncConnection[Any],
+    org_id: str,
+    *,
+    after_seq: int | None = None,
+    since: datetime | None = None,
+    until: datetime | None = None,
+    limit: int = 1000,
+) -> list[dict[str, Any]]:
+    """One org's records, oldest first: after the record ``after_seq``, written at or after
+    ``since`` and before ``until``."""
     cur = await conn.execute(
-        "SELECT seq, version, at, actor, action, org_id, org_slug, resource_ids, outcome, detail, hash "
-        "FROM audit_log WHERE org_slug = %s ORDER BY seq LIMIT %s",
-        (slug, limit),
+        """SELECT seq, version, at, actor, action, org_id, org_slug, resource_ids, outcome, detail, hash
+           FROM audit_log
+           WHERE org_id = %(org)s AND (%(after)s::bigint IS NULL OR seq > %(after)s)
+             AND (%(since)s::timestamptz IS NULL OR at >= %(since)s)
+             AND (%(until)s::timestamptz IS NULL OR at < %(until)s)
+           ORDER BY seq LIMIT %(limit)s""",
+        {"org": org_id, "after": after_seq, "since": since, "until": until, "limit": limit},
     )
     records: list[dict[str, Any]] = await cur.fetchall()
     return records
+
+
+async def org_ids_of(conn: psycopg.AsyncConnection[Any], slug: str) -> list[str]:
+    """Every org that has had this slug (a slug is free again once its org is deleted), newest last."""
+    cur = await conn.execute(
+        "SELECT org_id FROM audit_log WHERE org_slug = %s AND org_id IS NOT NULL GROUP BY org_id ORDER BY max(seq)",
+        (slug,),
+    )
+    return [_col(row, "org_id") for row in await cur.fetchall()]
 
 
 # The newest anchor, read from the write-once store (None: nothing anchored yet).
@@ -229,8 +252,26 @@ class AuditRepo:
         async with self._pool.connection() as conn:
             return await verify_chain(conn, anchor)
 
-    async def trail(self, slug: str, limit: int = 1000) -> tuple[list[dict[str, Any]], Verification]:
-        """The org's records (they outlive it), and a verification of every chain."""
+    async def org_ids(self, slug: str) -> list[str]:
+        async with self._pool.connection() as conn:
+            return await org_ids_of(conn, slug)
+
+    async def trail(
+        self,
+        org_id: str,
+        *,
+        after_seq: int | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        limit: int = 1000,
+    ) -> tuple[list[dict[str, Any]], Verification]:
+        """A page of the org's records (they outlive it), and a verification of every chain."""
         anchor = await self._newest_anchor()
         async with self._pool.connection() as conn:
-            return await records_for(conn, slug, limit), await verify_chain(conn, anchor)
+            records = await records_for(conn, org_id, after_seq=after_seq, since=since, until=until, limit=limit)
+            return records, await verify_chain(conn, anchor)
+
+    async def record(self, **fields: Any) -> None:
+        """``append`` (its keyword arguments) on its own, for what is audited outside any other write."""
+        async with self._pool.connection() as conn, conn.transaction():
+            await append(conn, **fields)

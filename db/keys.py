@@ -7,6 +7,7 @@ from datetime import datetime
 from typing import Any
 
 from db import audit
+from db.paging import contains
 from db.pool import Pool, required
 from domain import credentials
 from domain.scopes import ALL_SCOPES
@@ -120,13 +121,30 @@ class OrgKeyRepo:
         org["key_id"] = key_id
         return org
 
-    async def list(self, org_id: str) -> list[dict[str, Any]]:
+    async def list(
+        self, org_id: str, *, name: str = "", after: str | None = None, limit: int | None = None
+    ) -> list[dict[str, Any]]:
+        """The org's keys, oldest first, revoked ones included: named with ``name`` in it, after the
+        key ``after``."""
         async with self._pool.connection() as conn:
             return await (
                 await conn.execute(
-                    f"SELECT {_PUBLIC} FROM org_api_keys WHERE org_id = %s ORDER BY created_at", (org_id,)
+                    f"""SELECT {_PUBLIC} FROM org_api_keys
+                    WHERE org_id = %(org)s AND name ILIKE %(name)s
+                      AND (%(after)s::text IS NULL
+                           OR (created_at, id) > (SELECT created_at, id FROM org_api_keys WHERE id = %(after)s))
+                    ORDER BY created_at, id LIMIT %(limit)s""",
+                    {"org": org_id, "name": contains(name), "after": after, "limit": limit},
                 )
             ).fetchall()
+
+    async def get(self, org_id: str, key_id: str) -> dict[str, Any] | None:
+        async with self._pool.connection() as conn:
+            return await (
+                await conn.execute(
+                    f"SELECT {_PUBLIC} FROM org_api_keys WHERE id = %s AND org_id = %s", (key_id, org_id)
+                )
+            ).fetchone()
 
     async def revoke(self, org: dict[str, Any], key_id: str, *, actor: str) -> dict[str, Any] | None:
         async with self._pool.connection() as conn, conn.transaction():

@@ -8,6 +8,7 @@ from typing import Any
 from psycopg.types.json import Jsonb
 
 from db import audit
+from db.paging import contains
 from db.pool import Pool, required
 from db.purge import latest_receipt
 
@@ -61,19 +62,28 @@ class OrgRepo:
             return await (await conn.execute("SELECT * FROM orgs WHERE slug = %s", (slug,))).fetchone()
 
     async def page(
-        self, *, statuses: Sequence[str] = (), prefix: str = "", after: str | None = None, limit: int = 50
+        self,
+        *,
+        statuses: Sequence[str] = (),
+        prefix: str = "",
+        name: str = "",
+        after: str | None = None,
+        limit: int = 50,
     ) -> list[dict[str, Any]]:
-        """Orgs by slug, optionally of some statuses and with a slug prefix, after a slug."""
+        """Orgs by slug, optionally of some statuses, with a slug prefix and a name containing
+        ``name``, after a slug."""
         async with self._pool.connection() as conn:
             return await (
                 await conn.execute(
                     """SELECT * FROM orgs
                    WHERE (cardinality(%(statuses)s::text[]) = 0 OR status = ANY(%(statuses)s::text[]))
-                     AND slug LIKE %(pattern)s AND (%(after)s::text IS NULL OR slug > %(after)s::text)
+                     AND slug LIKE %(pattern)s AND name ILIKE %(name)s
+                     AND (%(after)s::text IS NULL OR slug > %(after)s::text)
                    ORDER BY slug LIMIT %(limit)s""",
                     {
                         "statuses": list(statuses),
                         "pattern": prefix.replace("%", "").replace("_", "") + "%",
+                        "name": contains(name),
                         "after": after,
                         "limit": limit,
                     },

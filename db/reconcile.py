@@ -193,3 +193,25 @@ class ReconcileRepo:
                     {"wf": workflow_id, "limit": limit},
                 )
             ).fetchall()
+
+    async def summaries(self, *, before: int | None = None, limit: int = 50) -> list[dict[str, Any]]:
+        """Reports newest first (before the report ``before``), each without its findings and
+        deletions but with how many of each there are."""
+        async with self._pool.connection() as conn:
+            return await (
+                await conn.execute(
+                    """SELECT id, workflow_id, run_id, started_at, finished_at, dry_run, cap_exceeded, detail,
+                          (SELECT count(*) FROM jsonb_array_elements(findings) f WHERE f->>'problem' = 'orphan')
+                              AS orphans,
+                          (SELECT count(*) FROM jsonb_array_elements(findings) f WHERE f->>'problem' = 'drift')
+                              AS drifts,
+                          jsonb_array_length(deleted) AS deletions
+                   FROM reconcile_reports WHERE %(before)s::bigint IS NULL OR id < %(before)s
+                   ORDER BY id DESC LIMIT %(limit)s""",
+                    {"before": before, "limit": limit},
+                )
+            ).fetchall()
+
+    async def report(self, report_id: int) -> dict[str, Any] | None:
+        async with self._pool.connection() as conn:
+            return await (await conn.execute("SELECT * FROM reconcile_reports WHERE id = %s", (report_id,))).fetchone()

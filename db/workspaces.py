@@ -10,6 +10,7 @@ from typing import Any
 import psycopg
 
 from db import audit
+from db.paging import contains
 from db.pool import Pool, required
 from domain import credentials
 from domain.status import OrgStatus, WorkspaceStatus
@@ -117,12 +118,25 @@ class WorkspaceRepo:
                 await conn.execute("SELECT * FROM workspaces WHERE id = %s AND org_id = %s", (workspace_id, org_id))
             ).fetchone()
 
-    async def list(self, org_id: str, *, include_deleted: bool = False) -> list[dict[str, Any]]:
+    async def list(
+        self,
+        org_id: str,
+        *,
+        include_deleted: bool = False,
+        name: str = "",
+        after: str | None = None,
+        limit: int | None = None,
+    ) -> list[dict[str, Any]]:
+        """The org's workspaces, oldest first: named with ``name`` in it, after the workspace ``after``."""
         async with self._pool.connection() as conn:
             return await (
                 await conn.execute(
-                    "SELECT * FROM workspaces WHERE org_id = %s AND (%s OR status <> 'deleted') ORDER BY created_at",
-                    (org_id, include_deleted),
+                    """SELECT * FROM workspaces
+                   WHERE org_id = %(org)s AND (%(deleted)s OR status <> 'deleted') AND name ILIKE %(name)s
+                     AND (%(after)s::text IS NULL
+                          OR (created_at, id) > (SELECT created_at, id FROM workspaces WHERE id = %(after)s))
+                   ORDER BY created_at, id LIMIT %(limit)s""",
+                    {"org": org_id, "deleted": include_deleted, "name": contains(name), "after": after, "limit": limit},
                 )
             ).fetchall()
 

@@ -18,7 +18,7 @@ import threading
 import uuid
 import zlib
 from collections.abc import Sequence
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
 import pytest
 import pytest_asyncio
@@ -40,17 +40,18 @@ from temporalio.common import RawValue
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.worker import Worker
 
-from api import lifecycle, org_keys, orgs, registry, workspaces
-from api.app import SPEC_PATH, create_app
+from api.app import ROUTE_MODULES, SPEC_PATH, create_app
 from api.versioning import API_V1, canonical
 from db.orgs import OrgRepo
 from db.pool import open_pool
 from db.purge import purge_org
+from db.reconcile import ReconcileRepo
 from db.workspaces import WorkspaceRepo
 from devstack.procs import free_port
 from domain import credentials
+from domain.operations import RECONCILE_SCHEDULE_ID
 from tests.helpers import onboard_active_org, seed_org
-from worker import build_activities
+from worker import build_activities, ensure_reconcile_schedule
 from workflows.org import OrgWorkflow
 
 # Per operation: schemathesis' explicit examples and coverage (boundary) cases, plus this many
@@ -135,6 +136,7 @@ class FuzzEnv:
         self.spare_key_id = ""  # the key DELETE /api/v1/keys/{key_id} may revoke
         self.spare_operator_token_id = ""  # the token DELETE /api/v1/operator-tokens/{token_id} may revoke
         self.workspace_id = ""
+        self.report_id = ""  # a stored reconcile report
         self.registration_token = ""
         self.workspace_token = ""
 
@@ -170,10 +172,28 @@ async def fuzz_env(settings, dev_env, pool, ec2):
     for seeded, status in ((held, "active"), (failed, "failed")):
         await OrgRepo(pool).update(seeded.org_id, actor="test", status=status)
 
+    now = datetime.now(UTC)
+    report_id = await ReconcileRepo(pool).save_report(
+        workflow_id=f"reconcile-fuzz-{suffix}",
+        run_id=suffix,
+        started_at=now,
+        finished_at=now,
+        dry_run=True,
+        cap_exceeded=False,
+        findings=[],
+        deleted=[],
+        detail={},
+    )
+    # POST /api/v1/reconcile/runs triggers it; its runs are held open like every other workflow.
+    await ensure_reconcile_schedule(
+        dev_env.client, app_settings.model_copy(update={"reconcile_interval_seconds": 86400})
+    )
+
     server = ApiThread(app_settings, dev_env.client.service_client.config.target_host, dev_env.client.namespace)
     server.start()
     try:
         env = FuzzEnv(server.url)
+        env.report_id = str(report_id)
         env.operator = app_settings.provision_secret.get_secret_value()
         env.org_slug, env.victim_slug, env.purged_slug = org["slug"], victim.slug, purged.slug
         env.held_slug, env.failed_slug = held.slug, failed.slug
@@ -217,6 +237,7 @@ async def fuzz_env(settings, dev_env, pool, ec2):
         yield env
     finally:
         await asyncio.to_thread(server.stop)
+        await dev_env.client.get_schedule_handle(RECONCILE_SCHEDULE_ID).delete()
 
 
 def fuzz_config(fuzz_env, **extra) -> SchemathesisConfig:
@@ -243,8 +264,7 @@ def fuzz_schema(fuzz_env):
 
 def legacy_paths() -> dict[str, str]:
     """Each canonical path and its deprecated mirror (``/cp/orgs/{slug}``, ``/workspaces`` ...)."""
-    tables = (orgs, org_keys, workspaces, registry, lifecycle)
-    return {canonical(route.path): route.path for module in tables for route in module.routes}  # type: ignore[attr-defined]
+    return {canonical(route.path): route.path for module in ROUTE_MODULES for route in module.routes}  # type: ignore[attr-defined]
 
 
 @pytest.fixture(scope="module")
@@ -275,7 +295,7 @@ def steer(case, env: FuzzEnv) -> None:
     if "slug" in params:
         # Commands go to orgs of their own: suspending or deleting the org whose key authenticates
         # the tenant routes would end the run.
-        if method == "DELETE":
+        if method == "DELETE" and path == "/api/v1/orgs/{slug}":
             params["slug"] = env.victim_slug
         elif path.endswith("/retry"):
             params["slug"] = env.failed_slug
@@ -287,6 +307,8 @@ def steer(case, env: FuzzEnv) -> None:
             params["slug"] = env.org_slug
     if "workspace_id" in params:
         params["workspace_id"] = env.workspace_id
+    if "report_id" in params:
+        params["report_id"] = env.report_id
     if "key_id" in params:
         # A spare key: revoking the fuzzer's own key would turn every later tenant request into a 401.
         params["key_id"] = ("tfk_" if choice % 2 else "") + env.spare_key_id

@@ -27,7 +27,8 @@ SLUG = r"^[a-z][a-z0-9-]{1,38}[a-z0-9]$"
 WORKSPACE_ID = r"^ws_[0-9a-f]{12}$"
 KEY_ID = r"^(tfk_)?[0-9a-f]{12}$"
 TOKEN_ID = r"^(tfo_)?[0-9a-f]{12}$"
-SAMPLE_PARAMS = {"slug": "example-co", "workspace_id": "ws_0123456789ab", "key_id": "0123456789ab"}
+REPORT_ID = r"^[0-9]{1,18}$"
+SAMPLE_PARAMS = {"slug": "example-co", "workspace_id": "ws_0123456789ab", "key_id": "0123456789ab", "report_id": "1"}
 # The component responses that are not failures.
 SUCCESS_RESPONSES = {"KeyMinted", "OrgCommandAccepted", "OrgDecisionAccepted"}
 
@@ -117,7 +118,9 @@ def expected_security(path: str) -> str | None:
         return "registrationToken"
     if path == "/api/v1/registry/heartbeat":
         return "workspaceToken"
-    if path.startswith(("/api/v1/orgs", "/api/v1/teardowns", "/api/v1/operator-tokens", "/api/v1/audit")):
+    if path.startswith(
+        ("/api/v1/orgs", "/api/v1/teardowns", "/api/v1/operator-tokens", "/api/v1/audit", "/api/v1/reconcile/")
+    ):
         return "operatorBearer"
     return "orgApiKey"
 
@@ -140,7 +143,13 @@ def test_security_schemes(spec):
 
 
 def test_path_parameters_are_declared_with_their_patterns(spec):
-    patterns = {"slug": SLUG, "workspace_id": WORKSPACE_ID, "key_id": KEY_ID, "token_id": TOKEN_ID}
+    patterns = {
+        "slug": SLUG,
+        "workspace_id": WORKSPACE_ID,
+        "key_id": KEY_ID,
+        "token_id": TOKEN_ID,
+        "report_id": REPORT_ID,
+    }
     for method, path, _, params in operations(spec):
         in_path = {p["name"]: p for p in params if p["in"] == "path"}
         assert set(in_path) == set(re.findall(r"{(\w+)}", path)), (method, path)

@@ -64,12 +64,13 @@ async def test_every_operator_route_refuses_an_org_key(two_orgs):
         {
             (r.method, r.resource.canonical)
             for r in client.app.router.routes()
-            if r.resource.canonical.startswith(("/api/v1/orgs", "/api/v1/teardowns", "/cp/")) and r.method != "HEAD"
+            if r.resource.canonical.startswith(("/api/v1/orgs", "/api/v1/teardowns", "/api/v1/reconcile/", "/cp/"))
+            and r.method != "HEAD"
         }
     )
     assert len(operator_routes) >= 20
     for method, path in operator_routes:
-        url = path.replace("{slug}", a["org"]["slug"])
+        url = path.format(slug=a["org"]["slug"], key_id=a["key_id"], workspace_id=a["workspace"], report_id="1")
         resp = await client.request(method, url, json={}, headers=tenant_headers(a))
         assert resp.status in (401, 403), (method, path, resp.status)
         assert a["org"]["id"] not in await resp.text()
@@ -155,15 +156,17 @@ async def test_control_characters_in_paths_answer_json_and_keep_the_connection(s
 
 def test_path_parameters_refuse_a_trailing_newline():
     """``re.match`` with ``$`` accepts "value\\n": every pattern must match the whole value."""
-    from api import lookup, org_keys, orgs, workspaces
+    from api import lifecycle, lookup, org_keys, orgs, reconcile_reports, workspaces
     from api.schemas import OrgCreateRequest
     from domain import credentials
     from domain.resources import org_of_name
 
     assert lookup.SLUG.fullmatch("acme") and not lookup.SLUG.fullmatch("acme\n")
     assert not orgs._SLUG_PREFIX.fullmatch("acme\n")
-    assert not workspaces._WORKSPACE_ID.fullmatch("ws_0123456789ab\n")
+    assert not workspaces.WORKSPACE_ID.fullmatch("ws_0123456789ab\n")
     assert not org_keys._KEY_ID.fullmatch("0123456789ab\n")
+    assert not reconcile_reports.REPORT_ID.fullmatch("1\n")
+    assert not lifecycle._SEQ.fullmatch("1\n") and not lifecycle._ORG_ID.fullmatch("org_0123456789ab\n")
     key = credentials.mint(credentials.ORG_KEY).secret
     assert credentials.parse(key, credentials.ORG_KEY) and credentials.parse(key + "\n", credentials.ORG_KEY) is None
     assert org_of_name("tf-acme-0123456789ab") == ("org_0123456789ab", "acme")
