@@ -136,6 +136,7 @@ class FuzzEnv:
         self.spare_key_id = ""  # the key DELETE /api/v1/keys/{key_id} may revoke
         self.spare_operator_token_id = ""  # the token DELETE /api/v1/operator-tokens/{token_id} may revoke
         self.workspace_id = ""
+        self.spare_workspace_id = ""  # the workspace the DELETE routes may delete (deleting one refuses its agent)
         self.report_id = ""  # a stored reconcile report
         self.registration_token = ""
         self.workspace_token = ""
@@ -215,6 +216,13 @@ async def fuzz_env(settings, dev_env, pool, ec2):
             )
             assert resp.status_code == 202, resp.text
             env.workspace_id = resp.json()["id"]
+            resp = env.post(
+                "/api/v1/workspaces",
+                {"name": "fuzz-spare", "role": "Fuzzed", "runtime": "hermes", "tier": 1, "model": "claude-sonnet-4"},
+                env.org_key,
+            )
+            assert resp.status_code == 202, resp.text
+            env.spare_workspace_id = resp.json()["id"]
 
         await asyncio.to_thread(prepare)
 
@@ -306,7 +314,8 @@ def steer(case, env: FuzzEnv) -> None:
         else:
             params["slug"] = env.org_slug
     if "workspace_id" in params:
-        params["workspace_id"] = env.workspace_id
+        # A deleted workspace's agent can no longer register: deletions go to a spare one.
+        params["workspace_id"] = env.spare_workspace_id if method == "DELETE" else env.workspace_id
     if "report_id" in params:
         params["report_id"] = env.report_id
     if "key_id" in params:
