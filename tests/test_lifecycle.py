@@ -88,7 +88,11 @@ async def onboarded(api, settings, network) -> dict:
         headers=op(settings),
     )
     assert resp.status == 202
-    return await poll(api, f"/cp/orgs/{slug}", op(settings), lambda o: o["status"] == "active")
+    # Settled: active, and the org's workflow has closed its onboarding (the row says active a
+    # moment before; a command in that moment is refused with the operation still shown).
+    return await poll(
+        api, f"/cp/orgs/{slug}", op(settings), lambda o: o["status"] == "active" and o["operation"] is None
+    )
 
 
 async def mint(api, settings, slug: str) -> str:

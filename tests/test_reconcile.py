@@ -201,14 +201,15 @@ async def test_dry_run_reports_the_orphans_of_a_deleted_org_and_deletes_nothing(
     assert {(f["kind"], f["cloud_id"]) for f in stored["findings"]} == orphaned.expected
 
 
-async def test_delete_removes_orphans_updates_the_ledger_and_audits(
-    skip_env, settings, pool, ec2, orphaned, task_queue
-):
+async def test_delete_removes_orphans_updates_the_ledger_and_audits(dev_env, settings, pool, ec2, orphaned, task_queue):
+    # On the dev server, in real time: the group's deletion is refused while the terminated
+    # instance's interfaces drain (a second, real time), and Temporal's retries must outlast that.
+    # The time-skipping server would skip the retries' backoff and use up the deadline at once.
     org_id = orphaned.org["id"]
     ec2_in_use = GroupInUseOnceEc2(make_ec2_client(settings))
     # Pages of 5: the session's fleet spans several pages of every EC2 kind.
     report = await reconcile(
-        skip_env,
+        dev_env,
         settings,
         pool,
         task_queue,
@@ -243,11 +244,11 @@ async def test_delete_removes_orphans_updates_the_ledger_and_audits(
     }
     assert {next(iter(a["resource_ids"].items())) for a in audited} == orphaned.expected
     # The deleting run (parallel and sequential phases) replays deterministically.
-    history = await skip_env.client.get_workflow_handle(report.workflow_id).fetch_history()
+    history = await dev_env.client.get_workflow_handle(report.workflow_id).fetch_history()
     await Replayer(workflows=WORKFLOWS, data_converter=pydantic_data_converter).replay_workflow(history)
 
     again = await reconcile(
-        skip_env, settings, pool, task_queue, org_ids=[org_id], delete=True, max_deletes=1000, max_delete_fraction=1.0
+        dev_env, settings, pool, task_queue, org_ids=[org_id], delete=True, max_deletes=1000, max_delete_fraction=1.0
     )
     assert again.findings == [] and again.deleted == []
 
