@@ -188,13 +188,15 @@ class LocalStack:
         owner_url = ensure_database(self.postgres, "tenantflow")
         ensure_app_role(self.postgres, creds["app_role_password"])
         # The owner migrates (and grants the application role); the services never hold its password.
-        subprocess.run(
+        migrated = subprocess.run(
             [sys.executable, "-m", "db.migrate"],
             env={**os.environ, "TENANTFLOW_MIGRATION_DATABASE_URL": owner_url},
             cwd=Path(__file__).resolve().parent.parent,
-            check=True,
             capture_output=True,
+            text=True,
         )
+        if migrated.returncode != 0:
+            raise RuntimeError(f"migrations failed (python -m db.migrate):\n{migrated.stderr[-2000:]}")
 
         self._start("s3", [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(s.s3_port)], s.s3_port)
         ensure_anchor_bucket(self.s3_endpoint, s.aws_region, s.audit_anchor_bucket)

@@ -14,7 +14,6 @@ import uuid
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import boto3
 import psycopg
 import pytest
 import pytest_asyncio
@@ -27,6 +26,7 @@ from temporalio.testing import WorkflowEnvironment
 from db import audit
 from db.migrate import apply_migrations
 from db.pool import open_pool
+from devstack.moto_client import moto_client, moto_ec2_client
 from devstack.neon_server import NeonServerConfig, serve
 from devstack.postgres import app_role_url, ensure_app_role, ensure_database, start_postgres
 from devstack.procs import free_port, spawn, stop, wait_for_port
@@ -99,8 +99,7 @@ def s3_url(tmp_path_factory):
 def anchor_bucket(s3_url: str) -> str:
     """A fresh bucket with Object Lock (compliance-mode retention is set per anchor)."""
     name = f"anchors-{secrets.token_hex(6)}"
-    s3 = boto3.client("s3", region_name="us-east-1", endpoint_url=s3_url)
-    s3.create_bucket(Bucket=name, ObjectLockEnabledForBucket=True)
+    moto_client("s3", s3_url).create_bucket(Bucket=name, ObjectLockEnabledForBucket=True)
     return name
 
 
@@ -237,7 +236,7 @@ async def pool(settings):
 
 @pytest.fixture(scope="session")
 def ec2(moto_url):
-    return boto3.client("ec2", region_name="us-east-1", endpoint_url=moto_url)
+    return moto_ec2_client(moto_url)
 
 
 _VPCS = itertools.count(random.randrange(0, 38_000))

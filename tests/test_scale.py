@@ -17,27 +17,14 @@ from devstack.procs import free_port, spawn, stop, wait_for_port
 from devstack.settings import StackSettings
 from devstack.stack import LocalStack, load_or_create_secrets, wait_http_ok
 from starter import OperatorClient
+from tools.soak import PORT_FIELDS
 
 pytestmark = pytest.mark.e2e
 ROOT = Path(__file__).resolve().parent.parent
 
 
 def test_two_workers_two_apis_and_a_worker_killed_mid_run(tmp_path):
-    ports = {
-        name: free_port()
-        for name in (
-            "api_port",
-            "temporal_port",
-            "temporal_ui_port",
-            "postgres_port",
-            "moto_port",
-            "neon_port",
-            "boot_emulator_port",
-            "s3_port",
-            "worker_health_port",
-            "worker_sdk_metrics_port",
-        )
-    }
+    ports = {name: free_port() for name in PORT_FIELDS}
     stack = LocalStack(StackSettings(state_dir=str(tmp_path / "state"), **ports))
     second_api = second_worker = None
     try:
