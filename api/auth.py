@@ -58,8 +58,7 @@ async def require_operator(request: web.Request) -> str:
         who = f"operator:{name}"
     if who is None:
         raise ApiError(401, "UNAUTHORIZED", "operator credentials required: Authorization: Bearer <operator token>")
-    await limit_principal(request, who)
-    request[PRINCIPAL] = who
+    await limit_principal(request, who)  # records ``who`` as the request's principal
     return who
 
 
@@ -103,7 +102,6 @@ async def require_org_key(request: web.Request) -> dict[str, Any]:
         reason = f" ({org['status_reason']})" if org.get("status_reason") else ""
         raise ApiError(403, "ORG_NOT_ACTIVE", f"org is {org['status']}{reason}: its keys are refused")
     request[TENANT_ORG] = org
-    request[PRINCIPAL] = f"org:{org['id']}"
     return org
 
 

@@ -32,7 +32,7 @@ from aiohttp import web
 from aiohttp.typedefs import Handler
 
 from api.errors import ApiError
-from api.state import POOL, SETTINGS
+from api.state import POOL, PRINCIPAL, SETTINGS
 from db.ratelimit import RateLimitRepo
 from domain.settings import Settings
 
@@ -42,7 +42,6 @@ EXEMPT = {"/healthz", "/readyz", "/metrics", "/openapi.yaml"}
 MAX_REMEMBERED = 20_000
 SWEEP_INTERVAL_SECONDS = 60.0
 # The principal this request was authenticated as and charged to (the address is not charged then).
-CHARGED_PRINCIPAL = web.RequestKey("rate_limited_principal", str)
 
 
 class Refusals:
@@ -134,10 +133,11 @@ def too_many(wait: float, what: str) -> ApiError:
 
 async def limit_principal(request: web.Request, principal: str) -> None:
     """Called by authentication once ``principal`` ("org:<id>", "operator:<name>") is proven:
-    charges its bucket, or raises the 429. The request's address is then not charged."""
-    if request.get(CHARGED_PRINCIPAL) == principal:
+    records it as the request's principal (``api.state.PRINCIPAL``, the audit actor) and charges
+    its bucket, or raises the 429. The request's address is then not charged."""
+    if request.get(PRINCIPAL) == principal:
         return  # charged once per request, however often a handler checks
-    request[CHARGED_PRINCIPAL] = principal
+    request[PRINCIPAL] = principal
     wait = await request.app[RATE_LIMITS].take(f"principal:{principal}")
     if wait > 0:
         raise too_many(wait, "credential")
@@ -163,7 +163,7 @@ async def rate_limit_middleware(request: web.Request, handler: Handler) -> web.S
     try:
         return await handler(request)
     finally:
-        if CHARGED_PRINCIPAL not in request:
+        if PRINCIPAL not in request:
             # Charged after the fact: the handler's answer (perhaps a registration it recorded)
             # stands, and an empty bucket refuses this address's next requests.
             await _charge_address(limits, key)
