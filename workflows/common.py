@@ -228,6 +228,10 @@ class Gated(Tracked):
         self._gate.decide("abandon")
 
 
+# The error an operation ends with when an operator abandons its parked step.
+ABANDONED_ERROR_TYPE = "TeardownAbandoned"
+
+
 class OperatorGate:
     """Parks a workflow on a failed step until an operator decides: ``retry`` or ``abandon``.
 
@@ -272,7 +276,7 @@ class OperatorGate:
                 await _tell_parent(UNPARKED_SIGNAL)
                 if decision == "abandon":
                     raise ApplicationError(
-                        f"abandoned by an operator at {reason}", type="TeardownAbandoned", non_retryable=True
+                        f"abandoned by an operator at {reason}", type=ABANDONED_ERROR_TYPE, non_retryable=True
                     ) from err
 
 

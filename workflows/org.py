@@ -51,7 +51,14 @@ with workflow.unsafe.imports_passed_through():
     from domain.refs import OrgRef, WorkflowToStop
     from domain.status import OrgStatus
     from domain.suspend_org import ResumeOrgInput, SuspendOrgInput
-    from workflows.common import CLEANUP_DEADLINE, PARKED_SIGNAL, UNPARKED_SIGNAL, root_message, run_activity
+    from workflows.common import (
+        ABANDONED_ERROR_TYPE,
+        CLEANUP_DEADLINE,
+        PARKED_SIGNAL,
+        UNPARKED_SIGNAL,
+        root_message,
+        run_activity,
+    )
     from workflows.hard_delete_org import HardDeleteOrgWorkflow
     from workflows.onboard_org import OnboardOrgWorkflow
     from workflows.suspend_org import ResumeOrgWorkflow, SuspendOrgWorkflow
@@ -77,6 +84,8 @@ class OrgWorkflow:
         self._writes = asyncio.Lock()
         self._operation: asyncio.Task[None] | None = None
         self._abandoned: Abandoned | None = None
+        # The step the running operation parked on last: named when a signal abandons it.
+        self._last_parked: Parked | None = None
 
     @staticmethod
     def _initial_state(inp: OrgWorkflowInput) -> OrgState:
@@ -198,6 +207,7 @@ class OrgWorkflow:
 
     @workflow.signal(name=PARKED_SIGNAL)
     def operation_parked(self, parked: Parked) -> None:
+        self._last_parked = parked
         if self._state.running is not None:
             self._state.running.parked = parked
 
@@ -298,11 +308,26 @@ class OrgWorkflow:
             self._state.running = None
             return
         except ChildWorkflowError as err:
-            abandoned = self._abandoned
+            abandoned = self._abandoned or self._abandoned_by_signal(cmd, err)
             reason = f"abandoned by {abandoned.by}: {abandoned.reason}" if abandoned else _operation_failure(err)
             await self._finish(cmd, FAILED_STATUS[cmd.operation], reason, abandoned)
             return
         await self._finish(cmd, DONE_STATUS[cmd.operation], None)
+
+    def _abandoned_by_signal(self, cmd: Command, err: ChildWorkflowError) -> Abandoned | None:
+        """An operation abandoned by the `abandon` signal sent straight to it (the Temporal CLI or
+        UI, as the runbook allows) is as visible as one abandoned through the API."""
+        cause = err.cause
+        if not (isinstance(cause, ApplicationError) and cause.type == ABANDONED_ERROR_TYPE):
+            return None
+        parked = self._last_parked
+        return Abandoned(
+            operation=cmd.operation,
+            step=parked.step if parked else "unknown",
+            by=f"signal to {operation_workflow_id(cmd.operation, self._inp.org_id)}",
+            at=workflow.now(),
+            reason=parked.reason if parked else cause.message,
+        )
 
     async def _finish(
         self, cmd: Command, status: OrgStatus, reason: str | None, abandoned: Abandoned | None = None

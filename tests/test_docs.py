@@ -1,0 +1,410 @@
+"""The documents are tests. Every command block of README.md and docs/operator-runbook.md runs, in
+document order, against the local stack that the README's run command starts, exactly as written
+but for placeholders filled by one mechanical rule; its exit status and printed answer are
+checked against what the text promises (`CHECKS`). A command the docs add or change without a check
+here, or a check for a command the docs no longer hold, fails `test_every_documented_command_is_checked`.
+
+The rule (tests/doc_commands.fill): the stack listens on free ports, so `127.0.0.1:<default>` in a
+command becomes the stack's port, and the environment says where the stack is as the docs tell an
+operator to (`TENANTFLOW_API_URL`, `TEMPORAL_ADDRESS`, `TENANTFLOW_STATE_DIR`, `.venv/bin` first
+on `PATH` as the runbook's `export`); then `<vpc-id>`, `<subnet-a>`, `<subnet-b>` are the demo
+network's ids (`$SECRET` and `$TENANT_ORG_KEY` are in the environment, as in the tutorial reader's
+shell: the stack's operator secret and the demo org's key), `org_7f2a9c1b2c3d` the org the section is about, `ws_0123456789ab` the workspace the previous
+`workspace create` made, `tfo_...` the token the last `operator-token create` printed, `tfo_<old id>`
+the first token's id, `reconcile report 42` the newest report, and `--event-id 42` the event the
+runbook's own rule picks from `temporal workflow show --output json`. `export NAME=value` sets the
+environment of the commands after it, as in a shell. Each command runs in `bash -c` from the
+repository root. The run command itself is started as `./scripts/run-local.sh` execs it after
+installing (the tests run inside that installation); `./scripts/test.sh` is the command running this.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import urllib.request
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import starter
+from devstack.demo import ensure_demo_network
+from tests.doc_commands import (
+    README,
+    ROOT,
+    RUNBOOK,
+    DocCommand,
+    commands,
+    fill,
+    matches_sample,
+    sample_output,
+)
+from tests.localstack import RunningStack, wait_until
+
+pytestmark = pytest.mark.e2e
+
+NEVER_RUN_HERE = {
+    "./scripts/test.sh": "the command that runs this test",
+    "./scripts/run-local.sh": "started by the `docs` fixture as the script execs it (asserted below)",
+}
+
+
+@dataclass
+class Session:
+    """The shell the documents' commands run in: the stack, the environment, the filled values."""
+
+    stack: RunningStack
+    env: dict[str, str]
+    values: dict[str, str] = field(default_factory=dict)
+    last: subprocess.CompletedProcess[str] | None = None
+
+    @property
+    def secret(self) -> str:
+        return str(self.stack.secrets["provision_secret"])
+
+    @property
+    def operator(self) -> starter.OperatorClient:
+        return starter.OperatorClient(self.stack.api_url, self.secret)
+
+    def org(self, slug: str = "acme") -> dict[str, Any]:
+        return self.operator.org(slug)
+
+    def neon_fault(self, route: str, status: int, method: str, count: int) -> None:
+        body = json.dumps({"route": route, "status": status, "method": method, "count": count}).encode()
+        url = f"http://127.0.0.1:{self.stack.ports['NEON_PORT']}/__devstack/faults"
+        urllib.request.urlopen(urllib.request.Request(url, body, {"Content-Type": "application/json"}), timeout=10)
+
+    def clear_neon_faults(self) -> None:
+        url = f"http://127.0.0.1:{self.stack.ports['NEON_PORT']}/__devstack/faults"
+        urllib.request.urlopen(urllib.request.Request(url, method="DELETE"), timeout=10)
+
+    def run(self, command: str, timeout: float = 240) -> subprocess.CompletedProcess[str]:
+        if m := re.fullmatch(r"export (\w+)=(\S+)", command):
+            self.env[m[1]] = m[2]
+            return subprocess.CompletedProcess(command, 0, "", "")
+        self.last = subprocess.run(
+            ["bash", "-c", command], cwd=ROOT, env=self.env, capture_output=True, text=True, timeout=timeout
+        )
+        return self.last
+
+
+@dataclass(frozen=True)
+class Check:
+    """What the text promises of one command: its exit status and lines it prints; `before`
+    brings about the situation the text describes, `after` reads what later commands use."""
+
+    exit: int = 0
+    prints: tuple[str, ...] = ()
+    before: Callable[[Session], None] | None = None
+    after: Callable[[Session, str], None] | None = None
+
+
+# -- situations the documents describe ------------------------------------------------------------
+
+PARK_DELETE_DATABASE = ("/projects/{project_id}/branches/{branch_id}", 403, "DELETE", -1)
+
+
+def parked(s: Session) -> dict[str, Any]:
+    return wait_until(lambda: s.org(), lambda o: (o.get("progress") or {}).get("waiting_for_operator"), timeout=90)
+
+
+def settled(s: Session, status: str, slug: str = "acme") -> dict[str, Any]:
+    return wait_until(lambda: s.org(slug), lambda o: o["status"] == status and o.get("operation") is None, 90)
+
+
+def onboard_second_acme(s: Session) -> None:
+    """The runbook's org: `acme` again (the README's was deleted; a slug is free once deleted)."""
+    status, org = s.operator.request(
+        "POST",
+        "/api/v1/orgs",
+        {
+            "name": "Acme Corp",
+            "slug": "acme",
+            "plan": "pro",
+            "vpc_id": s.values["<vpc-id>"],
+            "subnet_ids": [s.values["<subnet-a>"], s.values["<subnet-b>"]],
+        },
+    )
+    assert status == 202, org
+    settled(s, "active")
+    s.values["org_7f2a9c1b2c3d"] = org["id"]
+
+
+def delete_parks_as_shown(s: Session) -> None:
+    """`starter.py delete` stops on the parked step and prints what the runbook's sample shows."""
+    onboard_second_acme(s)
+    s.neon_fault(*PARK_DELETE_DATABASE)
+    done = s.run("python starter.py delete acme --confirm acme")
+    assert done.returncode == 3, done
+    printed = done.stdout.splitlines()
+    sample = sample_output(RUNBOOK, "acme: deleting")
+    at = 0
+    for want in sample:
+        while at < len(printed) and not matches_sample(want, printed[at]):
+            at += 1
+        assert at < len(printed), f"the runbook's line {want!r} is not in what delete printed:\n{done.stdout}"
+
+
+def delete_again(s: Session) -> None:
+    """A new cascade (the runbook: `DELETE` again runs a new one)."""
+    status, body = s.operator.request("DELETE", "/api/v1/orgs/acme", {"confirm": "acme"})
+    assert status == 202, body
+
+
+def parked_again(s: Session) -> None:
+    wait_until(lambda: s.org(), lambda o: o.get("abandoned") or o["status"] == "deleting", 30)
+    if s.org().get("abandoned"):
+        delete_again(s)
+    parked(s)
+
+
+def abandoned_by_signal(s: Session, _: str) -> None:
+    """Abandoned by the signal, the org says so as it does for `starter.py abandon`."""
+    org = wait_until(lambda: s.org(), lambda o: o.get("abandoned") and o.get("operation") is None, 30)
+    assert org["status"] == "deleting", org
+    assert org["abandoned"]["by"] == f"signal to org-delete:{s.values['org_7f2a9c1b2c3d']}", org
+    assert org["abandoned"]["step"] == "delete_database", org
+
+
+def neon_access_restored(s: Session) -> None:
+    wait_until(lambda: s.org(), lambda o: o.get("abandoned") and o.get("operation") is None, 30)
+    s.clear_neon_faults()
+    delete_again(s)
+    s.values["receipt"] = json.dumps(settled(s, "deleted")["receipt"], sort_keys=True)
+
+
+def reset_run_finishes_with_same_receipt(s: Session, _: str) -> None:
+    def newest_run_closed() -> bool:
+        out = s.run(f"temporal workflow describe --workflow-id org-delete:{s.values['org_7f2a9c1b2c3d']} -o json")
+        return json.loads(out.stdout)["workflowExecutionInfo"]["status"] == "WORKFLOW_EXECUTION_STATUS_COMPLETED"
+
+    wait_until(newest_run_closed, bool, 90)
+    assert json.dumps(s.org()["receipt"], sort_keys=True) == s.values["receipt"]
+
+
+def event_id_by_the_runbooks_rule(s: Session) -> None:
+    """The `WorkflowTaskCompleted` just before the activity that starts the step to run again
+    (here the Neon deletion), from `temporal workflow show --output json`."""
+    shown = s.run(f"temporal workflow show --workflow-id org-delete:{s.values['org_7f2a9c1b2c3d']} --output json")
+    events = json.loads(shown.stdout)["events"]
+    kind = [re.sub(r"^EVENT_TYPE_|_", "", str(e["eventType"])).lower() for e in events]
+    step = next(
+        i
+        for i, e in enumerate(events)
+        if kind[i] == "activitytaskscheduled"
+        and "database" in e["activityTaskScheduledEventAttributes"]["activityType"]["name"]
+    )
+    done = max(i for i in range(step) if kind[i] == "workflowtaskcompleted")
+    s.values["--event-id 42"] = f"--event-id {events[done]['eventId']}"
+
+
+def created_workspace(s: Session, _: str) -> None:
+    tenant = starter.TenantClient(s.stack.api_url, s.stack.secrets["demo_org_key"])
+    [ws] = [w for w in tenant.workspaces() if w["name"] == "agent-1"]
+    s.values["ws_0123456789ab"] = ws["id"]
+
+
+def printed_token(s: Session, out: str) -> None:
+    token = re.search(r"tfo_[A-Za-z0-9]+_[A-Za-z0-9_-]+", out)
+    assert token, out
+    s.values["tfo_..."] = token[0]
+    s.values.setdefault("tfo_<old id>", token[0].split("_")[0] + "_" + token[0].split("_")[1])
+
+
+def newest_report(s: Session) -> None:
+    status, body = s.operator.request("GET", "/api/v1/reconcile/reports?limit=1")
+    assert status == 200 and body["reports"], body
+    s.values["reconcile report 42"] = f"reconcile report {body['reports'][0]['id']}"
+
+
+def json_keys_as_documented(keys: set[str]) -> Callable[[Session, str], None]:
+    def check(_: Session, out: str) -> None:
+        assert set(json.loads(out)) == keys, out
+
+    return check
+
+
+# -- what the text promises, per command as written -----------------------------------------------
+
+VENV = ".venv/bin/python starter.py"
+ACME_RUNBOOK = "org-delete:org_7f2a9c1b2c3d"
+
+CHECKS: dict[str, Check] = {
+    # README: using it
+    f'{VENV} onboard --slug acme --name "Acme Corp" --plan pro --vpc-id <vpc-id> --subnet-ids <subnet-a>,<subnet-b>': Check(
+        prints=("active: done", '"status": "active"')
+    ),
+    f"{VENV} status acme": Check(prints=('"status": "active"',)),
+    'curl -X POST http://127.0.0.1:8080/cp/orgs -H "Authorization: Bearer $SECRET" -H "Content-Type: application/json" '
+    '-d \'{"name": "Acme Corp", "slug": "acme", "plan": "pro", "vpc_id": "<vpc-id>", "subnet_ids": ["<subnet-a>", "<subnet-b>"]}\'': Check(
+        prints=('"slug": "acme"',),
+        after=json_keys_as_documented({"id", "name", "slug", "plan", "neon_branch_id", "security_group_id", "status"}),
+    ),
+    'curl http://127.0.0.1:8080/cp/orgs/acme -H "Authorization: Bearer $SECRET"': Check(
+        prints=('"status": "active"', '"failure_reason": null', '"progress": null')
+    ),
+    ".venv/bin/python -c \"from devstack.moto_client import moto_ec2_client as c; print(c('http://127.0.0.1:5055').describe_subnets()['Subnets'])\"": Check(
+        prints=("<subnet-a>", "<subnet-b>", "tenantflow-demo-vpc")
+    ),
+    # README: as the tenant (the demo org's key from the stack's secrets)
+    f'{VENV} workspace create --name agent-1 --role "Inference worker" --tier 2': Check(
+        prints=("running",), after=created_workspace
+    ),
+    f"{VENV} workspace list": Check(prints=("agent-1",)),
+    f"{VENV} workspace status ws_0123456789ab": Check(prints=('"status": "running"', "ws_0123456789ab")),
+    f"{VENV} workspace delete ws_0123456789ab": Check(prints=("deleted",)),
+    'curl -X POST http://127.0.0.1:8080/workspaces -H "Authorization: Bearer $TENANT_ORG_KEY" -H "Content-Type: application/json" '
+    '-d \'{"name": "production-agent-1", "role": "Production inference worker", "runtime": "hermes", "tier": 3, "model": "claude-sonnet-4"}\'': Check(
+        prints=('"status": "provisioning"',)
+    ),
+    f"{VENV} mint-key acme": Check(prints=("tfk_",)),
+    f"{VENV} quota acme --max-workspaces 10 --max-tier 3": Check(prints=("10",)),
+    f"{VENV} mint-key acme --name dashboard --scopes read --expires-at 2030-01-01T00:00:00Z": Check(prints=("tfk_",)),
+    # README: named operators (the first create uses the bootstrap secret)
+    f"{VENV} operator-token create alice": Check(prints=("tfo_",), after=printed_token),
+    "export TENANTFLOW_OPERATOR_TOKEN=tfo_...": Check(),
+    f"{VENV} operator-token list": Check(prints=("alice",)),
+    f"{VENV} operator-token revoke tfo_<old id>": Check(prints=("tfo_<old id>",)),
+    # README: suspend, resume, delete
+    f'{VENV} suspend acme --reason "unpaid invoice"': Check(
+        prints=("acme: suspending (suspend accepted)", "suspended: done")
+    ),
+    f"{VENV} resume acme": Check(prints=("acme: resuming (resume accepted)", "active: done")),
+    f"{VENV} delete acme --confirm acme --delete-workspaces": Check(
+        prints=("acme: deleting (delete accepted)", "deleted: done")
+    ),
+    f"{VENV} watch acme": Check(prints=("deleted",)),
+    f"{VENV} orgs --status suspended,deleting": Check(prints=("no orgs",)),
+    f"{VENV} teardowns": Check(prints=("no teardowns",)),
+    f"{VENV} retry acme": Check(exit=2, prints=("refused (404)",)),
+    f"{VENV} audit acme": Check(prints=("org.purge", "chain verified")),
+    f"{VENV} audit --verify": Check(prints=("chain verified",)),
+    # The runbook, on a second `acme`: its state, a parked teardown, retry, abandon, reset
+    "temporal workflow query --workflow-id org:org_7f2a9c1b2c3d --name state": Check(
+        before=onboard_second_acme, prints=('"active"',)
+    ),
+    "python starter.py orgs": Check(prints=("acme", "active")),
+    "temporal workflow list --query 'TenantflowOrgSlug=\"acme\"'": Check(
+        before=delete_parks_as_shown, prints=(ACME_RUNBOOK, "Running")
+    ),
+    'temporal workflow list --query \'TenantflowOperation="hard-delete" AND ExecutionStatus="Running"\'': Check(
+        prints=(ACME_RUNBOOK,)
+    ),
+    f"temporal workflow describe --workflow-id {ACME_RUNBOOK}": Check(
+        prints=("HardDeleteOrgWorkflow", "ParentWorkflowId      org:org_7f2a9c1b2c3d")
+    ),
+    f"temporal workflow query --workflow-id {ACME_RUNBOOK} --name progress": Check(
+        prints=('"waiting_for_operator":true', '"step":"delete_database"')
+    ),
+    f"temporal workflow show --workflow-id {ACME_RUNBOOK}": Check(prints=("WorkflowExecutionStarted",)),
+    f"temporal workflow metadata --workflow-id {ACME_RUNBOOK}": Check(prints=("delete_database",)),
+    "python starter.py teardowns": Check(prints=("acme  org-delete:org_7f2a9c1b2c3d  PARKED on delete_database",)),
+    "python starter.py retry acme": Check(exit=3, prints=("PARKED on delete_database",)),
+    f"temporal workflow signal --workflow-id {ACME_RUNBOOK} --name retry": Check(before=parked),
+    "python starter.py abandon acme": Check(before=parked, prints=("abandoned",)),
+    f"temporal workflow signal --workflow-id {ACME_RUNBOOK} --name abandon": Check(
+        before=parked_again, after=abandoned_by_signal
+    ),
+    f'temporal workflow reset --workflow-id {ACME_RUNBOOK} --type FirstWorkflowTask --reason "Neon access restored"': Check(
+        before=neon_access_restored, after=reset_run_finishes_with_same_receipt
+    ),
+    f'temporal workflow reset --workflow-id {ACME_RUNBOOK} --type LastWorkflowTask --reason "..."': Check(
+        after=reset_run_finishes_with_same_receipt
+    ),
+    f'temporal workflow reset --workflow-id {ACME_RUNBOOK} --event-id 42 --reason "..."': Check(
+        before=event_id_by_the_runbooks_rule, after=reset_run_finishes_with_same_receipt
+    ),
+    "python starter.py audit acme": Check(prints=("org.delete.delete_database", "chain verified")),
+    "python starter.py audit acme --since 2026-11-01T00:00:00Z": Check(prints=("chain verified",)),
+    'curl -H "Authorization: Bearer $SECRET" http://127.0.0.1:8080/cp/orgs/acme/audit': Check(
+        prints=('"valid": true',)
+    ),
+    "python starter.py reconcile run": Check(prints=("report",)),
+    "python starter.py reconcile report": Check(prints=("orphans",)),
+    "python starter.py reconcile report 42": Check(before=newest_report, prints=("orphans",)),
+}
+
+
+def documented() -> list[DocCommand]:
+    return [c for c in commands(README) + commands(RUNBOOK) if c.text not in NEVER_RUN_HERE]
+
+
+def test_every_documented_command_is_checked():
+    written = {c.text for c in documented()}
+    assert [str(c) for c in documented() if c.text not in CHECKS] == [], "a documented command without a check"
+    assert sorted(set(CHECKS) - written) == [], "a check for a command the docs no longer hold"
+    script = (ROOT / "scripts" / "run-local.sh").read_text().strip().splitlines()
+    assert script[-1] == 'exec .venv/bin/python -m devstack "$@"', "the docs fixture starts the stack as this does"
+
+
+@pytest.fixture(scope="module")
+def docs(tmp_path_factory) -> Iterator[Session]:
+    if shutil.which("curl") is None:
+        pytest.fail("the documents' curl commands need curl on PATH")
+    stack = RunningStack(tmp_path_factory.mktemp("docs"))
+    try:
+        stack.start()
+        vpc_id, subnets = ensure_demo_network(f"http://127.0.0.1:{stack.ports['MOTO_PORT']}", "us-east-1")
+        env = {
+            **stack.env,
+            "PATH": f"{ROOT / '.venv' / 'bin'}:{os.environ['PATH']}",
+            "TENANTFLOW_API_URL": stack.api_url,
+            "TEMPORAL_ADDRESS": f"127.0.0.1:{stack.ports['TEMPORAL_PORT']}",
+            # As the tutorial's reader has them in their shell.
+            "SECRET": str(stack.secrets["provision_secret"]),
+            "TENANT_ORG_KEY": str(stack.secrets["demo_org_key"]),
+        }
+        for var in ("TENANTFLOW_OPERATOR_TOKEN", "TENANTFLOW_PROVISION_SECRET", "TENANTFLOW_ORG_KEY"):
+            env.pop(var, None)
+        session = Session(stack, env)
+        session.values.update(
+            {
+                "<vpc-id>": vpc_id,
+                "<subnet-a>": subnets[0],
+                "<subnet-b>": subnets[1],
+            }
+        )
+        yield session
+    finally:
+        if stack.proc and stack.proc.poll() is None:
+            stack.stop()
+
+
+def run_documented(s: Session, doc: Path) -> None:
+    """Every command in order; all that broke are named at the end (one failure cascades less
+    than it would hide)."""
+    broken: list[str] = []
+    for command in commands(doc):
+        if command.text in NEVER_RUN_HERE:
+            continue
+        check = CHECKS[command.text]
+        filled = fill(command.text, s.values, s.stack.ports)
+        try:
+            if check.before:
+                check.before(s)
+            filled = fill(command.text, s.values, s.stack.ports)
+            done = s.run(filled)
+            assert done.returncode == check.exit, f"exit {done.returncode}, the docs promise {check.exit}"
+            for promised in check.prints:
+                assert fill(promised, s.values, s.stack.ports) in done.stdout, f"{promised!r} not printed"
+            if check.after:
+                check.after(s, done.stdout)
+        except (AssertionError, subprocess.TimeoutExpired, LookupError, ValueError, starter.ApiError) as failed:
+            last = s.last
+            printed = f"{last.stdout}{last.stderr}"[-3000:] if last else ""
+            broken.append(f"{command}\n  ran: {filled}\n  {failed}\n{printed}")
+    assert not broken, "\n\n".join(broken)
+
+
+def test_readme_commands_work_as_written(docs: Session):
+    run_documented(docs, README)
+
+
+def test_runbook_commands_work_as_written(docs: Session):
+    run_documented(docs, RUNBOOK)
