@@ -59,6 +59,7 @@ from workflows.org import OrgWorkflow
 from workflows.provision_workspace import ProvisionWorkspaceWorkflow
 from workflows.reconcile import ReconcileWorkflow, ReconcileWorkflowV2
 from workflows.suspend_org import ResumeOrgWorkflow, SuspendOrgWorkflow
+from workflows.validate_org_network import ValidateOrgNetworkWorkflow
 
 # ReconcileWorkflow stays registered until its last run closes (the schedule starts V2).
 WORKFLOWS = [
@@ -72,6 +73,7 @@ WORKFLOWS = [
     ReconcileWorkflowV2,
     ReconcileWorkflow,
     AuditAnchorWorkflow,
+    ValidateOrgNetworkWorkflow,
 ]
 
 
@@ -92,6 +94,7 @@ def build_activities(settings: Settings, pool: Pool, client: Client, **overrides
     anchors = AuditAnchorActivities(pool, overrides.get("anchor_store") or AnchorStore.from_settings(settings))
     return [
         anchors.anchor_audit_heads,
+        ec2.check_org_network,
         ec2.validate_network,
         ec2.ensure_security_group,
         ec2.delete_security_group,

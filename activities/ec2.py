@@ -1,4 +1,4 @@
-"""AWS EC2: network validation and the per-org security group (the agent port from the platform
+"""AWS EC2: the org's network checked, and the per-org security group (the agent port from the platform
 only).
 
 boto3 is blocking, so calls run in a thread. The group is found by name, else by the id the
@@ -26,6 +26,7 @@ from db.ledger import Ledger
 from domain.onboard_org import NetworkCheckInput, SecurityGroup, SecurityGroupInput
 from domain.resources import LedgerStatus, ResourceKind, business_key, org_tags, resource_name
 from domain.settings import Settings
+from domain.validate_org_network import NetworkVerdict, OrgNetwork, network_problems
 
 if TYPE_CHECKING:
     from mypy_boto3_ec2 import EC2Client
@@ -116,14 +117,30 @@ class Ec2Activities:
     async def _call(self, method: str, **kwargs: Any) -> dict[str, Any]:
         return await call_ec2(self._ec2, method, **kwargs)
 
+    async def _verdict(self, network: OrgNetwork) -> NetworkVerdict:
+        # Filters, not VpcIds/SubnetIds: a missing id is then an empty answer rather than a
+        # NotFound error that names one id of several.
+        vpcs = (await self._call("describe_vpcs", Filters=[{"Name": "vpc-id", "Values": [network.vpc_id]}]))["Vpcs"]
+        subnets = (await self._call("describe_subnets", Filters=[{"Name": "subnet-id", "Values": network.subnet_ids}]))[
+            "Subnets"
+        ]
+        problems = network_problems(
+            network, bool(vpcs), {s["SubnetId"]: s["VpcId"] for s in subnets}, self._settings.aws_region
+        )
+        return NetworkVerdict(problems=problems)
+
+    @activity.defn
+    async def check_org_network(self, network: OrgNetwork) -> NetworkVerdict:
+        """Whether the VPC exists and every subnet exists inside it: an answer, never a failure
+        (only EC2 being unreachable or throttling is retried)."""
+        return await self._verdict(network)
+
     @activity.defn
     async def validate_network(self, req: NetworkCheckInput) -> None:
         """The VPC exists and every subnet exists inside it; otherwise fail for good."""
-        await self._call("describe_vpcs", VpcIds=[req.vpc_id])
-        subnets = (await self._call("describe_subnets", SubnetIds=req.subnet_ids))["Subnets"]
-        outside = sorted(s["SubnetId"] for s in subnets if s["VpcId"] != req.vpc_id)
-        if outside:
-            raise permanent("SubnetNotInVpc", f"subnets {', '.join(outside)} are not in {req.vpc_id}")
+        verdict = await self._verdict(OrgNetwork(vpc_id=req.vpc_id, subnet_ids=req.subnet_ids))
+        if not verdict.valid:
+            raise permanent("InvalidNetwork", "; ".join(verdict.problems))
 
     async def _find_group(self, name: str, vpc_id: str) -> dict[str, Any] | None:
         groups = (

@@ -14,6 +14,7 @@ from api.auth import principal, require_operator
 from api.commands import send_command, start_entity
 from api.errors import ApiError, read_json
 from api.lookup import SLUG, org_or_404, org_progress, slug_param
+from api.network_check import require_valid_network
 from api.paging import name_filter, page_of, page_query
 from api.schemas import OrgCreateRequest, OrgQuotaUpdate
 from api.state import ORGS, SETTINGS, TEMPORAL, WORKSPACES
@@ -21,6 +22,7 @@ from api.versioning import v1
 from domain.operations import Progress, org_workflow_id
 from domain.org_entity import QuotaCommand
 from domain.status import OrgStatus
+from domain.validate_org_network import OrgNetwork
 from workflows.org import OrgWorkflow
 
 routes = web.RouteTableDef()
@@ -68,9 +70,11 @@ async def create_org(request: web.Request) -> web.Response:
     req = OrgCreateRequest.model_validate(await read_json(request))
     settings = request.app[SETTINGS]
     repo = request.app[ORGS]
+    existing = await repo.get_by_slug(req.slug)
+    network = OrgNetwork(vpc_id=req.vpc_id, subnet_ids=req.subnet_ids)
     if dry_run == "true":
-        # Validates and echoes; nothing is written and no workflow starts.
-        existing = await repo.get_by_slug(req.slug)
+        # Validates (the network too) and echoes; nothing is written and no org workflow starts.
+        await require_valid_network(request, req.slug, network)
         return web.json_response(
             {
                 "dry_run": True,
@@ -79,6 +83,9 @@ async def create_org(request: web.Request) -> web.Response:
                 "org": {**req.model_dump(), "status": "would be provisioning", "neon_mode": settings.neon_mode},
             }
         )
+    if existing is None:
+        # Only a new slug: a repeated POST answers with the org it created (or 409) as before.
+        await require_valid_network(request, req.slug, network)
     row, created = await repo.create_or_get(
         org_id=f"org_{secrets.token_hex(6)}",
         **req.model_dump(),

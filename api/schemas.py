@@ -16,7 +16,8 @@ from domain.scopes import Scope
 # Slugs become subdomains, Neon branch names and AWS tags: DNS-label rules, 3 to 40 chars.
 Slug = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9-]{1,38}[a-z0-9]$")]
 # Lenient on the suffix alphabet on purpose: the tutorial's sample ids are not pure hex. Whether the
-# VPC and subnets exist is checked by the onboarding workflow's first step.
+# VPC and subnets exist is asked of EC2 before the org is accepted (api/network_check.py), and again
+# by the onboarding workflow's first step.
 VpcId = Annotated[str, StringConstraints(pattern=r"^vpc-[0-9a-z]{6,17}$")]
 SubnetId = Annotated[str, StringConstraints(pattern=r"^subnet-[0-9a-z]{6,17}$")]
 _PRINTABLE = r"^[^\x00-\x1f\x7f]+$"

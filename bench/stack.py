@@ -81,6 +81,7 @@ class ApiStack:
             "TEMPORAL_NAMESPACE": "default",
             "TENANTFLOW_DATABASE_URL": self.pg.url,
             "TENANTFLOW_PROVISION_SECRET": s.provision_secret.get_secret_value(),
+            "TENANTFLOW_AUDIT_HMAC_KEY": s.audit_hmac_key.get_secret_value(),
             "TENANTFLOW_API_HOST": "127.0.0.1",
             "TENANTFLOW_API_PORT": str(self.port),
             "TENANTFLOW_PUBLIC_URL": self.url,

@@ -40,8 +40,10 @@ from domain.provision_workspace import (
     WorkspaceInstance,
 )
 from domain.refs import OrgRef, WorkspaceRef
+from domain.validate_org_network import NetworkVerdict, OrgNetwork
 
 EXTERNAL = {
+    "check_org_network",
     "validate_network",
     "ensure_tenant_database",
     "wait_for_neon_operations",
@@ -91,6 +93,11 @@ class StandIns:
         )
 
     # --- external calls ---------------------------------------------------------------------
+    @activity.defn(name="check_org_network")
+    async def check_org_network(self, network: OrgNetwork) -> NetworkVerdict:
+        await asyncio.sleep(self.ext)
+        return NetworkVerdict()
+
     @activity.defn(name="validate_network")
     async def validate_network(self, req: NetworkCheckInput) -> None:
         await asyncio.sleep(self.ext)
@@ -185,6 +192,7 @@ class StandIns:
 
     def all(self) -> list:
         return [
+            self.check_org_network,
             self.validate_network,
             self.ensure_tenant_database,
             self.wait_for_neon_operations,

@@ -10,8 +10,10 @@ and starts it with :func:`start_or_attach` (or :func:`with_start` for an Update-
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from datetime import timedelta
 from enum import StrEnum
 from typing import TypeVar
 
@@ -25,6 +27,8 @@ from temporalio.common import (
     WorkflowIDReusePolicy,
 )
 from temporalio.exceptions import WorkflowAlreadyStartedError
+
+from domain.validate_org_network import OrgNetwork
 
 # Custom search attributes: the local stack registers them; see deploy/README.md for clusters.
 ORG_SLUG = SearchAttributeKey.for_keyword("TenantflowOrgSlug")
@@ -83,6 +87,12 @@ def operation_workflow_id(operation: Operation, org_id: str) -> str:
     return _OPERATION_WORKFLOW_IDS[operation].format(org_id=org_id)
 
 
+def network_check_workflow_id(slug: str, network: OrgNetwork) -> str:
+    """One per slug and network: identical requests at the same time share one check."""
+    digest = hashlib.sha256(network.model_dump_json().encode()).hexdigest()[:12]
+    return f"org-validate:{slug}:{digest}"
+
+
 def provision_workflow_id(workspace_id: str) -> str:
     return f"ws-provision:{workspace_id}"
 
@@ -104,6 +114,8 @@ class Start:
     # A repeated start attaches to the run that has the id.
     id_conflict_policy: WorkflowIDConflictPolicy = WorkflowIDConflictPolicy.USE_EXISTING
     id_reuse_policy: WorkflowIDReusePolicy = WorkflowIDReusePolicy.ALLOW_DUPLICATE
+    # The run ends (timed out) by then at the latest; None: never.
+    execution_timeout: timedelta | None = None
 
 
 def _attributes(*pairs: tuple[SearchAttributeKey[str], str]) -> TypedSearchAttributes:
@@ -129,6 +141,17 @@ def operation_start(operation: Operation, org_id: str, slug: str) -> Start:
         search_attributes=_attributes(
             (ORG_SLUG, slug), (OPERATION, "hard-delete" if operation == Operation.delete else operation.value)
         ),
+    )
+
+
+def network_check_start(slug: str, network: OrgNetwork, timeout: timedelta) -> Start:
+    """The API's check of an org's network before it accepts the org; it waits ``timeout`` for the
+    answer, and a run nobody waits for any more ends then too (no worker, EC2 unreachable)."""
+    return Start(
+        id=network_check_workflow_id(slug, network),
+        summary=f"Check {network.vpc_id} and {len(network.subnet_ids)} subnets for org {slug}",
+        search_attributes=_attributes((ORG_SLUG, slug), (OPERATION, "validate-network")),
+        execution_timeout=timeout,
     )
 
 
@@ -179,6 +202,7 @@ async def start_or_attach(
             id_reuse_policy=start.id_reuse_policy,
             static_summary=start.summary,
             search_attributes=start.search_attributes,
+            execution_timeout=start.execution_timeout,
         )
     except WorkflowAlreadyStartedError:
         return None
@@ -198,4 +222,5 @@ def with_start(
         id_reuse_policy=start.id_reuse_policy,
         static_summary=start.summary,
         search_attributes=start.search_attributes,
+        execution_timeout=start.execution_timeout,
     )

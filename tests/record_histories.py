@@ -32,17 +32,20 @@ from psycopg_pool import AsyncConnectionPool  # noqa: E402
 from temporalio.client import WorkflowFailureError  # noqa: E402
 
 from api.workspaces import provision_input  # noqa: E402
+from db import audit  # noqa: E402
 from db.orgs import OrgRepo  # noqa: E402
 from db.workspaces import WorkspaceRepo  # noqa: E402
 from domain.operations import (  # noqa: E402
     Operation,
     deprovision_workflow_id,
+    network_check_workflow_id,
     operation_workflow_id,
     org_workflow_id,
     provision_workflow_id,
 )
 from domain.resources import TIER_INSTANCE_TYPES  # noqa: E402
-from starter import TenantClient  # noqa: E402
+from domain.validate_org_network import OrgNetwork  # noqa: E402
+from starter import ApiError, TenantClient  # noqa: E402
 from tools.soak import StackHarness, wait_for  # noqa: E402
 
 HISTORIES = Path(__file__).resolve().parent / "histories"
@@ -84,6 +87,16 @@ async def record(out_dir: Path) -> list[Path]:
             org = onboard(f"rh{tag}")
             assert org["status"] == "active", org
             await save("OnboardOrgWorkflow", "child-happy", org["workflow_id"])
+            # 1b. The API's network checks before it accepts an org: that one, and one it refuses.
+            network = OrgNetwork(vpc_id=vpc_id, subnet_ids=subnets)
+            await save("ValidateOrgNetworkWorkflow", "valid", network_check_workflow_id(org["slug"], network))
+            refused, unknown = f"rv{tag}", network.model_copy(update={"vpc_id": "vpc-0000000000"})
+            try:
+                op.onboard(name=f"Replay {refused}", slug=refused, plan="pro", **unknown.model_dump())
+                raise AssertionError("an unknown VPC was accepted")
+            except ApiError as err:
+                assert err.status == 400, err
+            await save("ValidateOrgNetworkWorkflow", "unknown-vpc", network_check_workflow_id(refused, unknown))
 
             # 2. Onboarding with a permanent Neon fault: compensation, org failed.
             h.neon_fault("/projects/{project_id}/branches", 403, method="POST", count=-1)
@@ -105,6 +118,8 @@ async def record(out_dir: Path) -> list[Path]:
             await save("ProvisionWorkspaceWorkflow", "derived-agent-url", provision_workflow_id(ws["id"]))
 
             # 4. Provisioning whose agent never registers, with a short timeout: cleanup.
+            # The reservation appends to the org's audit chain, keyed like the stack's own records.
+            audit.configure(h.secrets["audit_hmac_key"])
             pool = AsyncConnectionPool(h.database_url, kwargs={"row_factory": dict_row}, open=False)
             await pool.open()
             try:

@@ -1,4 +1,5 @@
-"""The operator API for orgs, through aiohttp's test client, with the real Temporal dev server."""
+"""The operator API for orgs, through aiohttp's test client, with the real Temporal dev server (and a
+worker wherever an org is created: it answers the API's check of the org's network)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,8 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from api.app import create_app
 from domain.logs import configure_logging
+from tests.conftest import loopback_vpc
+from tests.helpers import seed_org
 from worker import build_worker
 
 
@@ -21,14 +24,26 @@ def slug() -> str:
     return f"a{uuid.uuid4().hex[:8]}"
 
 
-@pytest_asyncio.fixture
-async def api(settings, dev_env, task_queue):
-    app = create_app(settings.model_copy(update={"task_queue": task_queue}), temporal=dev_env.client)
+async def api_client(settings, dev_env, **settings_update) -> TestClient:
+    app = create_app(settings.model_copy(update=settings_update), temporal=dev_env.client)
     client = TestClient(TestServer(app))
     await client.start_server()
     client.session.headers["Authorization"] = f"Bearer {settings.provision_secret.get_secret_value()}"
+    return client
+
+
+@pytest_asyncio.fixture
+async def api(settings, dev_env, task_queue):
+    client = await api_client(settings, dev_env, task_queue=task_queue)
     yield client
     await client.close()
+
+
+@pytest_asyncio.fixture
+async def worker(settings, dev_env, pool, task_queue):
+    """The worker: it answers the API's network checks, and onboards the orgs the API accepts."""
+    async with build_worker(dev_env.client, settings, pool, task_queue=task_queue):
+        yield
 
 
 def body(network, **overrides):
@@ -64,17 +79,16 @@ async def test_onboard_through_api(api, settings, dev_env, pool, network, task_q
     # Two transient faults hold the workflow in create_database for a few seconds of retries,
     # long enough to see its live progress through the API.
     neon_faults("/projects/{project_id}/branches", 503, method="POST", count=2)
-    resp = await api.post("/cp/orgs", json=req)
-    assert resp.status == 202
-    created = await resp.json()
-    assert set(created) == {"id", "name", "slug", "plan", "neon_branch_id", "security_group_id", "status"}
-    assert created["status"] == "provisioning" and created["neon_branch_id"] is None
-    assert created["id"].startswith("org_")
-    assert resp.headers["Location"] == f"/api/v1/orgs/{req['slug']}"
-    assert resp.headers["Retry-After"] and resp.headers["Deprecation"] and resp.headers["Sunset"]
-
     seen: list[dict] = []
     async with build_worker(dev_env.client, settings, pool, task_queue=task_queue):
+        resp = await api.post("/cp/orgs", json=req)
+        assert resp.status == 202
+        created = await resp.json()
+        assert set(created) == {"id", "name", "slug", "plan", "neon_branch_id", "security_group_id", "status"}
+        assert created["status"] == "provisioning" and created["neon_branch_id"] is None
+        assert created["id"].startswith("org_")
+        assert resp.headers["Location"] == f"/api/v1/orgs/{req['slug']}"
+        assert resp.headers["Retry-After"] and resp.headers["Deprecation"] and resp.headers["Sunset"]
         org = await poll_until(api, req["slug"], {"active", "failed"}, seen=seen)
     assert org["status"] == "active", org["failure_reason"]
     assert any(p["step"] == "create_database" and p["steps_done"] == 2 and p["steps_total"] == 5 for p in seen), seen
@@ -84,9 +98,11 @@ async def test_onboard_through_api(api, settings, dev_env, pool, network, task_q
     assert org["progress"] is None  # finished: answered from the record
 
 
-async def test_same_post_twice_is_one_org_and_one_workflow(api, dev_env, pool, network):
+async def test_same_post_twice_is_one_org_and_one_workflow(api, settings, dev_env, pool, network, task_queue):
     req = body(network)
-    first = await (await api.post("/cp/orgs", json=req)).json()
+    async with build_worker(dev_env.client, settings, pool, task_queue=task_queue):
+        first = await (await api.post("/cp/orgs", json=req)).json()
+    # The repeat is not checked again (no worker answers now): it finds the org the first created.
     again = await api.post("/cp/orgs", json=req)
     assert again.status == 202
     assert (await again.json())["id"] == first["id"]
@@ -96,10 +112,11 @@ async def test_same_post_twice_is_one_org_and_one_workflow(api, dev_env, pool, n
     assert len(await workflows_for(dev_env, first["id"])) == 1
 
 
-async def test_same_slug_other_body_conflicts(api, pool, network):
+async def test_same_slug_other_body_conflicts(api, settings, dev_env, pool, network, task_queue):
     req = body(network)
-    assert (await api.post("/cp/orgs", json=req)).status == 202
-    resp = await api.post("/cp/orgs", json={**req, "plan": "enterprise"})
+    async with build_worker(dev_env.client, settings, pool, task_queue=task_queue):
+        assert (await api.post("/cp/orgs", json=req)).status == 202
+    resp = await api.post("/cp/orgs", json={**req, "plan": "enterprise", "vpc_id": "vpc-0000000000"})
     assert resp.status == 409
     err = await resp.json()
     assert err["code"] == "ORG_EXISTS" and req["slug"] in err["error"]
@@ -138,6 +155,63 @@ async def test_bad_input_is_refused_and_creates_nothing(api, dev_env, pool, netw
     assert await org_count(pool) == before
 
 
+def _missing_vpc(network, other):
+    vpc_id, subnets = network
+    return {"vpc_id": "vpc-0000000000"}, [
+        "vpc vpc-0000000000 does not exist in us-east-1",
+        *(f"subnet {s} belongs to {vpc_id} not vpc-0000000000" for s in subnets),
+    ]
+
+
+def _missing_subnet(network, other):
+    vpc_id, subnets = network
+    return {"subnet_ids": [subnets[0], "subnet-0000000000"]}, ["subnet subnet-0000000000 does not exist in us-east-1"]
+
+
+def _foreign_subnet(network, other):
+    vpc_id, subnets = network
+    return {"subnet_ids": [subnets[0], other[1][1]]}, [f"subnet {other[1][1]} belongs to {other[0]} not {vpc_id}"]
+
+
+@pytest.mark.parametrize("wrong", [_missing_vpc, _missing_subnet, _foreign_subnet], ids=lambda f: f.__name__[1:])
+async def test_a_network_unknown_to_ec2_is_refused_and_creates_nothing(api, worker, dev_env, pool, network, ec2, wrong):
+    override, problems = wrong(network, loopback_vpc(ec2))
+    req = body(network, **override)
+    before = await org_count(pool)
+    resp = await api.post("/api/v1/orgs", json=req)
+    assert resp.status == 400
+    err = await resp.json()
+    assert err["code"] == "INVALID_NETWORK" and err["error"] == "; ".join(problems), err
+    assert await org_count(pool) == before
+    assert (await api.get(f"/api/v1/orgs/{req['slug']}")).status == 404
+    # The worker answered (the API holds no EC2 credentials), and nothing else ran for the slug.
+    assert await workflow_types_once_checked(dev_env, req["slug"]) == {"ValidateOrgNetworkWorkflow"}
+
+
+async def workflow_types_once_checked(dev_env, slug_: str) -> set[str]:
+    """The types of every workflow for the slug, once its network check is visible in the list."""
+    deadline = asyncio.get_running_loop().time() + 10
+    while True:
+        found = {w.workflow_type async for w in dev_env.client.list_workflows(f"TenantflowOrgSlug = '{slug_}'")}
+        if "ValidateOrgNetworkWorkflow" in found or asyncio.get_running_loop().time() > deadline:
+            return found
+        await asyncio.sleep(0.1)
+
+
+async def test_an_unanswered_network_check_is_503_and_creates_nothing(settings, dev_env, pool, network, task_queue):
+    client = await api_client(settings, dev_env, task_queue=task_queue, command_timeout_seconds=1.0)
+    try:
+        req = body(network)
+        before = await org_count(pool)
+        resp = await client.post("/api/v1/orgs", json=req)  # no worker runs
+        assert resp.status == 503 and resp.headers["Retry-After"]
+        err = await resp.json()
+        assert err["code"] == "UNAVAILABLE" and "network could not be checked" in err["error"], err
+        assert await org_count(pool) == before
+    finally:
+        await client.close()
+
+
 async def test_malformed_requests(api, pool):
     before = await org_count(pool)
     resp = await api.post("/cp/orgs", data="{not json", headers={"Content-Type": "application/json"})
@@ -170,8 +244,14 @@ async def test_unknown_and_invalid_slugs(api):
 
 
 async def test_status_answers_from_database_while_no_worker_runs(api, settings, dev_env, pool, network, task_queue):
-    req = body(network)
-    created = await (await api.post("/cp/orgs", json=req)).json()
+    # Recorded, and its workflow not yet started (as after a crash between the two): the repeated
+    # POST starts it, with no worker to run it.
+    seeded = await seed_org(pool, slug(), *network)
+    req = body(network, name=seeded.name, slug=seeded.slug)
+    resp = await api.post("/cp/orgs", json=req)
+    assert resp.status == 202
+    created = await resp.json()
+    assert created["id"] == seeded.org_id
     for _ in range(3):
         resp = await api.get(f"/cp/orgs/{req['slug']}")
         assert resp.status == 200
@@ -184,20 +264,26 @@ async def test_status_answers_from_database_while_no_worker_runs(api, settings, 
     assert org["status"] == "active"
 
 
-async def test_dry_run_validates_and_echoes_without_creating(api, dev_env, pool, network):
+async def test_dry_run_validates_and_echoes_without_creating(api, worker, dev_env, pool, network):
     req = body(network)
     before = await org_count(pool)
     resp = await api.post("/api/v1/orgs?dry_run=true", json=req)
     assert resp.status == 200
     echo = await resp.json()
-    assert echo["dry_run"] is True and echo["slug_available"] is True and echo["org"]["slug"] == req["slug"]
+    assert echo["dry_run"] is True and echo["valid"] is True and echo["slug_available"] is True
+    assert echo["org"]["slug"] == req["slug"]
     assert (await api.post("/api/v1/orgs?dry_run=true", json={**req, "plan": "gold"})).status == 400
+    # A network EC2 does not know is refused as the real request would be.
+    resp = await api.post("/api/v1/orgs?dry_run=true", json={**req, "vpc_id": "vpc-0000000000"})
+    assert resp.status == 400
+    err = await resp.json()
+    assert err["code"] == "INVALID_NETWORK" and "vpc vpc-0000000000 does not exist" in err["error"]
     assert (await api.post("/api/v1/orgs?dry_run=maybe", json=req)).status == 400
     assert await org_count(pool) == before
     assert (await api.get(f"/api/v1/orgs/{req['slug']}")).status == 404
 
 
-async def test_canonical_and_mirror_paths_are_the_same_api(api, network):
+async def test_canonical_and_mirror_paths_are_the_same_api(api, worker, network):
     req = body(network)
     resp = await api.post("/api/v1/orgs", json=req)
     assert resp.status == 202 and "Deprecation" not in resp.headers
@@ -231,7 +317,7 @@ async def test_operators_list_every_org_with_filters_and_pages(api, pool, networ
     prefix = f"l{uuid.uuid4().hex[:6]}"
     slugs = sorted(f"{prefix}-{i}" for i in range(5))
     for s in slugs:
-        assert (await api.post("/cp/orgs", json=body(network, slug=s))).status == 202
+        await seed_org(pool, s, *network)
     async with pool.connection() as conn:  # as if one had been suspended meanwhile
         await conn.execute(
             "UPDATE orgs SET status = 'suspended', status_reason = 'unpaid' WHERE slug = %s", (slugs[2],)

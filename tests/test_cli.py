@@ -70,10 +70,10 @@ def new_slug() -> str:
     return f"c{secrets.token_hex(4)}"
 
 
-async def onboard(cli: Cli, network, slug: str) -> tuple[int, str]:
+async def onboard(cli: Cli, network, slug: str, name: str = "Cli Corp") -> tuple[int, str]:
     vpc_id, subnets = network
     code, out, err = await cli(
-        "onboard", "--slug", slug, "--name", "Cli Corp", "--vpc-id", vpc_id, "--subnet-ids", ",".join(subnets)
+        "onboard", "--slug", slug, "--name", name, "--vpc-id", vpc_id, "--subnet-ids", ",".join(subnets)
     )
     assert err == "", err
     return code, out
@@ -135,7 +135,7 @@ async def test_suspend_resume_delete_exit_codes_and_first_lines(cli, network, bo
     assert code == 0 and deleted["status"] == "deleted" and deleted["receipt"]["slug"] == slug
 
 
-async def test_a_failed_org_exits_1_and_its_delete_exits_0(cli, network, neon_faults):
+async def test_a_failed_org_exits_1_and_its_delete_exits_0(cli, network, neon_faults, neon_url):
     slug = new_slug()
     neon_faults("/projects/{project_id}/branches", 403, method="POST", count=-1)
     code, out = await onboard(cli, network, slug)
@@ -149,6 +149,34 @@ async def test_a_failed_org_exits_1_and_its_delete_exits_0(cli, network, neon_fa
     assert code == 0, out
     assert out.splitlines()[0].startswith(f"{slug}: deleting (delete accepted"), out  # never the stale "failed"
     assert "FAILED" not in out and out.splitlines()[-1].startswith(f"deleted {slug}: "), out
+
+    # The deletion released the slug: another request for it is a new org.
+    requests.delete(f"{neon_url[0]}/__devstack/faults", timeout=5).raise_for_status()
+    code, out = await onboard(cli, network, slug, name="Cli Corp Again")
+    assert code == 0 and '"status": "active"' in out, out
+    code, again = await cli.json("status", slug)
+    assert code == 0 and again["name"] == "Cli Corp Again" and again["id"] != org["id"], again
+
+
+async def test_a_failed_onboarding_is_retried_until_active(cli, network, neon_faults, neon_url):
+    slug = new_slug()
+    neon_faults("/projects/{project_id}/branches", 403, method="POST", count=-1)
+    code, out = await onboard(cli, network, slug)
+    assert code == 1 and "NeonAccessDenied" in out, out
+    requests.delete(f"{neon_url[0]}/__devstack/faults", timeout=5).raise_for_status()
+    code, out, _ = await settles(cli, "retry", slug)
+    assert code == 0 and '"status": "active"' in out, out
+    code, org = await cli.json("status", slug)
+    assert code == 0 and org["status"] == "active" and org["failure_reason"] is None, org
+
+
+async def test_onboarding_a_network_ec2_does_not_know_is_refused_in_one_line(cli, network):
+    slug = new_slug()
+    code, out = await onboard(cli, ("vpc-0000000000", network[1]), slug)
+    assert code == 2, out
+    assert out.startswith("refused (400): vpc vpc-0000000000 does not exist in us-east-1; ") and out.count("\n") == 1
+    code, out, _ = await cli("status", slug)
+    assert code == 2 and out.startswith("refused (404)"), out
 
 
 async def test_a_parked_teardown_exits_3_until_it_is_finished(cli, network, neon_faults, neon_url):

@@ -6,8 +6,9 @@ headers and body schema.
 The app runs on a real port, on its own thread and event loop (the tests' session loop must stay
 free while schemathesis blocks on its synchronous HTTP calls), with its own Temporal client made
 in that loop. A worker in that loop runs the orgs' own workflows (``OrgWorkflow``: the commands'
-Updates, their validators and status records) and holds every other workflow open (onboarding,
-suspension, deletion, workspaces): an org's status changes only by a command the fuzzer sent.
+Updates, their validators and status records) and the network check of a new org (against moto),
+and holds every other workflow open (onboarding, suspension, deletion, workspaces): an org's status
+changes only by a command the fuzzer sent.
 """
 
 from __future__ import annotations
@@ -53,6 +54,7 @@ from domain.operations import RECONCILE_SCHEDULE_ID
 from tests.helpers import onboard_active_org, seed_org
 from worker import build_activities, ensure_reconcile_schedule
 from workflows.org import OrgWorkflow
+from workflows.validate_org_network import ValidateOrgNetworkWorkflow
 
 # Per operation: schemathesis' explicit examples and coverage (boundary) cases, plus this many
 # generated ones. ~25 operations x (25 + boundary cases) take well under a minute.
@@ -95,7 +97,7 @@ class ApiThread:
         self.worker = Worker(
             temporal,
             task_queue=self.settings.task_queue,
-            workflows=[OrgWorkflow, HeldOpen],
+            workflows=[OrgWorkflow, ValidateOrgNetworkWorkflow, HeldOpen],
             activities=build_activities(self.settings, self.pool, temporal),
         )
         self.worker_run = asyncio.create_task(self.worker.run())
@@ -129,6 +131,7 @@ class FuzzEnv:
         self.operator = ""
         self.org_slug = ""  # active org; its key authenticates the tenant routes
         self.org_key = ""
+        self.network: tuple[str, list[str]] = ("", [])  # a VPC and subnets that exist: new orgs go there
         self.victim_slug = ""  # the org DELETE /api/v1/orgs/{slug} may delete
         self.purged_slug = ""  # a hard-deleted org: GET answers with its receipt
         self.held_slug = ""  # an active org the fuzzer may suspend (its suspension is held open)
@@ -195,6 +198,7 @@ async def fuzz_env(settings, dev_env, pool, ec2):
     try:
         env = FuzzEnv(server.url)
         env.report_id = str(report_id)
+        env.network = (vpc_id, subnets)
         env.operator = app_settings.provision_secret.get_secret_value()
         env.org_slug, env.victim_slug, env.purged_slug = org["slug"], victim.slug, purged.slug
         env.held_slug, env.failed_slug = held.slug, failed.slug
@@ -330,6 +334,8 @@ def steer(case, env: FuzzEnv) -> None:
             case.body["workspace_id"] = env.workspace_id
         if method == "DELETE" and path == "/api/v1/orgs/{slug}":
             case.body["confirm"] = env.victim_slug
+        if method == "POST" and path == "/api/v1/orgs":
+            case.body["vpc_id"], case.body["subnet_ids"] = env.network[0], list(env.network[1])
 
 
 # What each operation answered, for test_fuzzer_reached_the_handlers.

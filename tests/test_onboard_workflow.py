@@ -121,6 +121,22 @@ async def test_neon_permanent_failure_leaves_nothing(skip_env, settings, pool, e
     assert groups_named(ec2, inp) == []
 
 
+async def test_a_network_that_changed_since_acceptance_fails_validate_and_leaves_nothing(
+    skip_env, settings, pool, ec2, network, task_queue
+):
+    """The API checked the network before it accepted the org; onboarding checks it again, since a
+    subnet may be deleted (or an id mistyped by a direct start) in between."""
+    vpc_id, subnets = network
+    inp = await seed_org(pool, slug(), vpc_id, [subnets[0], "subnet-0000000000"])
+    with pytest.raises(WorkflowFailureError):
+        await run_onboarding(skip_env, settings, pool, task_queue, inp)
+    row = await OrgRepo(pool).get(inp.org_id)
+    assert row["status"] == "failed"
+    assert row["failure_reason"] == "validate: InvalidNetwork: subnet subnet-0000000000 does not exist in us-east-1"
+    assert neon_branches_named(settings, resource_name(inp.slug, inp.org_id)) == []
+    assert groups_named(ec2, inp) == []
+
+
 class FailingIngressEc2:
     """The real moto client, except that opening the port is refused as real AWS would refuse it
     for a role without ec2:AuthorizeSecurityGroupIngress."""
