@@ -8,7 +8,7 @@
     python starter.py quota acme --max-workspaces 10 --max-tier 3 --billing-plan pro
     python starter.py mint-key acme --name ci [--scopes read,workspaces:write] [--expires-at 2027-01-01T00:00:00Z]
     python starter.py operator-token create alice        # prints a named operator token once
-    python starter.py operator-token list | revoke tfo_0123456789ab
+    python starter.py operator-token list [--name alice] | revoke tfo_0123456789ab
     python starter.py workspace create --name agent-1 --role "Inference worker" --runtime hermes \\
         --tier 2 --model claude-sonnet-4                  # as the tenant: TENANTFLOW_ORG_KEY
     python starter.py workspace list [--name agent] | status ws_0123456789ab | delete ws_0123456789ab
@@ -159,8 +159,8 @@ class OperatorClient(ApiClient):
     def create_operator_token(self, name: str) -> dict:
         return self.request("POST", "/api/v1/operator-tokens", {"name": name})[1]
 
-    def operator_tokens(self) -> list[dict]:
-        return self.request("GET", "/api/v1/operator-tokens")[1]["tokens"]
+    def operator_tokens(self, name: str = "") -> list[dict]:
+        return self.pages("/api/v1/operator-tokens", "tokens", name=name, limit=200)
 
     def revoke_operator_token(self, token_id: str) -> dict:
         return self.request("DELETE", f"/api/v1/operator-tokens/{token_id}")[1]
@@ -575,7 +575,9 @@ def _parser() -> argparse.ArgumentParser:
     add(tokens_sub, "create", "a new token for NAME (a second live one while rotating)").add_argument(
         "name", help="a-z first, then a-z 0-9 . _ - (2-40 characters)"
     )
-    add(tokens_sub, "list", "every token, without secrets")
+    add(tokens_sub, "list", "every token, without secrets").add_argument(
+        "--name", default="", help="only tokens whose name contains this (any case)"
+    )
     add(tokens_sub, "revoke", "revoke a token").add_argument("token_id", help="its id, tfo_<id>")
 
     suspend = add(sub, "suspend", "suspend an org (keys refused, creation frozen) and follow it until suspended")
@@ -724,7 +726,7 @@ def _operator_token(client: OperatorClient, args: argparse.Namespace, show: Outp
             f"{token['token']}\n(shown once: store it now; id {token['prefix']}; use it as TENANTFLOW_OPERATOR_TOKEN)",
         )
     elif args.token_command == "list":
-        listed = client.operator_tokens()
+        listed = client.operator_tokens(args.name)
         rows = [
             (
                 t["prefix"],
@@ -734,7 +736,7 @@ def _operator_token(client: OperatorClient, args: argparse.Namespace, show: Outp
             )
             for t in listed
         ]
-        show.table({"tokens": listed}, rows, "no operator tokens")
+        show.table({"tokens": listed}, rows, "no operator tokens match" if args.name else "no operator tokens")
     else:
         revoked = client.revoke_operator_token(args.token_id)
         show.result(revoked, f"revoked {revoked['prefix']} ({revoked['name']})")
