@@ -22,6 +22,7 @@
     python starter.py audit --verify                     # every org's chain against the newest anchor
     python starter.py reconcile report [ID]              # the latest reconcile reports, or one in full
     python starter.py reconcile run                      # reconcile now (the schedule's caps) and show its report
+    python starter.py reconcile delete-orphan i-0123456789abcdef0 [--report 42]   # one orphan a report names
 
 Every command takes --json: one JSON document on stdout (the API's answer, or for a followed
 operation the org or workspace as it settled; for a refusal the API's error body), no progress.
@@ -203,6 +204,15 @@ class OperatorClient(ApiClient):
 
     def run_reconcile(self) -> dict:
         return self.request("POST", "/api/v1/reconcile/runs", {})[1]
+
+    def delete_orphan(self, report_id: int, cloud_id: str) -> tuple[int, dict]:
+        """202 and the deletion now under way, or 200 and the one that already settled it."""
+        return self.request(
+            "POST", "/api/v1/reconcile/orphan-deletions", {"report_id": report_id, "cloud_id": cloud_id}
+        )
+
+    def orphan_deletion(self, deletion_id: int) -> dict:
+        return self.request("GET", f"/api/v1/reconcile/orphan-deletions/{deletion_id}")[1]
 
     def verify_audit(self) -> dict:
         return self.request("GET", "/api/v1/audit")[1]
@@ -614,6 +624,15 @@ def _parser() -> argparse.ArgumentParser:
     report.add_argument("--limit", type=int, default=20, help="how many of the latest to list (1-200)")
     run = add(reconcile_sub, "run", "reconcile now, with the schedule's caps, and show the run's report")
     run.add_argument("--wait", type=float, default=300.0, metavar="SECONDS", help="how long to wait for its report")
+    drop = add(
+        reconcile_sub,
+        "delete-orphan",
+        "delete one orphan a report names, re-checked first and within the caps: deleted or already gone (0),"
+        " failed (1), refused (2)",
+    )
+    drop.add_argument("cloud_id", help="the orphan's cloud id as the report shows it (i-..., sg-..., br-...)")
+    drop.add_argument("--report", type=int, metavar="ID", help="the report that names it (default: the newest report)")
+    drop.add_argument("--wait", type=float, default=300.0, metavar="SECONDS", help="how long to wait for the outcome")
 
     ws = add(sub, "workspace", "the tenant's workspaces (with TENANTFLOW_ORG_KEY)")
     ws_sub = ws.add_subparsers(dest="ws_command", required=True, metavar="ACTION")
@@ -826,7 +845,52 @@ def report_summary(r: dict) -> tuple[object, ...]:
     return (r["id"], r["finished_at"], r["workflow_id"], f"{r['orphans']} orphans, {r['drifts']} drifts", caps)
 
 
+ORPHAN_DELETION_EXITS = {"deleted": 0, "already_gone": 0, "failed": 1, "refused": EXIT_REFUSED}
+
+
+def orphan_deletion_line(d: dict) -> str:
+    what = f"{d['kind']} {d['cloud_id']}"
+    if d["status"] == "refused":
+        return f"REFUSED ({d['code']}): {what} left alone, {d['reason']}"
+    if d["status"] == "failed":
+        return f"FAILED: {what}: {d['reason']}"
+    gone = f"deleted {what}" if d["status"] == "deleted" else f"{what} was already gone: nothing deleted"
+    return f"{gone} (deletion {d['id']} from report {d['report_id']}, asked by {d['requested_by']})"
+
+
+def _delete_orphan(client: OperatorClient, args: argparse.Namespace, show: Output) -> int:
+    report_id = args.report
+    if report_id is None:
+        newest = client.reconcile_reports(1)
+        if not newest:
+            raise UsageError("no reconcile report yet: run one first (starter.py reconcile run)")
+        report_id = newest[0]["id"]
+    status, deletion = client.delete_orphan(report_id, args.cloud_id)
+    if status == 202:
+        show.line(f"deleting {deletion['kind']} {deletion['cloud_id']} (report {report_id}, {deletion['workflow_id']})")
+        deletion_id = deletion["id"]
+        try:
+            deletion = follow(
+                lambda: client.orphan_deletion(deletion_id),
+                args.cloud_id,
+                lambda d: None if d["status"] == "deleting" else "done",
+                out=None,
+                timeout=args.wait,
+            )
+        except TimeoutError:
+            show.result(
+                deletion,
+                f"still deleting after {args.wait:g}s: it goes on"
+                f" (GET /api/v1/reconcile/orphan-deletions/{deletion_id})",
+            )
+            return EXIT_UNREACHABLE
+    show.result(deletion, orphan_deletion_line(deletion))
+    return ORPHAN_DELETION_EXITS[deletion["status"]]
+
+
 def _reconcile(client: OperatorClient, args: argparse.Namespace, show: Output) -> int:
+    if args.reconcile_command == "delete-orphan":
+        return _delete_orphan(client, args, show)
     if args.reconcile_command == "report" and args.report_id:
         report = client.reconcile_report(args.report_id)
         lines = [f"report {report['id']} ({report['workflow_id']}), finished {report['finished_at']}"]
