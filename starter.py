@@ -8,7 +8,7 @@
     python starter.py quota acme --max-workspaces 10 --max-tier 3 --billing-plan pro
     python starter.py mint-key acme --name ci [--scopes read,workspaces:write] [--expires-at 2027-01-01T00:00:00Z]
     python starter.py operator-token create alice        # prints a named operator token once
-    python starter.py operator-token list | revoke tfo_0123456789ab
+    python starter.py operator-token list [--name alice] | revoke tfo_0123456789ab
     python starter.py workspace create --name agent-1 --role "Inference worker" --runtime hermes \\
         --tier 2 --model claude-sonnet-4                  # as the tenant: TENANTFLOW_ORG_KEY
     python starter.py workspace list [--name agent] | status ws_0123456789ab | delete ws_0123456789ab
@@ -22,6 +22,7 @@
     python starter.py audit --verify                     # every org's chain against the newest anchor
     python starter.py reconcile report [ID]              # the latest reconcile reports, or one in full
     python starter.py reconcile run                      # reconcile now (the schedule's caps) and show its report
+    python starter.py reconcile delete-orphan i-0123456789abcdef0 [--report 42]   # one orphan a report names
 
 Every command takes --json: one JSON document on stdout (the API's answer, or for a followed
 operation the org or workspace as it settled; for a refusal the API's error body), no progress.
@@ -159,8 +160,8 @@ class OperatorClient(ApiClient):
     def create_operator_token(self, name: str) -> dict:
         return self.request("POST", "/api/v1/operator-tokens", {"name": name})[1]
 
-    def operator_tokens(self) -> list[dict]:
-        return self.request("GET", "/api/v1/operator-tokens")[1]["tokens"]
+    def operator_tokens(self, name: str = "") -> list[dict]:
+        return self.pages("/api/v1/operator-tokens", "tokens", name=name, limit=200)
 
     def revoke_operator_token(self, token_id: str) -> dict:
         return self.request("DELETE", f"/api/v1/operator-tokens/{token_id}")[1]
@@ -203,6 +204,15 @@ class OperatorClient(ApiClient):
 
     def run_reconcile(self) -> dict:
         return self.request("POST", "/api/v1/reconcile/runs", {})[1]
+
+    def delete_orphan(self, report_id: int, cloud_id: str) -> tuple[int, dict]:
+        """202 and the deletion now under way, or 200 and the one that already settled it."""
+        return self.request(
+            "POST", "/api/v1/reconcile/orphan-deletions", {"report_id": report_id, "cloud_id": cloud_id}
+        )
+
+    def orphan_deletion(self, deletion_id: int) -> dict:
+        return self.request("GET", f"/api/v1/reconcile/orphan-deletions/{deletion_id}")[1]
 
     def verify_audit(self) -> dict:
         return self.request("GET", "/api/v1/audit")[1]
@@ -575,7 +585,9 @@ def _parser() -> argparse.ArgumentParser:
     add(tokens_sub, "create", "a new token for NAME (a second live one while rotating)").add_argument(
         "name", help="a-z first, then a-z 0-9 . _ - (2-40 characters)"
     )
-    add(tokens_sub, "list", "every token, without secrets")
+    add(tokens_sub, "list", "every token, without secrets").add_argument(
+        "--name", default="", help="only tokens whose name contains this (any case)"
+    )
     add(tokens_sub, "revoke", "revoke a token").add_argument("token_id", help="its id, tfo_<id>")
 
     suspend = add(sub, "suspend", "suspend an org (keys refused, creation frozen) and follow it until suspended")
@@ -612,6 +624,15 @@ def _parser() -> argparse.ArgumentParser:
     report.add_argument("--limit", type=int, default=20, help="how many of the latest to list (1-200)")
     run = add(reconcile_sub, "run", "reconcile now, with the schedule's caps, and show the run's report")
     run.add_argument("--wait", type=float, default=300.0, metavar="SECONDS", help="how long to wait for its report")
+    drop = add(
+        reconcile_sub,
+        "delete-orphan",
+        "delete one orphan a report names, re-checked first and within the caps: deleted or already gone (0),"
+        " failed (1), refused (2)",
+    )
+    drop.add_argument("cloud_id", help="the orphan's cloud id as the report shows it (i-..., sg-..., br-...)")
+    drop.add_argument("--report", type=int, metavar="ID", help="the report that names it (default: the newest report)")
+    drop.add_argument("--wait", type=float, default=300.0, metavar="SECONDS", help="how long to wait for the outcome")
 
     ws = add(sub, "workspace", "the tenant's workspaces (with TENANTFLOW_ORG_KEY)")
     ws_sub = ws.add_subparsers(dest="ws_command", required=True, metavar="ACTION")
@@ -724,7 +745,7 @@ def _operator_token(client: OperatorClient, args: argparse.Namespace, show: Outp
             f"{token['token']}\n(shown once: store it now; id {token['prefix']}; use it as TENANTFLOW_OPERATOR_TOKEN)",
         )
     elif args.token_command == "list":
-        listed = client.operator_tokens()
+        listed = client.operator_tokens(args.name)
         rows = [
             (
                 t["prefix"],
@@ -734,7 +755,7 @@ def _operator_token(client: OperatorClient, args: argparse.Namespace, show: Outp
             )
             for t in listed
         ]
-        show.table({"tokens": listed}, rows, "no operator tokens")
+        show.table({"tokens": listed}, rows, "no operator tokens match" if args.name else "no operator tokens")
     else:
         revoked = client.revoke_operator_token(args.token_id)
         show.result(revoked, f"revoked {revoked['prefix']} ({revoked['name']})")
@@ -824,7 +845,52 @@ def report_summary(r: dict) -> tuple[object, ...]:
     return (r["id"], r["finished_at"], r["workflow_id"], f"{r['orphans']} orphans, {r['drifts']} drifts", caps)
 
 
+ORPHAN_DELETION_EXITS = {"deleted": 0, "already_gone": 0, "failed": 1, "refused": EXIT_REFUSED}
+
+
+def orphan_deletion_line(d: dict) -> str:
+    what = f"{d['kind']} {d['cloud_id']}"
+    if d["status"] == "refused":
+        return f"REFUSED ({d['code']}): {what} left alone, {d['reason']}"
+    if d["status"] == "failed":
+        return f"FAILED: {what}: {d['reason']}"
+    gone = f"deleted {what}" if d["status"] == "deleted" else f"{what} was already gone: nothing deleted"
+    return f"{gone} (deletion {d['id']} from report {d['report_id']}, asked by {d['requested_by']})"
+
+
+def _delete_orphan(client: OperatorClient, args: argparse.Namespace, show: Output) -> int:
+    report_id = args.report
+    if report_id is None:
+        newest = client.reconcile_reports(1)
+        if not newest:
+            raise UsageError("no reconcile report yet: run one first (starter.py reconcile run)")
+        report_id = newest[0]["id"]
+    status, deletion = client.delete_orphan(report_id, args.cloud_id)
+    if status == 202:
+        show.line(f"deleting {deletion['kind']} {deletion['cloud_id']} (report {report_id}, {deletion['workflow_id']})")
+        deletion_id = deletion["id"]
+        try:
+            deletion = follow(
+                lambda: client.orphan_deletion(deletion_id),
+                args.cloud_id,
+                lambda d: None if d["status"] == "deleting" else "done",
+                out=None,
+                timeout=args.wait,
+            )
+        except TimeoutError:
+            show.result(
+                deletion,
+                f"still deleting after {args.wait:g}s: it goes on"
+                f" (GET /api/v1/reconcile/orphan-deletions/{deletion_id})",
+            )
+            return EXIT_UNREACHABLE
+    show.result(deletion, orphan_deletion_line(deletion))
+    return ORPHAN_DELETION_EXITS[deletion["status"]]
+
+
 def _reconcile(client: OperatorClient, args: argparse.Namespace, show: Output) -> int:
+    if args.reconcile_command == "delete-orphan":
+        return _delete_orphan(client, args, show)
     if args.reconcile_command == "report" and args.report_id:
         report = client.reconcile_report(args.report_id)
         lines = [f"report {report['id']} ({report['workflow_id']}), finished {report['finished_at']}"]

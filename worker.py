@@ -52,6 +52,7 @@ from domain.reconcile import ReconcileInput
 from domain.settings import Settings, get_settings
 from domain.temporal import connect_temporal
 from workflows.audit_anchor import AuditAnchorWorkflow
+from workflows.delete_orphan import DeleteOrphanWorkflow
 from workflows.deprovision_workspace import DeprovisionWorkspaceWorkflow
 from workflows.hard_delete_org import HardDeleteOrgWorkflow
 from workflows.onboard_org import OnboardOrgWorkflow
@@ -72,6 +73,7 @@ WORKFLOWS = [
     HardDeleteOrgWorkflow,
     ReconcileWorkflowV2,
     ReconcileWorkflow,
+    DeleteOrphanWorkflow,
     AuditAnchorWorkflow,
     ValidateOrgNetworkWorkflow,
 ]
@@ -137,6 +139,8 @@ def build_activities(settings: Settings, pool: Pool, client: Client, **overrides
         reconcile.inventory_neon,
         reconcile.read_records,
         reconcile.save_report,
+        reconcile.recheck_orphan,
+        reconcile.finish_orphan_deletion,
     ]
 
 

@@ -1,5 +1,6 @@
 """Reconciliation's activities: list what exists in AWS and Neon (a page at a time), read what the
-ledger and the org rows record about it, re-check and delete an orphan, store the report.
+ledger and the org rows record about it, re-check and delete an orphan, store the report, record
+the outcome of an orphan an operator named.
 
 The rules that decide what is an orphan or drift are pure and live in ``domain.reconcile``. The
 paged activities (``inventory_page``, ``drift_page``, ``save_report_part``) serve
@@ -40,11 +41,14 @@ from domain.reconcile import (
     InventoryPage,
     InventoryPageRequest,
     LedgerEntry,
+    OrphanCheck,
+    OrphanDeletionResult,
     OrphanReason,
     ReconcileReport,
     Records,
     RecordsRequest,
     ReportPart,
+    accounted_for,
     find_orphans,
     may_have_drifted,
     orphan_reason,
@@ -178,29 +182,31 @@ class ReconcileActivities:
         ], cursor
 
     async def _present(self, entries: Iterable[LedgerEntry]) -> set[tuple[str, str]]:
-        """Which of these ledger rows' resources exist, as (kind, cloud id): the same resources the
-        inventory lists, looked up by id."""
+        """Which of these ledger rows' resources exist, as (kind, cloud id)."""
         ids: dict[ResourceKind, list[str]] = {}
         for entry in entries:
             if entry.cloud_id:
                 ids.setdefault(entry.kind, []).append(entry.cloud_id)
-        present: set[tuple[str, str]] = set()
-        for kind, cloud_ids in ids.items():
-            if kind in (ResourceKind.ec2_instance, ResourceKind.security_group):
-                for start in range(0, len(cloud_ids), _IDS_PER_FILTER):
-                    present |= {
-                        (kind, r.cloud_id)
-                        for r in await self._ec2_by_id(kind, cloud_ids[start : start + _IDS_PER_FILTER])
-                    }
-            else:
-                wanted = set(cloud_ids)
-                cursor: str | None = None
-                while wanted:
-                    page, cursor = await self._list_page(kind, cursor, None)
-                    present |= {(kind, r.cloud_id) for r in page if r.cloud_id in wanted}
-                    if cursor is None:
-                        break
-        return present
+        return {(kind, r.cloud_id) for kind, cloud_ids in ids.items() for r in await self._existing(kind, cloud_ids)}
+
+    async def _existing(self, kind: ResourceKind, cloud_ids: list[str]) -> list[CloudResource]:
+        """Those of these resources of one kind that exist, as they are now: the same resources
+        the inventory lists, looked up by id."""
+        if kind in (ResourceKind.ec2_instance, ResourceKind.security_group):
+            found: list[CloudResource] = []
+            for start in range(0, len(cloud_ids), _IDS_PER_FILTER):
+                found += await self._ec2_by_id(kind, cloud_ids[start : start + _IDS_PER_FILTER])
+            return found
+        wanted = set(cloud_ids)
+        found = []
+        cursor: str | None = None
+        while wanted:
+            page, cursor = await self._list_page(kind, cursor, None)
+            found += [r for r in page if r.cloud_id in wanted]
+            wanted -= {r.cloud_id for r in page}
+            if cursor is None:
+                break
+        return found
 
     async def _ec2_by_id(self, kind: ResourceKind, cloud_ids: list[str]) -> list[CloudResource]:
         if kind == ResourceKind.ec2_instance:
@@ -280,6 +286,33 @@ class ReconcileActivities:
             findings=[f.model_dump(mode="json") for f in report.findings],
             deleted=[d.model_dump(mode="json") for d in report.deleted],
             detail={"org_ids": report.org_ids, "budget": report.budget.model_dump(mode="json")},
+        )
+
+    # -- DeleteOrphanWorkflow: one orphan an operator named ---------------------------------------
+
+    @activity.defn
+    async def recheck_orphan(self, orphan: Finding) -> OrphanCheck:
+        """A reported orphan as it is now, by the reconciler's own rules: whether it still exists
+        (read again from AWS or Neon, with its current tags) and is still an orphan."""
+        found = await self._existing(orphan.kind, [orphan.cloud_id] if orphan.cloud_id else [])
+        if not found:
+            return OrphanCheck(exists=False)
+        resource = found[0]
+        records = await self._read(RecordsRequest.about([resource], created_in_orgs=[]))
+        still = find_orphans([resource], records)
+        activity.logger.info(
+            "orphan re-checked",
+            extra={"kind": resource.kind, "cloud_id": resource.cloud_id, "orphan": bool(still)},
+        )
+        if still:
+            return OrphanCheck(exists=True, orphan=still[0])
+        return OrphanCheck(exists=True, accounted_for=accounted_for(resource, records))
+
+    @activity.defn
+    async def finish_orphan_deletion(self, result: OrphanDeletionResult) -> None:
+        """Record a named deletion's outcome (audited as the operator who asked); once."""
+        await self._repo.finish_orphan_deletion(
+            result.deletion_id, status=result.status.value, code=result.code, reason=result.reason
         )
 
     # -- ReconcileWorkflow: the whole inventory at once -----------------------------------------

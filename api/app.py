@@ -16,6 +16,7 @@ from api import (
     operator_workspaces,
     org_keys,
     orgs,
+    orphan_deletions,
     reconcile_reports,
     registry,
     workspaces,
@@ -103,6 +104,7 @@ def create_app(settings: Settings, *, temporal: Client | None = None) -> web.App
     app.cleanup_ctx.append(rate_limits_context(settings))
     add_versioned_routes(app, *(module.routes for module in ROUTE_MODULES))
     app.add_routes(operator_tokens.routes)
+    app.add_routes(orphan_deletions.routes)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics)

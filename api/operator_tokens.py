@@ -13,6 +13,7 @@ from aiohttp import web
 
 from api.auth import BOOTSTRAP_PRINCIPAL, require_operator
 from api.errors import ApiError, read_json
+from api.paging import name_filter, page_of, page_query
 from api.schemas import OperatorTokenCreateRequest
 from api.state import OPERATOR_TOKENS
 from api.versioning import API_V1
@@ -21,6 +22,7 @@ from db.operators import NameFull
 # New routes: canonical paths only, no deprecated mirror.
 routes = web.RouteTableDef()
 _TOKEN_ID = re.compile(r"^(?:tfo_)?([0-9a-f]{12})$")
+_CURSOR = re.compile(r"[0-9a-f]{12}")
 
 
 def token_view(row: dict[str, Any]) -> dict[str, Any]:
@@ -50,8 +52,15 @@ async def create_operator_token(request: web.Request) -> web.Response:
 
 @routes.get(f"{API_V1}/operator-tokens")
 async def list_operator_tokens(request: web.Request) -> web.Response:
+    """Tokens oldest first, revoked ones included: ``?name=``, ``?limit=``, ``?cursor=``."""
     await require_operator(request)
-    return web.json_response({"tokens": [token_view(r) for r in await request.app[OPERATOR_TOKENS].list()]})
+    page = page_query(request, _CURSOR)
+    rows, next_cursor = page_of(
+        await request.app[OPERATOR_TOKENS].list(name=name_filter(request), after=page.after, limit=page.limit + 1),
+        page,
+        lambda row: str(row["id"]),
+    )
+    return web.json_response({"tokens": [token_view(r) for r in rows], "next_cursor": next_cursor})
 
 
 @routes.delete(API_V1 + "/operator-tokens/{token_id}")

@@ -85,6 +85,17 @@ class OperatorTokenCreateRequest(Strict):
     name: OperatorName
 
 
+# EC2 ids (i-..., sg-...) and Neon ids (br-..., project ids): letters, digits and dashes.
+CloudId = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9-]{0,99}$")]
+
+
+class OrphanDeletionRequest(Strict):
+    """Delete one orphan that a reconcile report names."""
+
+    report_id: int = Field(ge=1, le=999_999_999_999_999_999)
+    cloud_id: CloudId
+
+
 class AgentRegisterRequest(Strict):
     workspace_id: WorkspaceId
     agent_url: IgnoredAgentUrl = None

@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from db import audit
+from db.paging import contains
 from db.pool import Pool, required
 from domain import credentials
 
@@ -77,9 +78,20 @@ class OperatorTokenRepo:
         name: str = row["name"]
         return name
 
-    async def list(self) -> list[dict[str, Any]]:
+    async def list(self, *, name: str = "", after: str | None = None, limit: int | None = None) -> list[dict[str, Any]]:
+        """Every token, oldest first, revoked ones included: named with ``name`` in it, after the
+        token ``after``."""
         async with self._pool.connection() as conn:
-            return await (await conn.execute(f"SELECT {_PUBLIC} FROM operator_tokens ORDER BY created_at")).fetchall()
+            return await (
+                await conn.execute(
+                    f"""SELECT {_PUBLIC} FROM operator_tokens
+                    WHERE name ILIKE %(name)s
+                      AND (%(after)s::text IS NULL
+                           OR (created_at, id) > (SELECT created_at, id FROM operator_tokens WHERE id = %(after)s))
+                    ORDER BY created_at, id LIMIT %(limit)s""",
+                    {"name": contains(name), "after": after, "limit": limit},
+                )
+            ).fetchall()
 
     async def revoke(self, token_id: str, *, actor: str) -> dict[str, Any] | None:
         """Idempotent; the record, or None when there is no such token."""

@@ -6,15 +6,30 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
+from psycopg import AsyncConnection
 from psycopg.types.json import Jsonb
 
 from db import audit
 from db.pool import Pool, required
 from domain.resources import LedgerStatus, ResourceKind
+from domain.status import CAPPED_ORPHAN_DELETIONS, OrphanDeletionStatus
 
 ACTOR = "reconciler"
 RESOURCE_KINDS = [kind.value for kind in ResourceKind]
 _LEDGER_COLUMNS = "business_key, kind, cloud_id, status, org_id, org_slug, detail, updated_at"
+# Serialises named orphan deletions' admission, so that racing requests cannot all see room under
+# the cap and together exceed it.
+_ORPHAN_DELETION_LOCK = 7_233_004
+_SETTLED = [OrphanDeletionStatus.deleted.value, OrphanDeletionStatus.already_gone.value]
+
+
+class DeletionCapReached(Exception):
+    def __init__(self, deleted: int, max_deletes: int, window_seconds: float):
+        super().__init__(
+            f"{deleted} orphans were deleted (or are being deleted) in the last {window_seconds:g}s, by reconcile"
+            f" runs and operators; at most {max_deletes} per reconcile interval (TENANTFLOW_RECONCILE_MAX_DELETES)"
+        )
+        self.deleted, self.max_deletes = deleted, max_deletes
 
 
 class ReconcileRepo:
@@ -215,3 +230,118 @@ class ReconcileRepo:
     async def report(self, report_id: int) -> dict[str, Any] | None:
         async with self._pool.connection() as conn:
             return await (await conn.execute("SELECT * FROM reconcile_reports WHERE id = %s", (report_id,))).fetchone()
+
+    # -- an operator's deletion of one named orphan -----------------------------------------------
+
+    async def request_orphan_deletion(
+        self,
+        *,
+        report_id: int,
+        finding: dict[str, Any],
+        workflow_id: str,
+        actor: str,
+        max_deletes: int,
+        window_seconds: float,
+    ) -> tuple[dict[str, Any], bool]:
+        """Record an operator's request to delete one orphan, within the cap; returns its row and
+        whether it is new. The deletion of the resource that is under way, or that settled it
+        (deleted or already gone), is returned instead of a new one.
+
+        Counted against ``max_deletes`` in the last ``window_seconds``: what reconcile runs deleted
+        (their stored reports) and every named deletion under way, done or failed part-way.
+        Admission holds a lock, so racing requests are counted one after the other."""
+        async with self._pool.connection() as conn, conn.transaction():
+            await conn.execute("SELECT pg_advisory_xact_lock(%s)", (_ORPHAN_DELETION_LOCK,))
+            earlier = await (
+                await conn.execute(
+                    """SELECT * FROM orphan_deletions WHERE cloud_id = %s AND status = ANY(%s::text[])
+                    ORDER BY id DESC LIMIT 1""",
+                    (finding["cloud_id"], [OrphanDeletionStatus.deleting.value, *_SETTLED]),
+                )
+            ).fetchone()
+            if earlier is not None:
+                return earlier, False
+            deleted = await _deleted_within(conn, window_seconds)
+            if deleted >= max_deletes:
+                raise DeletionCapReached(deleted, max_deletes, window_seconds)
+            row = await (
+                await conn.execute(
+                    """INSERT INTO orphan_deletions
+                       (report_id, kind, cloud_id, org_id, org_slug, requested_by, workflow_id)
+                   VALUES (%s, %s, %s, %s, %s, %s, %s) RETURNING *""",
+                    (
+                        report_id,
+                        finding["kind"],
+                        finding["cloud_id"],
+                        finding.get("org_id"),
+                        finding.get("org_slug"),
+                        actor,
+                        workflow_id,
+                    ),
+                )
+            ).fetchone()
+            await audit.append(
+                conn,
+                actor=actor,
+                action="reconcile.delete_orphan",
+                outcome="requested",
+                org_id=finding.get("org_id"),
+                org_slug=finding.get("org_slug"),
+                resource_ids={finding["kind"]: finding["cloud_id"]},
+                detail={"report_id": report_id, "reason": finding.get("reason"), "workflow_id": workflow_id},
+            )
+        return required(row), True
+
+    async def finish_orphan_deletion(
+        self, deletion_id: int, *, status: str, code: str | None, reason: str | None
+    ) -> bool:
+        """Record the outcome of a named deletion under way, audited as the operator who asked;
+        False when it was already recorded (a retried activity)."""
+        async with self._pool.connection() as conn, conn.transaction():
+            row = await (
+                await conn.execute(
+                    """UPDATE orphan_deletions SET status = %s, code = %s, reason = %s, finished_at = now()
+                   WHERE id = %s AND status = %s RETURNING *""",
+                    (status, code, reason, deletion_id, OrphanDeletionStatus.deleting.value),
+                )
+            ).fetchone()
+            if row is not None:
+                await audit.append(
+                    conn,
+                    actor=row["requested_by"],
+                    action="reconcile.delete_orphan",
+                    outcome=status,
+                    org_id=row["org_id"],
+                    org_slug=row["org_slug"],
+                    resource_ids={row["kind"]: row["cloud_id"]},
+                    detail={"report_id": row["report_id"], "code": code, "reason": reason},
+                )
+        return row is not None
+
+    async def deleted_within(self, window_seconds: float) -> int:
+        """How many deletions count towards the cap now (``request_orphan_deletion``)."""
+        async with self._pool.connection() as conn:
+            return await _deleted_within(conn, window_seconds)
+
+    async def orphan_deletion(self, deletion_id: int) -> dict[str, Any] | None:
+        async with self._pool.connection() as conn:
+            return await (await conn.execute("SELECT * FROM orphan_deletions WHERE id = %s", (deletion_id,))).fetchone()
+
+
+async def _deleted_within(conn: AsyncConnection[Any], window_seconds: float) -> int:
+    """What reconcile runs deleted in the last ``window_seconds`` (by their stored reports) and
+    the named deletions requested in it that are under way, done, or failed (perhaps part-way)."""
+    row = await (
+        await conn.execute(
+            """SELECT
+              (SELECT count(*) FROM reconcile_reports r, jsonb_array_elements(r.deleted) d
+               WHERE r.finished_at > now() - make_interval(secs => %(window)s)
+                 AND d->>'outcome' IN ('deleted', 'failed'))
+            + (SELECT count(*) FROM orphan_deletions
+               WHERE requested_at > now() - make_interval(secs => %(window)s)
+                 AND status = ANY(%(capped)s::text[])) AS n""",
+            {"window": window_seconds, "capped": [s.value for s in CAPPED_ORPHAN_DELETIONS]},
+        )
+    ).fetchone()
+    counted: int = required(row)["n"]
+    return counted

@@ -93,6 +93,11 @@ def network_check_workflow_id(slug: str, network: OrgNetwork) -> str:
     return f"org-validate:{slug}:{digest}"
 
 
+def orphan_deletion_workflow_id(cloud_id: str) -> str:
+    """An operator's deletion of one orphan: a repeat attaches, so it is never deleted twice."""
+    return f"reconcile-delete-orphan:{cloud_id}"
+
+
 def provision_workflow_id(workspace_id: str) -> str:
     return f"ws-provision:{workspace_id}"
 
@@ -177,6 +182,14 @@ def reconcile_start(*, delete: bool) -> Start:
         id=RECONCILE_WORKFLOW_ID,
         summary="Reconcile cloud resources against the ledger" + (" (deleting orphans)" if delete else " (dry run)"),
         search_attributes=_attributes((OPERATION, "reconcile")),
+    )
+
+
+def orphan_deletion_start(kind: str, cloud_id: str) -> Start:
+    return Start(
+        id=orphan_deletion_workflow_id(cloud_id),
+        summary=f"Delete the orphaned {kind} {cloud_id}, named by an operator",
+        search_attributes=_attributes((OPERATION, "reconcile-delete-orphan")),
     )
 
 

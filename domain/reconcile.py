@@ -14,6 +14,7 @@ from typing import Literal
 from pydantic import BaseModel, Field, computed_field
 
 from domain.resources import LedgerStatus, ResourceKind, business_key, instance_key, name_of_key
+from domain.status import OrphanDeletionStatus
 
 OrphanReason = Literal["org_missing", "unrecorded", "ledger_deleted", "workspace_missing"]
 DriftReason = Literal["missing_in_cloud"]
@@ -251,6 +252,37 @@ class ReconcileOutcome(BaseModel):
     failed: int
 
 
+# -- DeleteOrphanWorkflow: an operator deletes one orphan a report names ----------------------------
+
+# The re-check found the resource accounted for by the records.
+NOT_AN_ORPHAN = "NOT_AN_ORPHAN"
+
+
+class DeleteOrphanInput(BaseModel):
+    deletion_id: int  # its row in orphan_deletions, where the outcome is recorded
+    report_id: int
+    orphan: Finding  # as the report found it; re-checked before anything is deleted
+    requested_by: str
+
+
+class OrphanCheck(BaseModel):
+    """A reported orphan as it is now: whether it exists, and if it is still an orphan, the
+    finding to delete it by; if not, what accounts for it."""
+
+    exists: bool
+    orphan: Finding | None = None
+    accounted_for: str | None = None
+
+
+class OrphanDeletionResult(BaseModel):
+    deletion_id: int
+    kind: ResourceKind
+    cloud_id: str
+    status: OrphanDeletionStatus
+    code: str | None = None
+    reason: str | None = None
+
+
 # -- rules ------------------------------------------------------------------------------------------
 
 
@@ -271,6 +303,17 @@ def orphan_reason(
     if resource.kind == ResourceKind.ec2_instance and resource.workspace_id not in workspace_ids:
         return "workspace_missing"
     return None
+
+
+def accounted_for(resource: CloudResource, records: Records) -> str:
+    """What the records hold about a resource ``orphan_reason`` found no reason against."""
+    entry = next((e for e in records.ledger if e.business_key == resource.business_key), None)
+    said = [f"its org {resource.org_id} has a row"] if resource.org_id else []
+    if entry is not None:
+        said.append(f"the ledger records {entry.business_key} as {entry.status.value}")
+    if resource.kind == ResourceKind.ec2_instance:
+        said.append(f"its workspace {resource.workspace_id} exists")
+    return "no longer an orphan: " + ", ".join(said)
 
 
 def find_orphans(candidates: Iterable[CloudResource], records: Records) -> list[Finding]:

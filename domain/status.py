@@ -30,3 +30,21 @@ class WorkspaceStatus(StrEnum):
 LIVE_WORKSPACES = frozenset(
     {WorkspaceStatus.provisioning, WorkspaceStatus.running, WorkspaceStatus.stopped, WorkspaceStatus.deleting}
 )
+
+
+class OrphanDeletionStatus(StrEnum):
+    """An operator's deletion of one named orphan (``orphan_deletions.status``)."""
+
+    deleting = "deleting"
+    deleted = "deleted"
+    # It no longer existed: nothing to do.
+    already_gone = "already_gone"
+    # The re-check found it accounted for (the records changed since the report): left alone.
+    refused = "refused"
+    failed = "failed"
+
+
+# Named deletions that count towards the reconcile cap: under way, done, or failed part-way.
+CAPPED_ORPHAN_DELETIONS = frozenset(
+    {OrphanDeletionStatus.deleting, OrphanDeletionStatus.deleted, OrphanDeletionStatus.failed}
+)

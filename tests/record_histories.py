@@ -188,6 +188,39 @@ async def record(out_dir: Path) -> list[Path]:
             )
             await save("ReconcileWorkflow", "dry-run-paged-neon", f"reconcile-replay-{tag}")
 
+            # 7a. An operator deletes one orphan a report names: a security group tagged for an org
+            # that has no row, reported by a dry run limited to that org.
+            from domain.operations import orphan_deletion_workflow_id
+            from domain.resources import MANAGED_TAG, ORG_ID_TAG, resource_name
+
+            stray = f"org_{uuid.uuid4().hex[:12]}"
+            group_id = h.ec2().create_security_group(
+                GroupName=resource_name(f"ro{tag}", stray),
+                Description="orphan",
+                VpcId=vpc_id,
+                TagSpecifications=[
+                    {
+                        "ResourceType": "security-group",
+                        "Tags": [{"Key": MANAGED_TAG, "Value": "true"}, {"Key": ORG_ID_TAG, "Value": stray}],
+                    }
+                ],
+            )["GroupId"]
+            wait_for(
+                lambda: h.ec2().describe_security_groups(Filters=[{"Name": "group-id", "Values": [group_id]}]),
+                lambda found: bool(found["SecurityGroups"]),
+                30,
+                "the orphan group",
+            )
+            found = await client.execute_workflow(
+                ReconcileWorkflowV2.run,
+                ReconcileInput(org_ids=[stray], max_delete_fraction=1.0),
+                id=f"reconcile-orphan-replay-{tag}",
+                task_queue=h.settings.task_queue,
+            )
+            status, _ = op.delete_orphan(found.report_id, group_id)
+            assert status == 202, status
+            await save("DeleteOrphanWorkflow", "deletes-named-orphan", orphan_deletion_workflow_id(group_id))
+
             # 7b. An audit anchor: every chain's head verified, then written to the Object Lock bucket.
             from workflows.audit_anchor import AuditAnchorWorkflow
 

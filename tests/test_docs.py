@@ -23,6 +23,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import secrets
 import shutil
 import subprocess
 import urllib.request
@@ -35,6 +36,8 @@ import pytest
 
 import starter
 from devstack.demo import ensure_demo_network
+from devstack.moto_client import moto_ec2_client
+from domain.resources import org_tags, resource_name
 from tests.doc_commands import (
     README,
     ROOT,
@@ -71,6 +74,10 @@ class Session:
     @property
     def operator(self) -> starter.OperatorClient:
         return starter.OperatorClient(self.stack.api_url, self.secret)
+
+    @property
+    def ec2(self) -> Any:
+        return moto_ec2_client(f"http://127.0.0.1:{self.stack.ports['MOTO_PORT']}")
 
     def org(self, slug: str = "acme") -> dict[str, Any]:
         return self.operator.org(slug)
@@ -217,10 +224,31 @@ def printed_token(s: Session, out: str) -> None:
     s.values.setdefault("tfo_<old id>", token[0].split("_")[0] + "_" + token[0].split("_")[1])
 
 
+def rows_deleted_by_hand(s: Session) -> None:
+    """What the runbook warns of: a managed security group whose org's rows are gone."""
+    org_id, slug = f"org_{secrets.token_hex(6)}", f"gone{secrets.token_hex(3)}"
+    group_id = s.ec2.create_security_group(
+        GroupName=resource_name(slug, org_id),
+        Description="its org's rows were deleted by hand",
+        VpcId=s.values["<vpc-id>"],
+        TagSpecifications=[
+            {"ResourceType": "security-group", "Tags": org_tags(org_id, slug, resource_name(slug, org_id))}
+        ],
+    )["GroupId"]
+    wait_until(lambda: s.ec2.describe_security_groups(Filters=[{"Name": "group-id", "Values": [group_id]}]), bool)
+    s.values["sg-0123456789abcdef0"] = group_id
+
+
 def newest_report(s: Session) -> None:
     status, body = s.operator.request("GET", "/api/v1/reconcile/reports?limit=1")
     assert status == 200 and body["reports"], body
     s.values["reconcile report 42"] = f"reconcile report {body['reports'][0]['id']}"
+    s.values["--report 42"] = f"--report {body['reports'][0]['id']}"
+
+
+def orphan_gone(s: Session, _: str) -> None:
+    group_id = s.values["sg-0123456789abcdef0"]
+    assert s.ec2.describe_security_groups(Filters=[{"Name": "group-id", "Values": [group_id]}])["SecurityGroups"] == []
 
 
 def json_keys_as_documented(keys: set[str]) -> Callable[[Session, str], None]:
@@ -325,9 +353,12 @@ CHECKS: dict[str, Check] = {
     'curl -H "Authorization: Bearer $SECRET" http://127.0.0.1:8080/cp/orgs/acme/audit': Check(
         prints=('"valid": true',)
     ),
-    "python starter.py reconcile run": Check(prints=("report",)),
-    "python starter.py reconcile report": Check(prints=("orphans",)),
-    "python starter.py reconcile report 42": Check(before=newest_report, prints=("orphans",)),
+    "python starter.py reconcile run": Check(before=rows_deleted_by_hand, prints=("sg-0123456789abcdef0",)),
+    "python starter.py reconcile report": Check(prints=("report",)),
+    "python starter.py reconcile report 42": Check(before=newest_report, prints=("sg-0123456789abcdef0",)),
+    "python starter.py reconcile delete-orphan sg-0123456789abcdef0 --report 42": Check(
+        prints=("deleted",), after=orphan_gone
+    ),
 }
 
 

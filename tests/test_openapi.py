@@ -20,7 +20,7 @@ from domain.operations import Operation, Progress
 from domain.org_entity import OrgSnapshot
 from domain.resources import TIER_INSTANCE_TYPES
 from domain.settings import Settings
-from domain.status import OrgStatus, WorkspaceStatus
+from domain.status import OrgStatus, OrphanDeletionStatus, WorkspaceStatus
 
 HTTP_METHODS = {"get", "put", "post", "delete", "patch", "head", "options", "trace"}
 SLUG = r"^[a-z][a-z0-9-]{1,38}[a-z0-9]$"
@@ -41,6 +41,7 @@ REQUEST_MODELS = {
     ("post", "/api/v1/orgs/{slug}/suspend"): "SuspendRequest",
     ("post", "/api/v1/keys"): "KeyCreateRequest",
     ("post", "/api/v1/operator-tokens"): "OperatorTokenCreateRequest",
+    ("post", "/api/v1/reconcile/orphan-deletions"): "OrphanDeletionRequest",
     ("post", "/api/v1/workspaces"): "WorkspaceCreateRequest",
     ("post", "/api/v1/registry/register"): "AgentRegisterRequest",
     ("post", "/api/v1/registry/heartbeat"): "AgentHeartbeatRequest",
@@ -149,6 +150,7 @@ def test_path_parameters_are_declared_with_their_patterns(spec):
         "key_id": KEY_ID,
         "token_id": TOKEN_ID,
         "report_id": REPORT_ID,
+        "deletion_id": REPORT_ID,
     }
     for method, path, _, params in operations(spec):
         in_path = {p["name"]: p for p in params if p["in"] == "path"}
@@ -272,6 +274,7 @@ def test_status_enums_match_the_model(spec):
     status_filter = next(p for p in spec["paths"]["/api/v1/orgs"]["get"]["parameters"] if p["name"] == "status")
     assert status_filter["schema"]["items"]["enum"] == [s.value for s in OrgStatus if s != OrgStatus.deleted]
     assert schemas["WorkspaceStatus"]["enum"] == [s.value for s in WorkspaceStatus]
+    assert schemas["OrphanDeletionStatus"]["enum"] == [s.value for s in OrphanDeletionStatus]
     assert schemas["Workspace"]["properties"]["instance_type"]["enum"] == list(TIER_INSTANCE_TYPES.values())
 
 

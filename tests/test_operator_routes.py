@@ -282,7 +282,14 @@ async def test_audit_is_scoped_to_one_org_and_paged(api, pool, alice):
 # -- reconcile -------------------------------------------------------------------------------------
 
 
-async def save_report(pool, findings: list[dict], deleted: list[dict] | None = None) -> int:
+async def save_report(
+    pool,
+    findings: list[dict],
+    deleted: list[dict] | None = None,
+    *,
+    cap_exceeded: bool = False,
+    detail: dict | None = None,
+) -> int:
     now = datetime.now(UTC)
     return await ReconcileRepo(pool).save_report(
         workflow_id=f"reconcile-test-{uuid.uuid4().hex[:8]}",
@@ -290,10 +297,10 @@ async def save_report(pool, findings: list[dict], deleted: list[dict] | None = N
         started_at=now - timedelta(seconds=5),
         finished_at=now,
         dry_run=True,
-        cap_exceeded=False,
+        cap_exceeded=cap_exceeded,
         findings=findings,
         deleted=deleted or [],
-        detail={"max_deletes": 10},
+        detail=detail if detail is not None else {"max_deletes": 10},
     )
 
 

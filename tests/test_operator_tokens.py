@@ -84,7 +84,9 @@ async def test_tokens_are_shown_once_and_stored_hashed(api, pool, bootstrap):
     token = await create(api, bootstrap, name)
     assert token["token"].startswith(f"tfo_{token['id']}_") and token["prefix"] == f"tfo_{token['id']}"
     assert token["created_by"] == "operator:bootstrap"
-    listing = await (await api.get("/api/v1/operator-tokens", headers=bearer(token["token"]))).json()
+    listing = await (
+        await api.get("/api/v1/operator-tokens", params={"name": name}, headers=bearer(token["token"]))
+    ).json()
     mine = [t for t in listing["tokens"] if t["id"] == token["id"]]
     assert mine and mine[0]["last_used_at"] is not None and "token" not in mine[0]
     assert token["token"] not in json.dumps(listing)
@@ -131,6 +133,37 @@ async def test_rotation_with_two_live_tokens(api, pool, bootstrap):
         (f"operator:{name}", "operator_token.create"),
         ("operator:bootstrap", "operator_token.revoke"),
     ]
+
+
+async def test_the_list_pages_and_filters_by_name(api, pool, bootstrap):
+    marker = uuid.uuid4().hex[:8]
+    made = [await create(api, bootstrap, f"pg{n}-{marker}") for n in range(3)]
+    await create(api, bootstrap, unique_name("other"))
+    await api.delete(f"/api/v1/operator-tokens/{made[1]['id']}", headers=bootstrap)
+    listed, pages, cursor = [], 0, None
+    while True:
+        query = {"name": marker.upper(), "limit": "2", **({"cursor": cursor} if cursor else {})}
+        resp = await api.get("/api/v1/operator-tokens", params=query, headers=bootstrap)
+        assert resp.status == 200, await resp.text()
+        body = await resp.json()
+        listed += body["tokens"]
+        pages += 1
+        if not (cursor := body["next_cursor"]):
+            break
+    # Oldest first, revoked ones included, the filter case-insensitive, in pages of two.
+    assert [(t["id"], t["revoked"]) for t in listed] == [(t["id"], n == 1) for n, t in enumerate(made)]
+    assert pages == 2
+    # The filter's own wildcards are literal.
+    resp = await api.get("/api/v1/operator-tokens", params={"name": "%" + marker}, headers=bootstrap)
+    assert (await resp.json())["tokens"] == []
+    for query, code in (
+        ({"cursor": "d3NfMTIz"}, "INVALID_CURSOR"),  # a workspace id's cursor is not a token's
+        ({"cursor": "not a cursor"}, "INVALID_CURSOR"),
+        ({"limit": "0"}, "VALIDATION_FAILED"),
+        ({"name": "x" * 101}, "VALIDATION_FAILED"),
+    ):
+        resp = await api.get("/api/v1/operator-tokens", params=query, headers=bootstrap)
+        assert resp.status == 400 and (await resp.json())["code"] == code, query
 
 
 async def test_concurrent_creations_leave_at_most_two_live_tokens(api, pool, bootstrap):
@@ -225,6 +258,8 @@ async def test_cli_creates_lists_and_revokes(api, bootstrap, settings, monkeypat
     monkeypatch.setenv("TENANTFLOW_OPERATOR_TOKEN", secret)  # the CLI prefers the named token
     code, text = await asyncio.to_thread(run, "operator-token", "list")
     assert code == 0 and name in text and secret not in text
+    code, text = await asyncio.to_thread(run, "operator-token", "list", "--name", name.upper(), "--json")
+    assert code == 0 and [t["name"] for t in json.loads(text)["tokens"]] == [name]
     prefix = "_".join(secret.split("_")[:2])
     code, text = await asyncio.to_thread(run, "operator-token", "revoke", prefix)
     assert code == 0 and f"revoked {prefix}" in text

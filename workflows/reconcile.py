@@ -239,16 +239,17 @@ async def _delete_within_caps(
         batch = [o for o in orphans if o.kind in kinds]
         if kinds[0] in (ResourceKind.neon_branch, ResourceKind.neon_project):
             # Neon locks a project while an operation runs: one deletion at a time.
-            deleted += [await _delete(o) for o in batch]
+            deleted += [await delete_orphan(o) for o in batch]
         else:
-            deleted += await asyncio.gather(*(_delete(o) for o in batch))
+            deleted += await asyncio.gather(*(delete_orphan(o) for o in batch))
         # The report shows each phase's deletions as they finish.
         report.deleted = deleted
         enter("delete")
     return deleted
 
 
-async def _delete(orphan: Finding) -> Deletion:
+async def delete_orphan(orphan: Finding) -> Deletion:
+    """Delete one orphan (re-checked first by the activity); a failure is a ``failed`` deletion."""
     try:
         return await run_activity(
             ReconcileActivities.delete_orphan,
