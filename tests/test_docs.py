@@ -26,6 +26,7 @@ import re
 import secrets
 import shutil
 import subprocess
+import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -37,12 +38,13 @@ import pytest
 import starter
 from devstack.demo import ensure_demo_network
 from devstack.moto_client import moto_ec2_client
-from domain.resources import org_tags, resource_name
+from domain.resources import MANAGED_TAG, org_tags, resource_name
 from tests.doc_commands import (
     README,
     ROOT,
     RUNBOOK,
     DocCommand,
+    api_table_rows,
     commands,
     fill,
     matches_sample,
@@ -235,7 +237,8 @@ def rows_deleted_by_hand(s: Session) -> None:
             {"ResourceType": "security-group", "Tags": org_tags(org_id, slug, resource_name(slug, org_id))}
         ],
     )["GroupId"]
-    wait_until(lambda: s.ec2.describe_security_groups(Filters=[{"Name": "group-id", "Values": [group_id]}]), bool)
+    visible = [{"Name": "group-id", "Values": [group_id]}, {"Name": f"tag:{MANAGED_TAG}", "Values": ["true"]}]
+    wait_until(lambda: s.ec2.describe_security_groups(Filters=visible)["SecurityGroups"], bool)
     s.values["sg-0123456789abcdef0"] = group_id
 
 
@@ -297,7 +300,7 @@ CHECKS: dict[str, Check] = {
     # README: named operators (the first create uses the bootstrap secret)
     f"{VENV} operator-token create alice": Check(prints=("tfo_",), after=printed_token),
     "export TENANTFLOW_OPERATOR_TOKEN=tfo_...": Check(),
-    f"{VENV} operator-token list": Check(prints=("alice",)),
+    f"{VENV} operator-token list --name alice": Check(prints=("alice",)),
     f"{VENV} operator-token revoke tfo_<old id>": Check(prints=("tfo_<old id>",)),
     # README: suspend, resume, delete
     f'{VENV} suspend acme --reason "unpaid invoice"': Check(
@@ -353,8 +356,8 @@ CHECKS: dict[str, Check] = {
     'curl -H "Authorization: Bearer $SECRET" http://127.0.0.1:8080/cp/orgs/acme/audit': Check(
         prints=('"valid": true',)
     ),
-    "python starter.py reconcile run": Check(before=rows_deleted_by_hand, prints=("sg-0123456789abcdef0",)),
-    "python starter.py reconcile report": Check(prints=("report",)),
+    "python starter.py reconcile run": Check(before=rows_deleted_by_hand, prints=("1 orphans",)),
+    "python starter.py reconcile report": Check(prints=("1 orphans",)),
     "python starter.py reconcile report 42": Check(before=newest_report, prints=("sg-0123456789abcdef0",)),
     "python starter.py reconcile delete-orphan sg-0123456789abcdef0 --report 42": Check(
         prints=("deleted",), after=orphan_gone
@@ -439,3 +442,227 @@ def test_readme_commands_work_as_written(docs: Session):
 
 def test_runbook_commands_work_as_written(docs: Session):
     run_documented(docs, RUNBOOK)
+
+
+# -- the README's API table: each row's request, answered as the row says --------------------------
+
+
+@dataclass
+class Row:
+    """One row of the API table while it is probed: every answer a probe expects must be one the
+    row names (its status, or 200 for a read or a row that names none, and its error code)."""
+
+    session: Session
+    request: str
+    answer: str
+
+    def call(
+        self,
+        method: str,
+        path: str,
+        status: int,
+        body: Any = None,
+        *,
+        token: str | None = None,
+        code: str | None = None,
+        raw: bytes | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> tuple[dict[str, str], Any]:
+        named = {int(n) for n in re.findall(r"\b([2-5]\d\d)\b", self.answer)}
+        if method == "GET" or not named:
+            named.add(200)  # a read that answers
+        assert status in named, f"probe expects {status}, the row names {sorted(named)}"
+        assert code is None or f"`{code}`" in self.answer, f"probe expects {code}, the row does not name it"
+        data = raw if raw is not None else json.dumps(body).encode() if body is not None else None
+        sent = {"Content-Type": "application/json", **(headers or {})}
+        if token is not None or "Authorization" not in sent:
+            sent["Authorization"] = f"Bearer {token or self.session.secret}"
+        req = urllib.request.Request(self.session.stack.api_url + path, data, sent, method=method)
+        try:
+            with urllib.request.urlopen(req, timeout=30) as resp:
+                got, answer, got_headers = resp.status, resp.read(), dict(resp.headers)
+        except urllib.error.HTTPError as err:
+            got, answer, got_headers = err.code, err.read(), dict(err.headers)
+        parsed = json.loads(answer) if answer else None
+        assert got == status, f"{method} {path}: {got} {parsed}, the row says {status}"
+        if code is not None:
+            assert parsed["code"] == code, parsed
+        return got_headers, parsed
+
+
+def probe_org(s: Session) -> dict[str, Any]:
+    return {
+        "name": "Docs Probe",
+        "slug": s.values.setdefault("probe", f"probe{secrets.token_hex(3)}"),
+        "plan": "starter",
+        "vpc_id": s.values["<vpc-id>"],
+        "subnet_ids": [s.values["<subnet-a>"]],
+    }
+
+
+def demo_workspace(s: Session) -> dict[str, Any]:
+    tenant = starter.TenantClient(s.stack.api_url, s.stack.secrets["demo_org_key"])
+    return next(w for w in tenant.workspaces() if w["status"] == "running")
+
+
+def new_key(s: Session, slug: str, **body: Any) -> str:
+    status, key = s.operator.request("POST", f"/api/v1/orgs/{slug}/keys", {"name": "docs", **body})
+    assert status == 201, key
+    return str(key["key"])
+
+
+def _create(r: Row) -> None:
+    headers, org = r.call("POST", "/cp/orgs", 202, probe_org(r.session))
+    assert headers["Location"] == f"/api/v1/orgs/{org['slug']}" and "Retry-After" in headers, headers
+    r.session.values["probe_id"] = org["id"]
+    settled(r.session, "active", org["slug"])
+
+
+def _repeat(r: Row) -> None:
+    assert r.call("POST", "/cp/orgs", 202, probe_org(r.session))[1]["id"] == r.session.values["probe_id"]
+
+
+def _invalid(r: Row) -> None:
+    for bad in ({"slug": "Not A Slug"}, {"plan": "platinum"}, {"vpc_id": "vpc-!!"}, {"extra": 1}, {"name": 7}):
+        r.call("POST", "/api/v1/orgs", 400, {**probe_org(r.session), "slug": "neverx", **bad}, code="VALIDATION_FAILED")
+
+
+def _unknown_network(r: Row) -> None:
+    body = {**probe_org(r.session), "slug": "neverx", "vpc_id": "vpc-0123456789abcdef0"}
+    assert "vpc-0123456789abcdef0" in r.call("POST", "/api/v1/orgs", 400, body, code="INVALID_NETWORK")[1]["error"]
+
+
+def _framing(r: Row) -> None:
+    r.call("POST", "/api/v1/orgs", 400, raw=b"{not json")
+    r.call("POST", "/api/v1/orgs", 415, raw=b"{}", headers={"Content-Type": "text/plain"})
+    r.call("POST", "/api/v1/orgs", 413, raw=b"{" + b" " * (65 * 1024) + b"}")
+
+
+def _paging(r: Row) -> None:
+    first = r.call("GET", "/api/v1/orgs?limit=1", 200)[1]
+    assert len(first["orgs"]) == 1 and first["next_cursor"], first
+    r.call("GET", "/api/v1/orgs?cursor=not-ours", 400, code="INVALID_CURSOR")
+
+
+def _quota(r: Row) -> None:
+    org = r.call("PATCH", "/cp/orgs/demo", 200, {"max_workspaces": 1})[1]
+    assert org["over_quota"]["over"] >= 1, org
+    r.session.values["over_quota"] = "yes"
+
+
+def _over_quota(r: Row) -> None:
+    ws = {"name": "one-too-many", "role": "x", "runtime": "hermes", "tier": 1, "model": "m"}
+    key = r.session.stack.secrets["demo_org_key"]
+    r.call("POST", "/workspaces", 409, ws, token=key, code="QUOTA_EXCEEDED")
+    status, body = r.session.operator.request("PATCH", "/api/v1/orgs/demo", {"max_workspaces": 10})
+    assert status == 200, body
+
+
+def _not_active(r: Row) -> None:
+    slug = r.session.values["probe"]
+    key = new_key(r.session, slug)
+    r.session.values["probe_key"] = key
+    status, body = r.session.operator.request("POST", f"/api/v1/orgs/{slug}/suspend", {"reason": "docs"})
+    assert status == 202, body
+    r.call("GET", "/workspaces", 403, token=key, code="ORG_NOT_ACTIVE")
+
+
+def _other_org(r: Row) -> None:
+    slug = r.session.values["probe"]
+    settled(r.session, "suspended", slug)
+    status, body = r.session.operator.request("POST", f"/api/v1/orgs/{slug}/resume")
+    assert status == 202, body
+    settled(r.session, "active", slug)
+    key = new_key(r.session, slug)
+    r.call("GET", f"/workspaces/{demo_workspace(r.session)['id']}", 404, token=key)
+
+
+API_TABLE: dict[str, Callable[[Row], None] | str] = {
+    "`POST /cp/orgs` (valid)": _create,
+    "the same POST again": _repeat,
+    "same slug, different body": lambda r: r.call(
+        "POST", "/cp/orgs", 409, {**probe_org(r.session), "name": "Other"}, code="ORG_EXISTS"
+    ),
+    "invalid slug / name / plan / VPC / subnets, unknown field, wrong type": _invalid,
+    "a VPC or subnet EC2 does not know, or a subnet of another VPC": _unknown_network,
+    "the network check not answered in time (no worker running, EC2 unreachable)": "tests/test_api_orgs.py",
+    "malformed JSON / wrong content type / body > 64 KiB": _framing,
+    "no or wrong operator bearer": lambda r: r.call("GET", "/api/v1/orgs", 401, token="tfo_wrong"),
+    "`GET /cp/orgs/{slug}`": lambda r: r.call("GET", "/cp/orgs/demo", 200),
+    "`GET /api/v1/orgs?status=&prefix=&name=&limit=&cursor=`": lambda r: r.call(
+        "GET", "/api/v1/orgs?status=active&prefix=de&name=demo", 200
+    ),
+    "`?name=&limit=&cursor=` on every list (orgs, teardowns, keys, workspaces, the operator's views of them, operator tokens; reconcile reports and the audit page only)": _paging,
+    "`PATCH /cp/orgs/{slug}` `{max_workspaces, max_tier, billing_plan}`": _quota,
+    "`POST /cp/orgs/{slug}/keys` `{name, scopes?, expires_at?}` (operator) / `POST /keys` (tenant, `keys:admin`)": lambda r: (
+        r.call("POST", "/api/v1/orgs/demo/keys", 201, {"name": "docs-table", "scopes": ["read"]})
+    ),
+    "a tenant route with a key lacking its scope / an expired key": lambda r: r.call(
+        "POST", "/workspaces", 403, {}, token=new_key(r.session, "demo", scopes=["read"]), code="MISSING_SCOPE"
+    ),
+    "`POST /api/v1/operator-tokens` `{name}`, `GET`, `DELETE .../{id}` (operator)": lambda r: r.call(
+        "POST", "/api/v1/operator-tokens", 201, {"name": "docs-table"}
+    ),
+    "any tenant route with a key of an org that is not active": _not_active,
+    "`GET /keys` (`read`), `DELETE /keys/{id}` (`keys:admin`)": lambda r: r.call(
+        "GET", "/keys", 200, token=r.session.stack.secrets["demo_org_key"]
+    ),
+    "`GET /api/v1/orgs/{slug}/keys`, `GET`/`DELETE .../keys/{id}` (operator)": lambda r: r.call(
+        "GET", "/api/v1/orgs/demo/keys", 200
+    ),
+    "`GET /api/v1/orgs/{slug}/workspaces`, `GET`/`DELETE .../workspaces/{id}` (operator)": lambda r: r.call(
+        "GET", f"/api/v1/orgs/demo/workspaces/{demo_workspace(r.session)['id']}", 200
+    ),
+    "`GET /api/v1/reconcile/reports`, `GET .../reports/{id}`, `POST /api/v1/reconcile/runs` (operator)": lambda r: (
+        r.call("GET", "/api/v1/reconcile/reports", 200)
+    ),
+    "`POST /api/v1/reconcile/orphan-deletions` `{report_id, cloud_id}`, `GET .../orphan-deletions/{id}` (operator)": "python starter.py reconcile delete-orphan sg-0123456789abcdef0 --report 42",
+    "`POST /workspaces` `{name, role, runtime, tier, model}`": 'curl -X POST http://127.0.0.1:8080/workspaces -H "Authorization: Bearer $TENANT_ORG_KEY" -H "Content-Type: application/json" -d \'{"name": "production-agent-1", "role": "Production inference worker", "runtime": "hermes", "tier": 3, "model": "claude-sonnet-4"}\'',
+    "over `max_workspaces`, or `tier` above `max_tier`": _over_quota,
+    "`GET /workspaces`, `GET /workspaces/{id}`": lambda r: r.call(
+        "GET", f"/workspaces/{demo_workspace(r.session)['id']}", 200, token=r.session.stack.secrets["demo_org_key"]
+    ),
+    "`DELETE /workspaces/{id}`": f"{VENV} workspace delete ws_0123456789ab",
+    "another org's workspace or key": _other_org,
+    # An agent registers and heartbeats in every workspace that reaches `running`.
+    "`POST /registry/register` (Bearer one-time token) `{workspace_id, agent_cert_sha256}`": f'{VENV} workspace create --name agent-1 --role "Inference worker" --tier 2',
+    "`POST /registry/heartbeat` (Bearer workspace token) `{workspace_id, tasks_handled, avg_response_time_ms}`": f'{VENV} workspace create --name agent-1 --role "Inference worker" --tier 2',
+    "`POST /cp/orgs/{slug}/suspend` `{reason?, stop_instances?}` / `.../resume`": lambda r: r.call(
+        "POST", "/cp/orgs/demo/resume", 409, {}
+    ),
+    '`DELETE /cp/orgs/{slug}` `{"confirm": "<slug>", "delete_workspaces": true}`': lambda r: r.call(
+        "DELETE", "/cp/orgs/demo", 400, {"confirm": "not-demo"}
+    ),
+    "`GET /cp/orgs/{slug}` of a deleted org": lambda r: r.call("GET", "/cp/orgs/acme", 200),
+    "`GET /cp/orgs/{slug}` while a step waits for an operator / after `abandon`": f"temporal workflow signal --workflow-id {ACME_RUNBOOK} --name abandon",
+    "`POST /cp/orgs/{slug}/retry` / `abandon` (also `.../teardown/retry`), `GET /cp/teardowns`": lambda r: r.call(
+        "POST", "/cp/orgs/demo/retry", 409, {}, code="NOTHING_PARKED"
+    ),
+    "`GET /cp/orgs/{slug}/audit?org_id=&since=&until=&limit=&cursor=`": lambda r: r.call(
+        "GET", "/cp/orgs/acme/audit?limit=5", 200
+    ),
+    "`GET /cp/audit`": lambda r: r.call("GET", "/cp/audit", 200),
+}
+
+
+def test_every_api_table_row_is_probed():
+    rows = [request for request, _ in api_table_rows()]
+    assert [r for r in rows if r not in API_TABLE] == [], "an API table row without a probe"
+    assert sorted(set(API_TABLE) - set(rows)) == [], "a probe for a row the table no longer holds"
+    for by in API_TABLE.values():
+        if isinstance(by, str):
+            assert by in CHECKS or (ROOT / by).exists(), by
+
+
+def test_api_table_rows_answer_as_written(docs: Session):
+    """After the README's and the runbook's commands (rows they cover are checked there)."""
+    broken = []
+    for request, answer in api_table_rows():
+        probe = API_TABLE[request]
+        if isinstance(probe, str):
+            continue
+        try:
+            probe(Row(docs, request, answer))
+        except (AssertionError, KeyError, starter.ApiError) as failed:
+            broken.append(f"{request}\n  {failed!r}")
+    assert not broken, "\n\n".join(broken)
