@@ -70,7 +70,9 @@ async def test_every_operator_route_refuses_an_org_key(two_orgs):
     )
     assert len(operator_routes) >= 20
     for method, path in operator_routes:
-        url = path.format(slug=a["org"]["slug"], key_id=a["key_id"], workspace_id=a["workspace"], report_id="1")
+        url = path.format(
+            slug=a["org"]["slug"], key_id=a["key_id"], workspace_id=a["workspace"], report_id="1", deletion_id="1"
+        )
         resp = await client.request(method, url, json={}, headers=tenant_headers(a))
         assert resp.status in (401, 403), (method, path, resp.status)
         assert a["org"]["id"] not in await resp.text()

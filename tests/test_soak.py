@@ -1,4 +1,4 @@
-"""The soak at its CI size (10 orgs, 25 workspaces, Neon and EC2 faults on, a fifth of the workspaces never
+"""The soak at its CI size (6 orgs, 15 workspaces, Neon and EC2 faults on, a fifth of the workspaces never
 boot), through the same command an operator runs: ``python -m tools.soak``. The full size
 (200 orgs, 500 workspaces) is run by hand; its figures are in docs/reliability.md."""
 
@@ -10,7 +10,7 @@ import pytest
 
 from tools import soak
 
-ORGS, WORKSPACES = 10, 25  # CI size: 1/20 of the full size, to keep CI under 20 minutes
+ORGS, WORKSPACES = 6, 15  # CI size: 3/100 of the full size, to keep CI under 20 minutes
 NEVER_BOOT = WORKSPACES // 5  # every fifth workspace (tools.soak --never-boot-every 5)
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(1200)]
