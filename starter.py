@@ -854,7 +854,9 @@ def orphan_deletion_line(d: dict) -> str:
         return f"REFUSED ({d['code']}): {what} left alone, {d['reason']}"
     if d["status"] == "failed":
         return f"FAILED: {what}: {d['reason']}"
-    gone = f"deleted {what}" if d["status"] == "deleted" else f"{what} was already gone: nothing deleted"
+    gone = {"deleted": f"deleted {what}", "deleting": f"deleting {what}"}.get(
+        d["status"], f"{what} was already gone: nothing deleted"
+    )
     return f"{gone} (deletion {d['id']} from report {d['report_id']}, asked by {d['requested_by']})"
 
 
@@ -900,6 +902,7 @@ def _reconcile(client: OperatorClient, args: argparse.Namespace, show: Output) -
             for f in report["findings"]
         ] or ["no findings"]
         lines += [f"deleted {d['kind']} {d['cloud_id']}: {d['outcome']}" for d in report["deleted"]]
+        lines += [orphan_deletion_line(d) for d in report["named_deletions"]]
         show.result(report, "\n".join(lines))
         return 0
     if args.reconcile_command == "report":

@@ -13,6 +13,7 @@ from temporalio.service import RPCError, RPCStatusCode
 
 from api.auth import require_operator
 from api.errors import ApiError
+from api.orphan_deletions import deletion_view
 from api.paging import page_of, page_query
 from api.state import AUDIT, RECONCILE, TEMPORAL
 from api.versioning import v1
@@ -43,13 +44,16 @@ async def list_reports(request: web.Request) -> web.Response:
 
 @routes.get("/cp/reconcile/reports/{report_id}")
 async def get_report(request: web.Request) -> web.Response:
-    """One report in full: every finding (each orphan names its cloud id) and every deletion."""
+    """One report in full: every finding (each orphan names its cloud id), every deletion of its
+    run, and the deletions operators asked for by name from it."""
     await require_operator(request)
     raw = request.match_info["report_id"]
-    row = await request.app[RECONCILE].report(int(raw)) if REPORT_ID.fullmatch(raw) else None
+    repo = request.app[RECONCILE]
+    row = await repo.report(int(raw)) if REPORT_ID.fullmatch(raw) else None
     if row is None:
         raise ApiError(404, "REPORT_NOT_FOUND", f"no reconcile report {raw!r}")
-    return web.json_response(_iso(row))
+    named = [deletion_view(d) for d in await repo.orphan_deletions_of(row["id"])]
+    return web.json_response({**_iso(row), "named_deletions": named})
 
 
 @routes.post("/cp/reconcile/runs")

@@ -323,6 +323,13 @@ class ReconcileRepo:
         async with self._pool.connection() as conn:
             return await _deleted_within(conn, window_seconds)
 
+    async def orphan_deletions_of(self, report_id: int) -> list[dict[str, Any]]:
+        """The operators' deletions of orphans the report named, oldest first."""
+        async with self._pool.connection() as conn:
+            return await (
+                await conn.execute("SELECT * FROM orphan_deletions WHERE report_id = %s ORDER BY id", (report_id,))
+            ).fetchall()
+
     async def orphan_deletion(self, deletion_id: int) -> dict[str, Any] | None:
         async with self._pool.connection() as conn:
             return await (await conn.execute("SELECT * FROM orphan_deletions WHERE id = %s", (deletion_id,))).fetchone()

@@ -164,6 +164,11 @@ async def test_a_named_orphan_is_deleted_once(
         (who, "reconcile.delete_orphan", "deleted"),
     ]
     assert len(await deletion_rows(pool, [group.cloud_id])) == 1
+    # The report shows what was asked of it.
+    shown = await (await api.get(f"/api/v1/reconcile/reports/{report.id}", headers=headers)).json()
+    assert [(d["id"], d["cloud_id"], d["status"]) for d in shown["named_deletions"]] == [
+        (deletion_id, group.cloud_id, "deleted")
+    ]
 
     # The CLI follows the deletion to its outcome.
     code, text = await asyncio.to_thread(
