@@ -242,9 +242,12 @@ class OperatorGate:
     def __init__(self, tracker: ProgressTracker):
         self._tracker = tracker
         self._decision: str | None = None
+        # From the step's failure until the decision: a decision the org's workflow forwards as
+        # soon as it hears of the park may arrive before the progress shows it.
+        self._awaiting = False
 
     def decide(self, decision: str) -> None:
-        if self._tracker.progress.waiting_for_operator:
+        if self._awaiting:
             self._decision = decision
 
     async def run_step(
@@ -264,14 +267,16 @@ class OperatorGate:
                     # Cancelled (a delete preempts this operation): not a failure to park on.
                     raise asyncio.CancelledError() from err
                 reason = failure_reason(step, err)
-                self._tracker.park(reason)
                 workflow.logger.warning("step parked for an operator", extra={"step": step, "reason": reason})
+                self._decision, self._awaiting = None, True
                 if on_parked is not None:
                     await on_parked(step, reason)
-                self._decision = None
                 await _tell_parent(PARKED_SIGNAL, Parked(step=step, reason=reason))
+                # Shown as parked only once the org's workflow has the signal in its history, so a
+                # retry or abandon sent on seeing it is never refused as "nothing parked".
+                self._tracker.park(reason)
                 await workflow.wait_condition(lambda: self._decision is not None)
-                decision, self._decision = self._decision, None
+                decision, self._decision, self._awaiting = self._decision, None, False
                 self._tracker.unpark()
                 await _tell_parent(UNPARKED_SIGNAL)
                 if decision == "abandon":
