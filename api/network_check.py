@@ -8,8 +8,12 @@ from datetime import timedelta
 
 import structlog
 from aiohttp import web
-from temporalio.client import WorkflowFailureError
+from temporalio.api.enums.v1 import TaskQueueType
+from temporalio.api.taskqueue.v1 import TaskQueue
+from temporalio.api.workflowservice.v1 import DescribeTaskQueueRequest
+from temporalio.client import Client, WorkflowFailureError
 from temporalio.exceptions import TimeoutError as WorkflowTimeoutError
+from temporalio.service import RPCError
 
 from api.errors import ApiError
 from api.state import SETTINGS, TEMPORAL
@@ -47,7 +51,7 @@ async def require_valid_network(request: web.Request, slug: str, network: OrgNet
     except (TimeoutError, WorkflowFailureError) as err:
         cause = err.cause if isinstance(err, WorkflowFailureError) else None
         if cause is None or isinstance(cause, WorkflowTimeoutError):
-            reason = f"no answer within {wait:g} s (is a worker running, can it reach EC2?)"
+            reason = await _why_unanswered(request.app[TEMPORAL], settings.task_queue, wait, start.id)
         else:
             reason = root_message(cause)
         log.warning("org network unchecked", org_slug=slug, workflow_id=start.id, reason=reason)
@@ -55,3 +59,21 @@ async def require_valid_network(request: web.Request, slug: str, network: OrgNet
     if not verdict.valid:
         log.info("org network refused", org_slug=slug, workflow_id=start.id, problems=verdict.problems)
         raise ApiError(400, "INVALID_NETWORK", "; ".join(verdict.problems))
+
+
+async def _why_unanswered(client: Client, task_queue: str, wait: float, workflow_id: str) -> str:
+    """Tells "no worker" from "a worker that could not answer" (EC2 unreachable, throttled): the
+    operator fixes different things."""
+    try:
+        queue = await client.workflow_service.describe_task_queue(
+            DescribeTaskQueueRequest(
+                namespace=client.namespace,
+                task_queue=TaskQueue(name=task_queue),
+                task_queue_type=TaskQueueType.TASK_QUEUE_TYPE_WORKFLOW,
+            )
+        )
+    except RPCError:
+        return f"no answer within {wait:g} s (is a worker running, can it reach EC2?)"
+    if not queue.pollers:
+        return f"no answer within {wait:g} s: no worker polls task queue {task_queue!r} (start one: python worker.py)"
+    return f"no answer within {wait:g} s from the worker: can it reach EC2? (the check is workflow {workflow_id})"

@@ -7,6 +7,7 @@ import asyncio
 import io
 import json
 import logging
+import socket
 import uuid
 
 import pytest
@@ -207,9 +208,39 @@ async def test_an_unanswered_network_check_is_503_and_creates_nothing(settings, 
         assert resp.status == 503 and resp.headers["Retry-After"]
         err = await resp.json()
         assert err["code"] == "UNAVAILABLE" and "network could not be checked" in err["error"], err
+        assert f"no worker polls task queue '{task_queue}'" in err["error"], err
         assert await org_count(pool) == before
     finally:
         await client.close()
+
+
+@pytest.mark.parametrize("ec2_endpoint", ["refusing", "silent"])
+async def test_a_worker_that_cannot_reach_ec2_is_named_in_the_503(
+    settings, dev_env, pool, network, task_queue, ec2_endpoint
+):
+    client = await api_client(settings, dev_env, task_queue=task_queue, command_timeout_seconds=2.0)
+    # EC2 at a loopback port that refuses connections, or that takes them and never answers.
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        if ec2_endpoint == "silent":
+            silent.listen(8)
+        unreachable = settings.model_copy(
+            update={"aws_endpoint_url": f"http://127.0.0.1:{silent.getsockname()[1]}", "aws_read_timeout_seconds": 4}
+        )
+        try:
+            async with build_worker(dev_env.client, unreachable, pool, task_queue=task_queue):
+                before = await org_count(pool)
+                resp = await client.post("/api/v1/orgs", json=body(network))
+                err = await resp.json()
+                assert resp.status == 503 and err["code"] == "UNAVAILABLE", err
+                if ec2_endpoint == "refusing":  # the check ends, failed: its reason
+                    assert "AWS unreachable: EndpointConnectionError" in err["error"], err
+                else:  # the check goes on past the wait: the worker is there, EC2 does not answer
+                    assert "from the worker: can it reach EC2?" in err["error"], err
+                    assert "org-validate:" in err["error"], err
+                assert await org_count(pool) == before
+        finally:
+            await client.close()
 
 
 async def test_malformed_requests(api, pool):
