@@ -194,7 +194,9 @@ async def test_transient_neon_faults_are_retried(
     await assert_fully_onboarded(settings, pool, ec2, inp, result)
     stats = neon_stats(neon_url)
     statuses = stats["by_route"][f"POST {route}"]
-    assert statuses.get("423") == 1 and statuses.get("429") == 1 and statuses.get("503") == 1
+    # The injected 423, and any the emulator answers itself while an operation an earlier test
+    # started on the shared platform project still holds its lock (as Neon does).
+    assert statuses.get("423", 0) >= 1 and statuses.get("429") == 1 and statuses.get("503") == 1
     assert sum(int(v) for k, v in statuses.items() if k.startswith("2")) == 1
 
 
