@@ -51,15 +51,10 @@ def deletion_view(row: dict[str, Any]) -> dict[str, Any]:
 
 
 def _refuse_over_the_caps(report: dict[str, Any]) -> None:
-    budget = report["detail"].get("budget")
-    within = DeleteBudget.model_validate(budget).within_caps if budget else True
-    if report["cap_exceeded"] or not within:
-        shown = (
-            f" ({budget['orphans']} orphans; at most {budget['max_deletes']}, and at most"
-            f" {budget['max_delete_fraction']:.0%} of the fleet of {budget['fleet_size']})"
-            if budget
-            else ""
-        )
+    stored = report["detail"].get("budget")
+    budget = DeleteBudget.model_validate(stored) if stored else None
+    if report["cap_exceeded"] or (budget is not None and not budget.within_caps):
+        shown = f" ({budget.caps_text})" if budget else ""
         raise ApiError(
             409,
             CAP_EXCEEDED,

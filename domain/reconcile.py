@@ -131,6 +131,14 @@ class DeleteBudget(BaseModel):
     def within_caps(self) -> bool:
         return self.orphans <= self.max_deletes and self.orphans <= self.max_delete_fraction * max(self.fleet_size, 1)
 
+    @property
+    def caps_text(self) -> str:
+        """The orphans against both caps, as the UI, the API and the CLI say it."""
+        return (
+            f"{self.orphans} orphans; at most {self.max_deletes}, and at most "
+            f"{self.max_delete_fraction:.0%} of the fleet of {self.fleet_size}"
+        )
+
 
 class ReconcileInput(BaseModel):
     delete: bool = False

@@ -14,6 +14,7 @@ from pathlib import Path
 import psutil
 
 from devstack.procs import free_port
+from tools.soak import PORT_FIELDS
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -21,21 +22,7 @@ ROOT = Path(__file__).resolve().parent.parent
 class RunningStack:
     def __init__(self, tmp_path: Path):
         self.state_dir = tmp_path / "state"
-        self.ports = {
-            name: free_port()
-            for name in (
-                "API_PORT",
-                "TEMPORAL_PORT",
-                "TEMPORAL_UI_PORT",
-                "POSTGRES_PORT",
-                "MOTO_PORT",
-                "NEON_PORT",
-                "BOOT_EMULATOR_PORT",
-                "S3_PORT",
-                "WORKER_HEALTH_PORT",
-                "WORKER_SDK_METRICS_PORT",
-            )
-        }
+        self.ports = {name.upper(): free_port() for name in PORT_FIELDS}
         self.env = {
             **os.environ,
             "TENANTFLOW_STATE_DIR": str(self.state_dir),

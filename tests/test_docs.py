@@ -420,7 +420,7 @@ def run_documented(s: Session, doc: Path) -> None:
         if command.text in NEVER_RUN_HERE:
             continue
         check = CHECKS[command.text]
-        filled = fill(command.text, s.values, s.stack.ports)
+        filled = command.text  # until the situation before it is set up
         try:
             if check.before:
                 check.before(s)

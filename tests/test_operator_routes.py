@@ -23,6 +23,7 @@ from db.reconcile import ReconcileRepo
 from db.workspaces import WorkspaceRepo
 from domain.operations import RECONCILE_SCHEDULE_ID
 from tests.test_api_workspaces import api, app_settings, bearer  # noqa: F401 - fixtures: the app on a task queue
+from tests.test_workspace_workflow import reserve
 from worker import build_worker, ensure_reconcile_schedule
 
 
@@ -56,21 +57,6 @@ async def active_org(pool, slug: str | None = None, name: str = "Example Co") ->
     updated = await orgs.update(row["id"], actor="test", action="org.activate", status="active")
     assert updated is not None
     return updated
-
-
-async def reserve(pool, org: dict[str, Any], name: str) -> dict[str, Any]:
-    return await WorkspaceRepo(pool).reserve(
-        org["id"],
-        workspace_id=f"ws_{secrets.token_hex(6)}",
-        name=name,
-        role="r",
-        runtime="hermes",
-        tier=1,
-        model="m",
-        instance_type="t3.small",
-        subnet_id="subnet-0123456789",
-        actor="test",
-    )
 
 
 async def every_page(api, path: str, headers: dict[str, str], key: str, **query: str) -> tuple[list[dict], int]:

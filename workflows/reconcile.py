@@ -294,12 +294,7 @@ def summary_text(r: ReconcileReport) -> str:
         f"drift: {len(r.drift)}",
     ]
     if not r.budget.within_caps:
-        b = r.budget
-        lines.append(
-            f"{'cap exceeded, nothing deleted' if r.cap_exceeded else 'above the caps'}: "
-            f"{b.orphans} orphans; at most {b.max_deletes}, and at most "
-            f"{b.max_delete_fraction:.0%} of the fleet of {b.fleet_size}"
-        )
+        lines.append(f"{'cap exceeded, nothing deleted' if r.cap_exceeded else 'above the caps'}: {r.budget.caps_text}")
     if r.deleted:
         outcomes = sorted(Counter(d.outcome for d in r.deleted).items())
         lines.append("deletions: " + ", ".join(f"{outcome} {n}" for outcome, n in outcomes))
